@@ -1,0 +1,125 @@
+// geom-rowr create: start a daemon for NAME and print the device it made.
+// Without -v the daemon detaches; this process waits until it reports ready
+// (or why it could not start) over an IPC channel, then exits.
+import { spawn } from 'node:child_process'
+import fs from 'node:fs'
+import type { DaemonOptions } from '../daemon/daemon.js'
+import { runDir, statePaths } from '../daemon/run-state.js'
+import { resolveDevicePath } from '../devices/device-path.js'
+import { RowrError } from '../errors.js'
+import { platform } from '../../native-bindings/libc.js'
+import { runInForeground, stderrLog, warn } from './foreground.js'
+
+export interface CreateArgs {
+  readonly name: string
+  readonly ro: string
+  readonly rw: string
+  readonly verbose: boolean
+  readonly 'sector-size'?: number
+  readonly attach: boolean
+  readonly 'daemon-child': boolean
+}
+
+type ChildMessage =
+  | { readonly type: 'ready'; readonly device: string; readonly warnings: readonly string[] }
+  | { readonly type: 'error'; readonly message: string }
+
+/** How long a detached daemon may take to report ready. */
+const START_TIMEOUT_MS = 60_000
+
+const checkCanAttach = (): void => {
+  if (platform() !== 'linux') {
+    throw new RowrError(
+      'EPLATFORM',
+      'this build cannot attach a kernel device on FreeBSD yet (the GEOM Gate front end is not here); use --no-attach',
+    )
+  }
+  if (process.getuid?.() !== 0) {
+    throw new RowrError(
+      'EPLATFORM',
+      'attaching a kernel block device needs root: run it as root, or use --no-attach (or geom-rowr serve) for NBD only',
+    )
+  }
+}
+
+export const create = async (a: CreateArgs): Promise<void> => {
+  if (a.attach) checkCanAttach()
+  const options = {
+    name: a.name,
+    ro: resolveDevicePath(a.ro),
+    rw: a.rw === 'auto' ? 'auto' : resolveDevicePath(a.rw),
+    sectorSize: a['sector-size'],
+    attach: a.attach,
+  }
+  const shown = (device: string | null, nbd: string): string => device ?? nbd
+  if (a['daemon-child']) {
+    await runDaemonChild({ ...options, log: stderrLog(a.name, true) })
+  } else if (a.verbose) {
+    await runInForeground({ ...options, log: stderrLog(a.name, true) }, d => {
+      for (const w of d.warnings) warn(`warning: ${w}`)
+      process.stdout.write(`${shown(d.state.device, d.state.nbd)}\n`)
+    })
+  } else {
+    const { device, warnings } = await spawnDaemon(options)
+    for (const w of warnings) warn(`warning: ${w}`)
+    process.stdout.write(`${device}\n`)
+  }
+}
+
+const runDaemonChild = async (o: DaemonOptions): Promise<void> => {
+  const send = (m: ChildMessage): Promise<void> =>
+    new Promise(resolve => (process.send ? process.send(m, () => resolve()) : resolve()))
+  try {
+    await runInForeground(o, d => {
+      void send({ type: 'ready', device: d.state.device ?? d.state.nbd, warnings: d.warnings }).then(() =>
+        process.disconnect?.(),
+      )
+    })
+  } catch (e) {
+    o.log(`could not start: ${(e as Error).message}`)
+    await send({ type: 'error', message: (e as Error).message })
+    process.disconnect?.()
+    process.exitCode = 1
+  }
+}
+
+const spawnDaemon = async (o: Omit<DaemonOptions, 'log'>): Promise<{ device: string; warnings: readonly string[] }> => {
+  fs.mkdirSync(runDir(), { recursive: true, mode: 0o700 })
+  const logPath = statePaths(o.name).log
+  const logFd = fs.openSync(logPath, 'a', 0o600)
+  const args = [
+    process.argv[1]!,
+    'create',
+    '--daemon-child',
+    ...(o.sectorSize ? ['--sector-size', String(o.sectorSize)] : []),
+    ...(o.attach ? [] : ['--no-attach']),
+    o.name,
+    o.ro,
+    o.rw,
+  ]
+  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', logFd, logFd, 'ipc'] })
+  fs.closeSync(logFd)
+  try {
+    const message = await new Promise<ChildMessage>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        child.kill('SIGTERM')
+        reject(new RowrError('EDAEMON', `the daemon for ${o.name} did not become ready within ${START_TIMEOUT_MS / 1000} s; see ${logPath}`))
+      }, START_TIMEOUT_MS)
+      child.once('message', m => {
+        clearTimeout(timer)
+        resolve(m as ChildMessage)
+      })
+      child.once('exit', (code, signal) => {
+        clearTimeout(timer)
+        const tail = fs.readFileSync(logPath, 'utf8').trim().split('\n').slice(-3).join('\n')
+        reject(new RowrError('EDAEMON', `the daemon for ${o.name} exited (${signal ?? `status ${code}`}) before it was ready; ${logPath} says:\n${tail}`))
+      })
+    })
+    if (message.type === 'error') throw new Error(message.message)
+    return { device: message.device, warnings: message.warnings }
+  } finally {
+    child.removeAllListeners()
+    if (child.connected) child.disconnect()
+    child.unref()
+  }
+}

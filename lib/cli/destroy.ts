@@ -1,0 +1,61 @@
+// geom-rowr destroy: flush and tear down NAME, or clear what a dead daemon left.
+import fs from 'node:fs'
+import { waitFor } from '../attach/run-command.js'
+import { callControl } from '../daemon/control.js'
+import { processAlive, statePaths } from '../daemon/run-state.js'
+import { cleanupStale, probe } from '../daemon/stale.js'
+import { RowrError } from '../errors.js'
+import { warn } from './foreground.js'
+
+export interface DestroyArgs {
+  readonly name: string
+  readonly force: boolean
+}
+
+const EXIT_WAIT_MS = 30_000
+
+export const noSuchDevice = (name: string): RowrError =>
+  new RowrError('ENONAME', `no device named ${name}; 'geom-rowr list' shows the devices`)
+
+/** Only a process that is a geom-rowr daemon is ever killed. */
+const isRowrDaemon = (pid: number): boolean => {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('geom-rowr')
+  } catch {
+    return false
+  }
+}
+
+export const destroy = async ({ name, force }: DestroyArgs): Promise<void> => {
+  const l = await probe(name)
+  switch (l.kind) {
+    case 'absent':
+      throw noSuchDevice(name)
+    case 'starting':
+      throw new RowrError('EBUSY', `${name} is still being created; try again in a moment`)
+    case 'stale':
+      await cleanupStale(name, l, warn)
+      return
+    case 'unresponsive': {
+      if (!force) {
+        throw new RowrError(
+          'EBUSY',
+          `the daemon of ${name} (pid ${l.state.pid}) does not answer; use destroy -f to kill it and clean up`,
+        )
+      }
+      if (isRowrDaemon(l.state.pid)) {
+        process.kill(l.state.pid, 'SIGKILL')
+        await waitFor(() => !processAlive(l.state.pid), EXIT_WAIT_MS)
+      }
+      await cleanupStale(name, { kind: 'stale', state: l.state, reason: `its daemon (pid ${l.state.pid}) did not answer and was killed` }, warn)
+      return
+    }
+    case 'running': {
+      const reply = await callControl(statePaths(name).control, { cmd: 'destroy', force })
+      if (!reply.ok) throw new RowrError(reply.code === 'EBUSY' ? 'EBUSY' : 'EDAEMON', reply.message)
+      if (!(await waitFor(() => !processAlive(l.state.pid), EXIT_WAIT_MS))) {
+        warn(`the daemon of ${name} (pid ${l.state.pid}) tore the device down but has not exited yet`)
+      }
+    }
+  }
+}

@@ -1,0 +1,42 @@
+// Running a device in this process until it is destroyed or signalled.
+import { constants } from 'node:os'
+import { RowrDaemon, type DaemonOptions } from '../daemon/daemon.js'
+
+export type Log = (message: string) => void
+
+/** Timestamped log lines on stderr (the log file, for a detached daemon). */
+export const stderrLog =
+  (name: string, enabled: boolean): Log =>
+  message => {
+    if (enabled) process.stderr.write(`${new Date().toISOString()} geom-rowr[${name}]: ${message}\n`)
+  }
+
+export const warn = (message: string): void => {
+  process.stderr.write(`geom-rowr: ${message}\n`)
+}
+
+/**
+ * Starts the device, calls `ready`, and returns once it has been destroyed
+ * (exit status 0) or stopped by SIGINT/SIGTERM (128 + the signal's number),
+ * flushing either way.
+ */
+export const runInForeground = async (o: DaemonOptions, ready: (daemon: RowrDaemon) => void): Promise<void> => {
+  const daemon = await RowrDaemon.start(o)
+  let signalled: NodeJS.Signals | undefined
+  const onSignal = (signal: NodeJS.Signals): void => {
+    signalled ??= signal
+    o.log(`${signal}: stopping`)
+    daemon.stop({ force: true }).catch(e => o.log(`stopping failed: ${(e as Error).message}`))
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+  try {
+    ready(daemon)
+    await daemon.done
+  } finally {
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
+  }
+  o.log(`${o.name} stopped`)
+  if (signalled) process.exitCode = 128 + constants.signals[signalled]
+}

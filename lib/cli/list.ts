@@ -1,0 +1,106 @@
+// geom-rowr list and status.
+import { callControl } from '../daemon/control.js'
+import { listNames, statePaths } from '../daemon/run-state.js'
+import { cleanupStale, probe, type Probe } from '../daemon/stale.js'
+import { RowrError } from '../errors.js'
+import { noSuchDevice } from './destroy.js'
+import { warn } from './foreground.js'
+
+export interface StatusArgs {
+  readonly name?: string
+  readonly json: boolean
+}
+
+/** Probes every NAME, cleaning up after dead daemons on the way. */
+const probeAll = async (): Promise<{ name: string; probe: Probe }[]> => {
+  const out: { name: string; probe: Probe }[] = []
+  for (const name of listNames()) {
+    const p = await probe(name)
+    if (p.kind === 'stale') await cleanupStale(name, p, warn)
+    else if (p.kind !== 'absent') out.push({ name, probe: p })
+  }
+  return out
+}
+
+export const list = async (): Promise<void> => {
+  const rows = [['NAME', 'DEVICE', 'MEDIASIZE', 'RO', 'RW']]
+  for (const { name, probe: p } of await probeAll()) {
+    if (p.kind === 'starting') rows.push([name, '(starting)', '-', '-', '-'])
+    else if (p.kind === 'running' || p.kind === 'unresponsive') {
+      const s = p.state
+      const device = p.kind === 'unresponsive' ? '(not answering)' : (s.device ?? s.nbd)
+      rows.push([name, device, String(s.mediasize), s.ro, s.rw])
+    }
+  }
+  if (rows.length === 1) return
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map(r => r[i]!.length)))
+  for (const r of rows) process.stdout.write(r.map((c, i) => (i < r.length - 1 ? c.padEnd(widths[i]!) : c)).join('  ') + '\n')
+}
+
+type Status = Record<string, unknown> & {
+  name: string
+  stats: Record<string, number>
+}
+
+const askStatus = async (name: string): Promise<Status> => {
+  const reply = await callControl(statePaths(name).control, { cmd: 'status' })
+  if (!reply.ok) throw new RowrError('EDAEMON', reply.message)
+  const { ok: _ok, ...status } = reply
+  return status as Status
+}
+
+const human = (bytes: number): string => {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB']
+  let v = bytes
+  let u = 0
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024
+    u++
+  }
+  return u === 0 ? `${bytes} B` : `${v.toFixed(1)} ${units[u]}`
+}
+
+const describe = (s: Status): string => {
+  const st = s.stats
+  const mediasize = Number(s.mediasize)
+  const written = Number(s.writtenBytes)
+  const lines: [string, string][] = [
+    ['device', String(s.device ?? '(none: NBD only)')],
+    ['nbd', String(s.nbd)],
+    ['ro', `${String(s.ro)} (opened read-only)`],
+    ['rw', `${String(s.rw)}${s.rwAuto ? ' (made by geom-rowr, removed on destroy)' : ''}`],
+    ['mediasize', `${mediasize} (${human(mediasize)})`],
+    ['sectorsize', String(s.sectorsize)],
+    ['written', `${written} (${human(written)}, ${((100 * written) / mediasize).toFixed(2)}%) in ${st.writtenSectors} sectors`],
+    ['reads', `${st.reads}: ${st.readBytesFromRo} bytes from RO, ${st.readBytesFromRw} bytes from RW`],
+    ['writes', `${st.writes}: ${st.writeBytes} bytes, ${st.partialSectorWrites} with partial sectors`],
+    ['zero-writes', `${st.zeroes}: ${st.zeroBytes} bytes (TRIM and WRITE_ZEROES)`],
+    ['flushes', String(st.flushes)],
+    ['overlap waits', String(st.overlapWaits)],
+    ['map memory', human(st.mapBytes!)],
+    ['connections', String(s.connections)],
+    ['pid', String(s.pid)],
+  ]
+  return `${s.name}\n${lines.map(([k, v]) => `  ${`${k}:`.padEnd(15)}${v}`).join('\n')}\n`
+}
+
+export const status = async ({ name, json }: StatusArgs): Promise<void> => {
+  let statuses: Status[]
+  if (name !== undefined) {
+    const p = await probe(name)
+    if (p.kind === 'stale') await cleanupStale(name, p, warn)
+    if (p.kind === 'absent' || p.kind === 'stale') throw noSuchDevice(name)
+    if (p.kind === 'starting') throw new RowrError('EBUSY', `${name} is still being created; try again in a moment`)
+    statuses = [await askStatus(name)]
+  } else {
+    statuses = []
+    for (const { name: n, probe: p } of await probeAll()) {
+      if (p.kind === 'running') statuses.push(await askStatus(n))
+    }
+  }
+  if (json) {
+    process.stdout.write(JSON.stringify(name !== undefined ? statuses[0] : statuses, null, 2) + '\n')
+  } else {
+    process.stdout.write(statuses.map(describe).join('\n'))
+  }
+}

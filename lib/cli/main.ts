@@ -1,0 +1,129 @@
+// The geom-rowr command line: arguments checked and normalised once, then
+// handed to one verb. Exit status: 0 success, 1 failure, 2 usage error.
+import yargs, { type Argv } from 'yargs'
+import { checkSectorSize } from '../devices/device-pair.js'
+import { checkName } from '../daemon/run-state.js'
+import { create, type CreateArgs } from './create.js'
+import { destroy } from './destroy.js'
+import { list, status } from './list.js'
+import { serve } from './serve.js'
+
+export const EXIT_FAILURE = 1
+export const EXIT_USAGE = 2
+
+/** A mistake in the command line itself. */
+class UsageError extends Error {}
+
+const sectorSizeOption = {
+  type: 'number',
+  describe: 'sector size in bytes (a power of two, 512..65536); default: the larger of the two devices\' sector sizes',
+} as const
+
+const checked = <T>(check: () => T): T => {
+  try {
+    return check()
+  } catch (e) {
+    throw new UsageError((e as Error).message)
+  }
+}
+
+const checkCommon = (argv: { name?: string; 'sector-size'?: number }): true => {
+  if (argv.name !== undefined) checked(() => checkName(argv.name!))
+  if (argv['sector-size'] !== undefined) checked(() => checkSectorSize(argv['sector-size']!))
+  return true
+}
+
+const build = (args: string[]): Argv =>
+  yargs(args)
+    .scriptName('geom-rowr')
+    .usage('$0 <command> [options]\n\nMake a read-only block device writable: reads come from RO until a sector is written, then from RW.')
+    .command(
+      'create [options] <name> <ro> <rw>',
+      'combine RO and RW into a new device NAME and print its path',
+      y =>
+        y
+          .positional('name', { type: 'string', demandOption: true, describe: 'device name, e.g. rowr0' })
+          .positional('ro', { type: 'string', demandOption: true, describe: 'read-only device or image (never written)' })
+          .positional('rw', {
+            type: 'string',
+            demandOption: true,
+            describe: "read-write device or file at least RO's size, or 'auto' to make a sparse one",
+          })
+          .option('verbose', { alias: 'v', type: 'boolean', default: false, describe: 'stay in the foreground and log' })
+          .option('sector-size', sectorSizeOption)
+          .option('attach', {
+            type: 'boolean',
+            default: true,
+            describe: 'attach a kernel block device (--no-attach: serve NBD only and print its URI)',
+          })
+          .option('daemon-child', { type: 'boolean', hidden: true, default: false })
+          .check(checkCommon),
+      argv => create(argv as unknown as CreateArgs),
+    )
+    .command(
+      'serve [options] <ro> <rw>',
+      'serve RO+RW over NBD in the foreground, without a kernel device',
+      y =>
+        y
+          .positional('ro', { type: 'string', demandOption: true })
+          .positional('rw', { type: 'string', demandOption: true })
+          .option('name', { type: 'string', describe: 'device and export name (default: the first free rowrN)' })
+          .option('socket', { type: 'string', describe: 'Unix socket path (default: in the run directory)' })
+          .option('port', { type: 'number', describe: 'serve over TCP on this port instead of a Unix socket' })
+          .option('bind', { type: 'string', default: '127.0.0.1', describe: 'TCP address to bind with --port' })
+          .option('sector-size', sectorSizeOption)
+          .option('verbose', { alias: 'v', type: 'boolean', default: false, describe: 'log connections and errors' })
+          .conflicts('socket', 'port')
+          .check(argv => {
+            if (argv.port !== undefined && (!Number.isInteger(argv.port) || argv.port < 0 || argv.port > 65535)) {
+              throw new UsageError(`--port ${argv.port} is not a TCP port (0..65535)`)
+            }
+            return checkCommon(argv)
+          }),
+      argv => serve(argv as unknown as Parameters<typeof serve>[0]),
+    )
+    .command(
+      'destroy [options] <name>',
+      'flush and tear down device NAME',
+      y =>
+        y
+          .positional('name', { type: 'string', demandOption: true })
+          .option('force', { alias: 'f', type: 'boolean', default: false, describe: 'even while mounted or open' }),
+      argv => destroy(argv as unknown as Parameters<typeof destroy>[0]),
+    )
+    .command('list', 'list the devices', y => y, () => list())
+    .command(
+      'status [name]',
+      'show devices with their statistics',
+      y => y.positional('name', { type: 'string' }).option('json', { type: 'boolean', default: false }),
+      argv => status(argv as unknown as Parameters<typeof status>[0]),
+    )
+    .demandCommand(1, 'give a command: create, serve, destroy, list or status')
+    .strict()
+    .help()
+    .alias('h', 'help')
+    .version(false)
+    .wrap(Math.min(100, process.stdout.columns || 100))
+    .exitProcess(false)
+
+/** Runs the command line; resolves to the exit status. */
+export const main = async (args: string[]): Promise<number> => {
+  const parser = build(args).fail((message: string | null, error: Error | undefined) => {
+    // A handler's own failure passes through; anything yargs found wrong
+    // with the command line (including our checks) is a usage error. Either
+    // way this must throw, or yargs goes on to run the handler.
+    if (error && !(error instanceof UsageError) && error.name !== 'YError') throw error
+    throw new UsageError(message ?? error?.message ?? 'usage error')
+  })
+  try {
+    await parser.parseAsync()
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`geom-rowr: ${e.message}\nRun 'geom-rowr --help' for usage.\n`)
+      return EXIT_USAGE
+    }
+    process.stderr.write(`geom-rowr: ${e instanceof Error ? e.message : String(e)}\n`)
+    return EXIT_FAILURE
+  }
+  return process.exitCode === undefined ? 0 : Number(process.exitCode)
+}

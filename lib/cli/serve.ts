@@ -1,0 +1,49 @@
+// geom-rowr serve: NBD in the foreground, no kernel device, no root needed.
+import path from 'node:path'
+import { liveness } from '../daemon/run-state.js'
+import { resolveDevicePath } from '../devices/device-path.js'
+import type { Listen } from '../nbd/server.js'
+import { runInForeground, stderrLog, warn } from './foreground.js'
+
+export interface ServeArgs {
+  readonly ro: string
+  readonly rw: string
+  readonly name?: string
+  readonly socket?: string
+  readonly port?: number
+  readonly bind: string
+  readonly 'sector-size'?: number
+  readonly verbose: boolean
+}
+
+/** rowr0, rowr1, ...: the first with no device. */
+const firstFreeName = (): string => {
+  for (let n = 0; ; n++) {
+    if (liveness(`rowr${n}`).kind === 'absent') return `rowr${n}`
+  }
+}
+
+export const serve = async (a: ServeArgs): Promise<void> => {
+  const name = a.name ?? firstFreeName()
+  const listen: Listen | undefined =
+    a.port !== undefined
+      ? { port: a.port, host: a.bind }
+      : a.socket !== undefined
+        ? { socket: path.resolve(a.socket) }
+        : undefined
+  await runInForeground(
+    {
+      name,
+      ro: resolveDevicePath(a.ro),
+      rw: a.rw === 'auto' ? 'auto' : resolveDevicePath(a.rw),
+      sectorSize: a['sector-size'],
+      attach: false,
+      listen,
+      log: stderrLog(name, a.verbose),
+    },
+    d => {
+      for (const w of d.warnings) warn(`warning: ${w}`)
+      process.stdout.write(`${d.state.nbd}\n`)
+    },
+  )
+}

@@ -1,0 +1,188 @@
+// An open file or disk device: its size, its sector size and whole-range I/O.
+import fs from 'node:fs'
+import { diskGeometry } from '../../native-bindings/disk-ioctl.js'
+import { libc } from '../../native-bindings/libc.js'
+import { RowrError, errnoCode } from '../errors.js'
+
+/** What the engine needs from a device; tests substitute fakes. */
+export interface BlockIo {
+  readonly path: string
+  /** Bytes. */
+  readonly size: number
+  read(buf: Buffer, offset: number, length: number, position: number): Promise<void>
+  write(buf: Buffer, offset: number, length: number, position: number): Promise<void>
+  /** Makes every completed write durable. */
+  datasync(): Promise<void>
+  /** Makes [position, position+length) read back as zeros. */
+  zero(position: number, length: number): Promise<void>
+}
+
+export type DeviceKind = 'file' | 'disk'
+
+export interface DeviceIdentity {
+  readonly kind: DeviceKind
+  readonly dev: number
+  readonly ino: number
+  readonly rdev: number
+}
+
+// fallocate(2) modes from <linux/falloc.h>.
+const FALLOC_FL_KEEP_SIZE = 0x01
+const FALLOC_FL_PUNCH_HOLE = 0x02
+
+/** Writes of zeros, where holes cannot be punched, go in pieces this large. */
+const ZERO_CHUNK = 1 << 20
+let zeroChunk: Buffer | undefined
+const zeros = (): Buffer => (zeroChunk ??= Buffer.alloc(ZERO_CHUNK))
+
+const fsRead = (fd: number, buf: Buffer, offset: number, length: number, position: number) =>
+  new Promise<number>((resolve, reject) =>
+    fs.read(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))),
+  )
+
+const fsWrite = (fd: number, buf: Buffer, offset: number, length: number, position: number) =>
+  new Promise<number>((resolve, reject) =>
+    fs.write(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))),
+  )
+
+export class ShortIoError extends Error {
+  readonly code = 'EIO'
+  constructor(op: 'read' | 'write', path: string, position: number) {
+    super(`short ${op} at byte ${position} of ${path}: the device ended early`)
+  }
+}
+
+export class BlockDevice implements BlockIo {
+  readonly path: string
+  readonly fd: number
+  readonly size: number
+  /** The device's logical sector size (512 for regular files). */
+  readonly sectorSize: number
+  readonly identity: DeviceIdentity
+  readonly writable: boolean
+  #punchHoles: boolean
+  #closed = false
+
+  private constructor(
+    path: string,
+    fd: number,
+    size: number,
+    sectorSize: number,
+    identity: DeviceIdentity,
+    writable: boolean,
+  ) {
+    this.path = path
+    this.fd = fd
+    this.size = size
+    this.sectorSize = sectorSize
+    this.identity = identity
+    this.writable = writable
+    this.#punchHoles = writable
+  }
+
+  /**
+   * Opens PATH read-only, or read-write when `writable`. The read-only open
+   * is the guarantee that RO is never written.
+   */
+  static open(path: string, { writable }: { writable: boolean }): BlockDevice {
+    let fd: number
+    try {
+      fd = fs.openSync(path, writable ? fs.constants.O_RDWR : fs.constants.O_RDONLY)
+    } catch (e) {
+      throw openError(path, writable, e)
+    }
+    try {
+      const st = fs.fstatSync(fd)
+      const identity = { dev: st.dev, ino: st.ino, rdev: st.rdev }
+      if (st.isFile()) {
+        return new BlockDevice(path, fd, st.size, 512, { kind: 'file', ...identity }, writable)
+      }
+      if (st.isBlockDevice() || st.isCharacterDevice()) {
+        const g = diskGeometry(fd, path)
+        return new BlockDevice(path, fd, g.mediaSize, g.sectorSize, { kind: 'disk', ...identity }, writable)
+      }
+      throw new RowrError(
+        'ENOTDEV',
+        `${path} is neither a regular file nor a disk device; give an image file or a block device`,
+      )
+    } catch (e) {
+      fs.closeSync(fd)
+      throw e
+    }
+  }
+
+  async read(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    while (length > 0) {
+      const n = await fsRead(this.fd, buf, offset, length, position)
+      if (n === 0) throw new ShortIoError('read', this.path, position)
+      offset += n
+      length -= n
+      position += n
+    }
+  }
+
+  async write(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    while (length > 0) {
+      const n = await fsWrite(this.fd, buf, offset, length, position)
+      if (n === 0) throw new ShortIoError('write', this.path, position)
+      offset += n
+      length -= n
+      position += n
+    }
+  }
+
+  datasync(): Promise<void> {
+    return new Promise((resolve, reject) =>
+      fs.fdatasync(this.fd, err => (err ? reject(err) : resolve())),
+    )
+  }
+
+  /**
+   * Punches a hole where the file system or disk can (Linux fallocate, which
+   * guarantees zeros on read and gives the space back), else writes zeros.
+   */
+  async zero(position: number, length: number): Promise<void> {
+    if (this.#punchHoles) {
+      const rc = await libc().fallocate(
+        this.fd,
+        FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+        position,
+        length,
+      )
+      if (rc === 0) return
+      // Unsupported here (or a platform without fallocate): stop trying.
+      this.#punchHoles = false
+    }
+    const z = zeros()
+    while (length > 0) {
+      const n = Math.min(length, z.length)
+      await this.write(z, 0, n, position)
+      position += n
+      length -= n
+    }
+  }
+
+  close(): void {
+    if (this.#closed) return
+    this.#closed = true
+    fs.closeSync(this.fd)
+  }
+}
+
+const openError = (path: string, writable: boolean, e: unknown): Error => {
+  const code = errnoCode(e)
+  if (code === 'ENOENT') {
+    return new RowrError('ENOENT', `${path} does not exist; check the path or create the device first`, {
+      cause: e,
+    })
+  }
+  if (writable && (code === 'EACCES' || code === 'EROFS' || code === 'EPERM' || code === 'ETXTBSY')) {
+    return new RowrError(
+      'ENOTWRITABLE',
+      `${path} cannot be opened for writing (${code}); the read-write device must be writable: ` +
+        `check its permissions and that its file system is not mounted read-only`,
+      { cause: e },
+    )
+  }
+  return e instanceof Error ? e : new Error(String(e))
+}

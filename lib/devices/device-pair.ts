@@ -1,0 +1,111 @@
+// Opening RO and RW together: every check that decides whether the two can
+// form a rowr device, made before anything is handed to the engine. On any
+// refusal both devices are closed again.
+import { RowrError } from '../errors.js'
+import { BlockDevice } from './block-device.js'
+
+export const MIN_SECTOR_SIZE = 512
+export const MAX_SECTOR_SIZE = 65536
+
+export interface DevicePair {
+  readonly ro: BlockDevice
+  readonly rw: BlockDevice
+  /** The combined device's size: RO's size. */
+  readonly mediaSize: number
+  readonly sectorSize: number
+  /** Things the user should know that do not stop the device. */
+  readonly warnings: readonly string[]
+}
+
+export interface OpenPairOptions {
+  /** Overrides the sector size derived from the devices. */
+  readonly sectorSize?: number
+  /** How to make a bigger RW, for the mediasize hint. */
+  readonly resizeHint?: (rw: string, bytes: number) => string
+}
+
+const isPowerOfTwo = (n: number): boolean => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0
+
+export const checkSectorSize = (n: number): void => {
+  if (!isPowerOfTwo(n) || n < MIN_SECTOR_SIZE || n > MAX_SECTOR_SIZE) {
+    throw new RowrError(
+      'ESECTORSIZE',
+      `sector size ${n} is invalid: it must be a power of two from ${MIN_SECTOR_SIZE} to ${MAX_SECTOR_SIZE}`,
+    )
+  }
+}
+
+const linuxResizeHint = (rw: string, bytes: number): string => `truncate -s ${bytes} ${rw}`
+
+export const openDevicePair = (roPath: string, rwPath: string, options: OpenPairOptions = {}): DevicePair => {
+  if (options.sectorSize !== undefined) checkSectorSize(options.sectorSize)
+  const ro = BlockDevice.open(roPath, { writable: false })
+  let rw: BlockDevice | undefined
+  try {
+    rw = BlockDevice.open(rwPath, { writable: true })
+    return checkPair(ro, rw, options)
+  } catch (e) {
+    rw?.close()
+    ro.close()
+    throw e
+  }
+}
+
+const sameDevice = (ro: BlockDevice, rw: BlockDevice): boolean => {
+  const a = ro.identity
+  const b = rw.identity
+  if (a.kind !== b.kind) return false
+  return a.kind === 'file' ? a.dev === b.dev && a.ino === b.ino : a.rdev === b.rdev
+}
+
+const checkPair = (ro: BlockDevice, rw: BlockDevice, options: OpenPairOptions): DevicePair => {
+  if (sameDevice(ro, rw)) {
+    throw new RowrError(
+      'ESAMEDEV',
+      `${ro.path} and ${rw.path} are the same ${ro.identity.kind === 'file' ? 'file' : 'device'}; ` +
+        `the read-write device must be a separate device of the same size`,
+    )
+  }
+  const warnings: string[] = []
+  if (rw.size < ro.size) {
+    const hint = (options.resizeHint ?? linuxResizeHint)(rw.path, ro.size)
+    throw new RowrError(
+      'EMEDIASIZE',
+      `mediasize mismatch: ${ro.path} is ${ro.size} bytes, ${rw.path} is ${rw.size} bytes; ` +
+        `the read-write device must be at least as large: ${hint}`,
+    )
+  }
+  if (rw.size > ro.size) {
+    warnings.push(
+      `${rw.path} is ${rw.size} bytes, larger than ${ro.path} (${ro.size} bytes); ` +
+        `only its first ${ro.size} bytes are used`,
+    )
+  }
+  const native = Math.max(ro.sectorSize, rw.sectorSize)
+  const small = Math.min(ro.sectorSize, rw.sectorSize)
+  if (native % small !== 0) {
+    throw new RowrError(
+      'ESECTORSIZE',
+      `sector sizes do not fit: ${ro.path} has ${ro.sectorSize}-byte sectors, ${rw.path} ` +
+        `${rw.sectorSize}-byte sectors, and neither divides the other`,
+    )
+  }
+  const sectorSize = options.sectorSize ?? native
+  if (sectorSize < native) {
+    throw new RowrError(
+      'ESECTORSIZE',
+      `sector size ${sectorSize} is smaller than the ${native}-byte sectors of ` +
+        `${ro.sectorSize === native ? ro.path : rw.path}; use --sector-size ${native} or larger`,
+    )
+  }
+  if (ro.size === 0 || ro.size % sectorSize !== 0) {
+    throw new RowrError(
+      'ESECTORSIZE',
+      `${ro.path} is ${ro.size} bytes, not a non-zero multiple of the ${sectorSize}-byte sector size; ` +
+        `pad the image to a multiple of ${sectorSize} bytes (truncate -s ${
+          Math.max(1, Math.ceil(ro.size / sectorSize)) * sectorSize
+        } ${ro.path}) or choose another --sector-size`,
+    )
+  }
+  return { ro, rw, mediaSize: ro.size, sectorSize, warnings }
+}

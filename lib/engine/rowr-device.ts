@@ -1,0 +1,278 @@
+// The rowr device: a read-only device (RO) made writable by a read-write
+// device (RW) of at least the same size. A sector reads from RO until it has
+// been written; from then on it reads from RW. Front ends (NBD, GEOM Gate)
+// call this and nothing below it.
+//
+// Requests may be any byte range inside the device: an unaligned write or
+// zero-write reads the partial sectors at its edges first (read-modify-write)
+// so that every sector on RW is whole. Front ends that promise alignment
+// (GEOM, NBD clients honouring the advertised block size) never take that
+// path.
+//
+// TRIM and WRITE_ZEROES are the same operation here: the range is marked
+// written and made zero on RW (a punched hole where RW allows it). A trimmed
+// range therefore reads back as zeros, never as RO's old data, and RO is
+// untouched.
+import type { BlockIo } from '../devices/block-device.js'
+import { InFlightList, type InFlight } from './in-flight.js'
+import { SectorMap } from './sector-map.js'
+
+export interface RowrDeviceOptions {
+  readonly ro: BlockIo
+  readonly rw: BlockIo
+  /** The combined device's size in bytes: a multiple of sectorSize. */
+  readonly size: number
+  readonly sectorSize: number
+}
+
+export interface RowrStats {
+  /** Read requests, and the bytes they returned from each device. */
+  reads: number
+  readBytesFromRo: number
+  readBytesFromRw: number
+  /** Reads that had to be split into more than one run. */
+  splitReads: number
+  writes: number
+  writeBytes: number
+  /** Writes or zero-writes that needed a read-modify-write of an edge sector. */
+  partialSectorWrites: number
+  zeroes: number
+  zeroBytes: number
+  flushes: number
+  caches: number
+  /** Requests that waited for an overlapping request. */
+  overlapWaits: number
+  /** Sectors now served from RW, and their bytes. */
+  writtenSectors: number
+  writtenBytes: number
+  /** Memory used by the sector map, bytes. */
+  mapBytes: number
+}
+
+export interface Extent {
+  readonly length: number
+  /** True when the range is served from RW. */
+  readonly written: boolean
+}
+
+/** Scratch reads for CACHE requests go in pieces this large. */
+const CACHE_CHUNK = 1 << 20
+
+export class RowrDevice {
+  readonly size: number
+  readonly sectorSize: number
+  readonly ro: BlockIo
+  readonly rw: BlockIo
+  readonly map: SectorMap
+  readonly #inFlight = new InFlightList()
+  readonly #stats = {
+    reads: 0,
+    readBytesFromRo: 0,
+    readBytesFromRw: 0,
+    splitReads: 0,
+    writes: 0,
+    writeBytes: 0,
+    partialSectorWrites: 0,
+    zeroes: 0,
+    zeroBytes: 0,
+    flushes: 0,
+    caches: 0,
+  }
+
+  constructor({ ro, rw, size, sectorSize }: RowrDeviceOptions) {
+    if (size % sectorSize !== 0) throw new RangeError(`size ${size} is not a multiple of ${sectorSize}`)
+    if (ro.size < size || rw.size < size) throw new RangeError('a device is smaller than the rowr device')
+    this.ro = ro
+    this.rw = rw
+    this.size = size
+    this.sectorSize = sectorSize
+    this.map = new SectorMap(size / sectorSize)
+  }
+
+  #check(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new RangeError(`request ${offset}+${length} is outside the ${this.size}-byte device`)
+    }
+  }
+
+  #alignDown(n: number): number {
+    return n - (n % this.sectorSize)
+  }
+
+  #alignUp(n: number): number {
+    return this.#alignDown(n + this.sectorSize - 1)
+  }
+
+  /** Reads [offset, offset+length) into a new buffer. */
+  async read(offset: number, length: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(length)
+    await this.readInto(buf, offset)
+    return buf
+  }
+
+  /** Fills `buf` with the device's bytes from `offset`. */
+  async readInto(buf: Buffer, offset: number): Promise<void> {
+    this.#check(offset, buf.length)
+    const request = await this.#enter(offset, offset + buf.length, false)
+    try {
+      this.#stats.reads++
+      await this.#readRuns(buf, 0, buf.length, offset)
+    } finally {
+      this.#inFlight.leave(request)
+    }
+  }
+
+  async write(offset: number, data: Buffer, { fua = false } = {}): Promise<void> {
+    this.#check(offset, data.length)
+    if (data.length === 0) return
+    const start = this.#alignDown(offset)
+    const end = this.#alignUp(offset + data.length)
+    const request = await this.#enter(start, end, true)
+    try {
+      await this.#writeSpan(offset, data)
+      if (fua) await this.rw.datasync()
+      this.map.setRange(start / this.sectorSize, (end - start) / this.sectorSize)
+      this.#stats.writes++
+      this.#stats.writeBytes += data.length
+    } finally {
+      this.#inFlight.leave(request)
+    }
+  }
+
+  /** Makes the range read back as zeros (TRIM and WRITE_ZEROES). */
+  async zero(offset: number, length: number, { fua = false } = {}): Promise<void> {
+    this.#check(offset, length)
+    if (length === 0) return
+    const end = offset + length
+    const start = this.#alignDown(offset)
+    const alignedEnd = this.#alignUp(end)
+    const innerStart = this.#alignUp(offset)
+    const innerEnd = this.#alignDown(end)
+    const request = await this.#enter(start, alignedEnd, true)
+    try {
+      if (innerStart >= innerEnd) {
+        // No whole sector inside: at most two partial ones.
+        await this.#writeZeroBytes(offset, length)
+      } else {
+        if (offset < innerStart) await this.#writeZeroBytes(offset, innerStart - offset)
+        if (innerEnd < end) await this.#writeZeroBytes(innerEnd, end - innerEnd)
+        await this.rw.zero(innerStart, innerEnd - innerStart)
+      }
+      if (fua) await this.rw.datasync()
+      this.map.setRange(start / this.sectorSize, (alignedEnd - start) / this.sectorSize)
+      this.#stats.zeroes++
+      this.#stats.zeroBytes += length
+    } finally {
+      this.#inFlight.leave(request)
+    }
+  }
+
+  /** Makes every write completed so far durable. */
+  async flush(): Promise<void> {
+    this.#stats.flushes++
+    await this.rw.datasync()
+  }
+
+  /** Pulls the range into the page cache of whichever device serves it. */
+  async cache(offset: number, length: number): Promise<void> {
+    this.#check(offset, length)
+    this.#stats.caches++
+    const scratch = Buffer.allocUnsafe(Math.min(length, CACHE_CHUNK))
+    for (let pos = offset; pos < offset + length; pos += scratch.length) {
+      const n = Math.min(scratch.length, offset + length - pos)
+      const request = await this.#enter(pos, pos + n, false)
+      try {
+        await this.#readRuns(scratch, 0, n, pos)
+      } finally {
+        this.#inFlight.leave(request)
+      }
+    }
+  }
+
+  /**
+   * The ranges from `offset` that come from RO or RW, at most `max` of them;
+   * they cover [offset, offset+length) unless `max` cut the list short.
+   */
+  extents(offset: number, length: number, max: number): Extent[] {
+    this.#check(offset, length)
+    const out: Extent[] = []
+    const end = offset + length
+    let pos = offset
+    while (pos < end && out.length < max) {
+      const sector = Math.floor(pos / this.sectorSize)
+      const written = this.map.isWritten(sector)
+      const run = this.map.runLength(sector, Math.ceil(end / this.sectorSize))
+      const runEnd = Math.min(end, (sector + run) * this.sectorSize)
+      out.push({ length: runEnd - pos, written })
+      pos = runEnd
+    }
+    return out
+  }
+
+  stats(): RowrStats {
+    return {
+      ...this.#stats,
+      overlapWaits: this.#inFlight.waits,
+      writtenSectors: this.map.writtenSectors,
+      writtenBytes: this.map.writtenSectors * this.sectorSize,
+      mapBytes: this.map.memoryBytes,
+    }
+  }
+
+  #enter(start: number, end: number, exclusive: boolean): InFlight | Promise<InFlight> {
+    return this.#inFlight.enter(start, end, exclusive)
+  }
+
+  /** Reads a range run by run, each run from the device that holds it. */
+  #readRuns(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
+    const end = offset + length
+    const endSector = Math.ceil(end / this.sectorSize)
+    const reads: Promise<void>[] = []
+    let pos = offset
+    while (pos < end) {
+      const sector = Math.floor(pos / this.sectorSize)
+      const written = this.map.isWritten(sector)
+      const runEnd = Math.min(end, (sector + this.map.runLength(sector, endSector)) * this.sectorSize)
+      const n = runEnd - pos
+      if (written) this.#stats.readBytesFromRw += n
+      else this.#stats.readBytesFromRo += n
+      reads.push((written ? this.rw : this.ro).read(buf, bufOffset + pos - offset, n, pos))
+      pos = runEnd
+    }
+    if (reads.length === 1) return reads[0]!
+    this.#stats.splitReads++
+    return Promise.all(reads).then(() => undefined)
+  }
+
+  /**
+   * Writes bytes to RW in whole sectors: the parts of the edge sectors that
+   * `data` does not cover are read first, from wherever they live now.
+   * The caller holds the range exclusively.
+   */
+  async #writeSpan(offset: number, data: Buffer): Promise<void> {
+    const end = offset + data.length
+    if (offset % this.sectorSize === 0 && end % this.sectorSize === 0) {
+      await this.rw.write(data, 0, data.length, offset)
+      return
+    }
+    this.#stats.partialSectorWrites++
+    const start = this.#alignDown(offset)
+    const alignedEnd = this.#alignUp(end)
+    const whole = Buffer.allocUnsafe(alignedEnd - start)
+    if (alignedEnd - start === this.sectorSize) {
+      await this.#readRuns(whole, 0, this.sectorSize, start)
+    } else {
+      if (start < offset) await this.#readRuns(whole, 0, this.sectorSize, start)
+      if (end < alignedEnd) {
+        const last = alignedEnd - this.sectorSize
+        await this.#readRuns(whole, last - start, this.sectorSize, last)
+      }
+    }
+    data.copy(whole, offset - start)
+    await this.rw.write(whole, 0, whole.length, start)
+  }
+
+  #writeZeroBytes(offset: number, length: number): Promise<void> {
+    return this.#writeSpan(offset, Buffer.alloc(length))
+  }
+}

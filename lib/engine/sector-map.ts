@@ -1,0 +1,162 @@
+// Which sectors have been written (and so live on RW): one bit per sector in
+// a two-level bitmap.
+//
+// Memory: the top level is one slot per leaf; a leaf is 8 KiB of bits and
+// covers 65536 sectors (32 MiB at 512-byte sectors). A 1 TiB device of
+// 512-byte sectors has 32768 slots (256 KiB) and nothing else until written.
+// Leaves are allocated on first write; a leaf that fills up is replaced by
+// one shared FULL marker, so long sequential writes cost no leaf memory at
+// all. Worst case (every other sector written) is the flat bitmap:
+// size / sectorSize / 8 bytes.
+
+const WORD_BITS = 32
+const LEAF_WORDS = 2048
+export const LEAF_SECTORS = LEAF_WORDS * WORD_BITS
+
+class Leaf {
+  readonly bits = new Uint32Array(LEAF_WORDS)
+  count = 0
+}
+
+/** Marks a leaf whose every sector is written. */
+const FULL = 'full'
+type Slot = Leaf | typeof FULL | undefined
+
+const popcount = (v: number): number => {
+  v = v - ((v >>> 1) & 0x55555555)
+  v = (v & 0x33333333) + ((v >>> 2) & 0x33333333)
+  return (((v + (v >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24
+}
+
+/** Index of the lowest set bit of a non-zero 32-bit value. */
+const lowestBit = (v: number): number => 31 - Math.clz32(v & -v)
+
+/** Bits [from, to) of a word set, 0 <= from < to <= 32. */
+const wordMask = (from: number, to: number): number =>
+  to - from === WORD_BITS ? 0xffffffff : (((1 << (to - from)) - 1) << from) >>> 0
+
+export class SectorMap {
+  readonly sectors: number
+  #slots: Slot[]
+  #written = 0
+
+  constructor(sectors: number) {
+    if (!Number.isSafeInteger(sectors) || sectors < 0) throw new RangeError(`bad sector count ${sectors}`)
+    this.sectors = sectors
+    this.#slots = new Array<Slot>(Math.ceil(sectors / LEAF_SECTORS)).fill(undefined)
+  }
+
+  /** Sectors written so far. */
+  get writtenSectors(): number {
+    return this.#written
+  }
+
+  /** Leaves that hold their own bitmap (for memory accounting). */
+  get allocatedLeaves(): number {
+    let n = 0
+    for (const s of this.#slots) if (s instanceof Leaf) n++
+    return n
+  }
+
+  /** Approximate bytes of memory the map uses. */
+  get memoryBytes(): number {
+    return this.#slots.length * 8 + this.allocatedLeaves * (LEAF_WORDS * 4 + 64)
+  }
+
+  isWritten(sector: number): boolean {
+    const slot = this.#slots[Math.floor(sector / LEAF_SECTORS)]
+    if (slot === undefined) return false
+    if (slot === FULL) return true
+    const bit = sector % LEAF_SECTORS
+    return ((slot.bits[bit >>> 5]! >>> (bit & 31)) & 1) === 1
+  }
+
+  /**
+   * How many sectors from `start` (at most up to `end`) share the state of
+   * `start`. Reads use it to split a request into RO and RW runs.
+   */
+  runLength(start: number, end: number): number {
+    const written = this.isWritten(start)
+    let s = start
+    while (s < end) {
+      const leafIndex = Math.floor(s / LEAF_SECTORS)
+      const leafStart = leafIndex * LEAF_SECTORS
+      const leafEnd = Math.min(leafStart + LEAF_SECTORS, end)
+      const slot = this.#slots[leafIndex]
+      if (slot === undefined || slot === FULL) {
+        if ((slot === FULL) !== written) break
+        s = leafEnd
+        continue
+      }
+      const stop = scanLeaf(slot.bits, s - leafStart, leafEnd - leafStart, written)
+      s = leafStart + stop
+      if (s < leafEnd) break
+    }
+    return Math.min(s, end) - start
+  }
+
+  /** Marks [start, start+count) written; returns how many were new. */
+  setRange(start: number, count: number): number {
+    const end = start + count
+    if (start < 0 || end > this.sectors || count < 0) {
+      throw new RangeError(`sectors ${start}+${count} outside a map of ${this.sectors}`)
+    }
+    let added = 0
+    let s = start
+    while (s < end) {
+      const leafIndex = Math.floor(s / LEAF_SECTORS)
+      const leafStart = leafIndex * LEAF_SECTORS
+      const leafEnd = Math.min(leafStart + LEAF_SECTORS, end)
+      let slot = this.#slots[leafIndex]
+      if (slot !== FULL) {
+        if (slot === undefined) {
+          if (s === leafStart && leafEnd - leafStart === LEAF_SECTORS) {
+            this.#slots[leafIndex] = FULL
+            added += LEAF_SECTORS
+            s = leafEnd
+            continue
+          }
+          slot = new Leaf()
+          this.#slots[leafIndex] = slot
+        }
+        const n = fillLeaf(slot.bits, s - leafStart, leafEnd - leafStart)
+        slot.count += n
+        added += n
+        if (slot.count === LEAF_SECTORS) this.#slots[leafIndex] = FULL
+      }
+      s = leafEnd
+    }
+    this.#written += added
+    return added
+  }
+}
+
+/** Sets bits [from, to) of a leaf; returns how many changed. */
+const fillLeaf = (bits: Uint32Array, from: number, to: number): number => {
+  let added = 0
+  while (from < to) {
+    const w = from >>> 5
+    const lo = from & 31
+    const hi = Math.min(WORD_BITS, lo + (to - from))
+    const mask = wordMask(lo, hi)
+    const before = bits[w]!
+    const after = (before | mask) >>> 0
+    added += popcount(after) - popcount(before)
+    bits[w] = after
+    from += hi - lo
+  }
+  return added
+}
+
+/** First bit index in [from, to) whose state differs from `written`, or `to`. */
+const scanLeaf = (bits: Uint32Array, from: number, to: number, written: boolean): number => {
+  while (from < to) {
+    const w = from >>> 5
+    const lo = from & 31
+    const word = written ? ~bits[w]! : bits[w]!
+    const differing = (word & wordMask(lo, WORD_BITS)) >>> 0
+    if (differing !== 0) return Math.min(to, (w << 5) + lowestBit(differing))
+    from = (w + 1) << 5
+  }
+  return to
+}

@@ -1,0 +1,34 @@
+// Typed errors. Every refusal the user can meet carries a code, names the
+// device or NAME concerned, and says how to fix it.
+
+export type RowrErrorCode =
+  | 'ENOENT' // a device path does not exist
+  | 'ENOTDEV' // a path is neither a regular file nor a disk device
+  | 'EMEDIASIZE' // RW is smaller than RO
+  | 'ESAMEDEV' // RO and RW are the same file or device
+  | 'ENOTWRITABLE' // RW cannot be opened for writing
+  | 'ESECTORSIZE' // a bad sector size, or a size that is not a multiple of it
+  | 'EBADNAME' // NAME is not a valid device name
+  | 'EINUSE' // NAME is taken by a running device
+  | 'ENONAME' // no device of that NAME
+  | 'EBUSY' // the device is open or mounted
+  | 'EATTACH' // the kernel block device could not be attached
+  | 'EDAEMON' // the daemon did not start or did not answer
+  | 'EPLATFORM' // not possible on this platform
+
+export class RowrError extends Error {
+  readonly code: RowrErrorCode
+  constructor(code: RowrErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.code = code
+    this.name = 'RowrError'
+  }
+}
+
+export const isRowrError = (e: unknown): e is RowrError => e instanceof RowrError
+
+/** The errno-style code of a Node.js system error, if it is one. */
+export const errnoCode = (e: unknown): string | undefined =>
+  typeof e === 'object' && e !== null && 'code' in e && typeof e.code === 'string'
+    ? e.code
+    : undefined

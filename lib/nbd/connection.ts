@@ -1,0 +1,389 @@
+// One client connection: greeting, option haggling, then requests handed to
+// the engine concurrently, each answered as soon as it completes.
+//
+// Hostile input never costs more than bounded memory: option data and write
+// payloads have caps checked before anything is allocated, reading stops
+// while too much is in flight, and anything that cannot be parsed ends this
+// connection only.
+import type { Socket } from 'node:net'
+import type { RowrDevice } from '../engine/rowr-device.js'
+import { errnoCode } from '../errors.js'
+import { ByteQueue } from './byte-queue.js'
+import {
+  BASE_ALLOCATION,
+  CLIENT_FLAGS_LENGTH,
+  Command,
+  CommandFlag,
+  IHAVEOPT,
+  NbdErrno,
+  OPTION_HEADER_LENGTH,
+  REQUEST_HEADER_LENGTH,
+  WrittenState,
+  type NbdErrnoValue,
+} from './constants.js'
+import { Negotiation, type ExportDescription } from './negotiation.js'
+import {
+  blockStatusChunk,
+  greeting,
+  offsetDataHeader,
+  simpleReply,
+  structuredDone,
+  structuredError,
+  type StatusDescriptor,
+} from './replies.js'
+import { parseRequest, type NbdRequest } from './request.js'
+
+export interface ConnectionLimits {
+  /** Largest option data accepted during haggling. */
+  readonly maxOptionLength: number
+  /** Requests handled at once before reading pauses. */
+  readonly maxInFlight: number
+  /** Payload bytes (reads and writes) held at once before reading pauses. */
+  readonly maxInFlightBytes: number
+  /** Most descriptors in one block status reply. */
+  readonly maxExtents: number
+}
+
+export const DEFAULT_LIMITS: ConnectionLimits = {
+  maxOptionLength: 64 * 1024,
+  maxInFlight: 128,
+  maxInFlightBytes: 128 * 1024 * 1024,
+  maxExtents: 1024,
+}
+
+export type Log = (message: string) => void
+
+/** A request the server refuses, answered with an NBD error. */
+class RequestError extends Error {
+  readonly errno: NbdErrnoValue
+  constructor(errno: NbdErrnoValue, message: string) {
+    super(message)
+    this.errno = errno
+  }
+}
+
+const FLAGS_ALLOWED: Record<number, number> = {
+  [Command.READ]: CommandFlag.DF,
+  [Command.WRITE]: CommandFlag.FUA,
+  [Command.DISC]: 0,
+  [Command.FLUSH]: 0,
+  [Command.TRIM]: CommandFlag.FUA,
+  [Command.CACHE]: 0,
+  [Command.WRITE_ZEROES]: CommandFlag.FUA | CommandFlag.NO_HOLE,
+  [Command.BLOCK_STATUS]: CommandFlag.REQ_ONE,
+}
+
+/** Maps an engine or system failure to the error a client is told. */
+const errnoFor = (e: unknown): NbdErrnoValue => {
+  if (e instanceof RequestError) return e.errno
+  if (e instanceof RangeError) return NbdErrno.EINVAL
+  switch (errnoCode(e)) {
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return NbdErrno.ENOSPC
+    case 'EPERM':
+    case 'EACCES':
+    case 'EROFS':
+      return NbdErrno.EPERM
+    case 'ENOMEM':
+      return NbdErrno.ENOMEM
+    default:
+      return NbdErrno.EIO
+  }
+}
+
+type Phase = 'flags' | 'options' | 'transmission' | 'disconnecting' | 'closed'
+
+export class NbdConnection {
+  readonly #socket: Socket
+  readonly #engine: RowrDevice
+  readonly #negotiation: Negotiation
+  readonly #limits: ConnectionLimits
+  readonly #log: Log
+  readonly #queue = new ByteQueue()
+  #phase: Phase = 'flags'
+  #option: { code: number; length: number } | undefined
+  #request: NbdRequest | undefined
+  #inFlight = 0
+  #inFlightBytes = 0
+  #paused = false
+  /** Resolves when the socket has closed. */
+  readonly closed: Promise<void>
+
+  constructor(socket: Socket, engine: RowrDevice, exp: ExportDescription, log: Log, limits = DEFAULT_LIMITS) {
+    this.#socket = socket
+    this.#engine = engine
+    this.#negotiation = new Negotiation(exp)
+    this.#limits = limits
+    this.#log = log
+    this.closed = new Promise(resolve => socket.once('close', () => resolve()))
+    socket.on('close', () => {
+      this.#phase = 'closed'
+      this.#queue.clear()
+    })
+    // Resets and broken pipes are the client's business; 'close' follows.
+    socket.on('error', e => this.#log(`connection error: ${e.message}`))
+    socket.on('data', chunk => {
+      this.#queue.push(chunk)
+      this.#pump()
+    })
+    socket.on('drain', () => this.#pump())
+    socket.setNoDelay?.(true)
+    this.#send(greeting())
+  }
+
+  /** Stops taking requests, answers those in flight, then closes. */
+  shutdown(): void {
+    if (this.#phase === 'closed') return
+    if (this.#phase !== 'transmission') {
+      this.#socket.destroy()
+      return
+    }
+    this.#phase = 'disconnecting'
+    this.#finishIfIdle()
+  }
+
+  /** Closes at once; requests in flight complete but are not answered. */
+  destroy(): void {
+    this.#socket.destroy()
+  }
+
+  #send(...buffers: Buffer[]): void {
+    if (this.#socket.destroyed || !this.#socket.writable) return
+    // Replies that complete in the same tick leave in one write.
+    this.#socket.cork()
+    for (const b of buffers) this.#socket.write(b)
+    process.nextTick(() => this.#socket.uncork())
+  }
+
+  #fatal(message: string): void {
+    this.#log(`closing connection: ${message}`)
+    this.#phase = 'closed'
+    this.#queue.clear()
+    this.#socket.destroy()
+  }
+
+  #busy(): boolean {
+    return (
+      this.#inFlight >= this.#limits.maxInFlight ||
+      this.#inFlightBytes >= this.#limits.maxInFlightBytes ||
+      this.#socket.writableNeedDrain
+    )
+  }
+
+  /** Parses and dispatches whatever whole messages are queued. */
+  #pump(): void {
+    for (;;) {
+      if (this.#phase === 'flags') {
+        if (this.#queue.length < CLIENT_FLAGS_LENGTH) break
+        if (!this.#negotiation.clientFlags(this.#queue.take(CLIENT_FLAGS_LENGTH).readUInt32BE(0))) {
+          this.#fatal('client sent unknown handshake flags')
+          return
+        }
+        this.#phase = 'options'
+      } else if (this.#phase === 'options') {
+        if (!this.#takeOption()) break
+      } else if (this.#phase === 'transmission') {
+        if (this.#busy()) {
+          this.#pause()
+          return
+        }
+        if (!this.#takeRequest()) break
+      } else {
+        return
+      }
+    }
+    this.#resume()
+  }
+
+  #pause(): void {
+    if (!this.#paused) {
+      this.#paused = true
+      this.#socket.pause()
+    }
+  }
+
+  #resume(): void {
+    if (this.#paused && this.#phase !== 'closed') {
+      this.#paused = false
+      this.#socket.resume()
+    }
+  }
+
+  /** Handles one option if it has fully arrived; false when more is needed. */
+  #takeOption(): boolean {
+    if (!this.#option) {
+      if (this.#queue.length < OPTION_HEADER_LENGTH) return false
+      const h = this.#queue.take(OPTION_HEADER_LENGTH)
+      if (h.readBigUInt64BE(0) !== IHAVEOPT) {
+        this.#fatal('bad option magic')
+        return false
+      }
+      const length = h.readUInt32BE(12)
+      if (length > this.#limits.maxOptionLength) {
+        this.#fatal(`option data of ${length} bytes is over the ${this.#limits.maxOptionLength}-byte limit`)
+        return false
+      }
+      this.#option = { code: h.readUInt32BE(8), length }
+    }
+    if (this.#queue.length < this.#option.length) return false
+    const { code, length } = this.#option
+    this.#option = undefined
+    const outcome = this.#negotiation.option(code, this.#queue.take(length))
+    this.#send(...outcome.replies)
+    if (outcome.next === 'close') {
+      this.#phase = 'closed'
+      this.#socket.end()
+      return false
+    }
+    if (outcome.next === 'transmission') this.#phase = 'transmission'
+    return true
+  }
+
+  /** Dispatches one request if it has fully arrived; false when more is needed. */
+  #takeRequest(): boolean {
+    if (!this.#request) {
+      if (this.#queue.length < REQUEST_HEADER_LENGTH) return false
+      try {
+        this.#request = parseRequest(this.#queue.take(REQUEST_HEADER_LENGTH))
+      } catch (e) {
+        this.#fatal((e as Error).message)
+        return false
+      }
+      if (this.#request.type === Command.WRITE && this.#request.length > this.#negotiation.export.maximumPayload) {
+        // The payload cannot be skipped safely without buffering it.
+        this.#fatal(
+          `write of ${this.#request.length} bytes is over the ${this.#negotiation.export.maximumPayload}-byte maximum`,
+        )
+        return false
+      }
+    }
+    const request = this.#request
+    let payload: Buffer | undefined
+    if (request.type === Command.WRITE) {
+      if (this.#queue.length < request.length) return false
+      payload = this.#queue.take(request.length)
+    }
+    this.#request = undefined
+    if (request.type === Command.DISC) {
+      this.#phase = 'disconnecting'
+      this.#finishIfIdle()
+      return false
+    }
+    this.#dispatch(request, payload)
+    return true
+  }
+
+  #dispatch(request: NbdRequest, payload: Buffer | undefined): void {
+    const bytes = request.type === Command.READ || request.type === Command.WRITE ? request.length : 0
+    this.#inFlight++
+    this.#inFlightBytes += bytes
+    this.#handle(request, payload)
+      .catch(e => this.#replyError(request, e))
+      .finally(() => {
+        this.#inFlight--
+        this.#inFlightBytes -= bytes
+        if (this.#phase === 'disconnecting') this.#finishIfIdle()
+        else if (this.#paused) this.#pump()
+      })
+  }
+
+  #finishIfIdle(): void {
+    if (this.#inFlight === 0 && this.#phase === 'disconnecting') {
+      this.#phase = 'closed'
+      this.#socket.end()
+    }
+  }
+
+  #checkRange(request: NbdRequest, errno: NbdErrnoValue = NbdErrno.EINVAL): void {
+    const size = this.#engine.size
+    if (request.offset > size || request.length > size - request.offset) {
+      throw new RequestError(errno, `range ${request.offset}+${request.length} is beyond the ${size}-byte export`)
+    }
+  }
+
+  async #handle(request: NbdRequest, payload: Buffer | undefined): Promise<void> {
+    const allowed = FLAGS_ALLOWED[request.type]
+    if (allowed === undefined) throw new RequestError(NbdErrno.EINVAL, `unknown command ${request.type}`)
+    if ((request.flags & ~allowed) !== 0) {
+      throw new RequestError(NbdErrno.EINVAL, `flags 0x${request.flags.toString(16)} are not valid for command ${request.type}`)
+    }
+    const fua = (request.flags & CommandFlag.FUA) !== 0
+    switch (request.type) {
+      case Command.READ: {
+        this.#checkRange(request)
+        if (request.length > this.#negotiation.export.maximumPayload) {
+          throw new RequestError(NbdErrno.EINVAL, `read of ${request.length} bytes is over the maximum payload`)
+        }
+        const data = await this.#engine.read(request.offset, request.length)
+        if (this.#negotiation.structuredReplies) {
+          this.#send(offsetDataHeader(request.cookie, request.offset, data.length), data)
+        } else {
+          this.#send(simpleReply(request.cookie, 0), data)
+        }
+        return
+      }
+      case Command.WRITE:
+        this.#checkRange(request, NbdErrno.ENOSPC)
+        await this.#engine.write(request.offset, payload!, { fua })
+        break
+      case Command.FLUSH:
+        await this.#engine.flush()
+        break
+      case Command.TRIM:
+      case Command.WRITE_ZEROES:
+        this.#checkRange(request, NbdErrno.ENOSPC)
+        await this.#engine.zero(request.offset, request.length, { fua })
+        break
+      case Command.CACHE:
+        this.#checkRange(request)
+        await this.#engine.cache(request.offset, request.length)
+        break
+      case Command.BLOCK_STATUS:
+        this.#blockStatus(request)
+        return
+    }
+    this.#replyOk(request)
+  }
+
+  #replyOk(request: NbdRequest): void {
+    this.#send(this.#negotiation.structuredReplies ? structuredDone(request.cookie) : simpleReply(request.cookie, 0))
+  }
+
+  #replyError(request: NbdRequest, e: unknown): void {
+    const errno = errnoFor(e)
+    const message = e instanceof Error ? e.message : String(e)
+    if (!(e instanceof RequestError)) this.#log(`request ${request.type} at ${request.offset}+${request.length} failed: ${message}`)
+    this.#send(
+      this.#negotiation.structuredReplies
+        ? structuredError(request.cookie, errno, message)
+        : simpleReply(request.cookie, errno),
+    )
+  }
+
+  #blockStatus(request: NbdRequest): void {
+    const contexts = this.#negotiation.metaContexts
+    if (!this.#negotiation.structuredReplies || contexts.size === 0) {
+      throw new RequestError(NbdErrno.EINVAL, 'no metadata context was selected with NBD_OPT_SET_META_CONTEXT')
+    }
+    this.#checkRange(request)
+    if (request.length === 0) throw new RequestError(NbdErrno.EINVAL, 'block status of an empty range')
+    const max = (request.flags & CommandFlag.REQ_ONE) !== 0 ? 1 : this.#limits.maxExtents
+    const chunks: Buffer[] = []
+    let left = contexts.size
+    for (const [id, name] of contexts) {
+      chunks.push(blockStatusChunk(request.cookie, id, this.#describe(name, request, max), --left === 0))
+    }
+    this.#send(...chunks)
+  }
+
+  #describe(context: string, request: NbdRequest, max: number): StatusDescriptor[] {
+    if (context === BASE_ALLOCATION) {
+      // Every sector is backed by RO or RW: the whole range is data.
+      return [{ length: request.length, flags: 0 }]
+    }
+    return this.#engine
+      .extents(request.offset, request.length, max)
+      .map(e => ({ length: e.length, flags: e.written ? WrittenState.WRITTEN : 0 }))
+  }
+}

@@ -1,0 +1,72 @@
+// The one place that loads the C library through koffi. Nothing koffi-typed
+// leaves this module: callers get plain functions over numbers and Buffers.
+//
+// GEOM_ROWR_LIBC names another library to load instead (the ggctl simulator
+// of the FreeBSD issue exports the same entry points).
+import { createRequire } from 'node:module'
+
+const require = createRequire(import.meta.url)
+
+/** The subset of koffi's API this module uses. */
+interface KoffiLibrary {
+  func(signature: string): KoffiFunction
+}
+interface KoffiFunction {
+  (...args: unknown[]): number
+  async(...args: unknown[]): void
+}
+interface Koffi {
+  load(path: string): KoffiLibrary
+  errno(): number
+}
+
+export type Platform = 'linux' | 'freebsd'
+
+export const platform = (): Platform => {
+  const override = process.env.GEOM_ROWR_PLATFORM
+  if (override === 'linux' || override === 'freebsd') return override
+  return process.platform === 'freebsd' ? 'freebsd' : 'linux'
+}
+
+const defaultLibc = (): string =>
+  process.platform === 'freebsd' ? 'libc.so.7' : 'libc.so.6'
+
+export interface Libc {
+  /** ioctl(2) with a pointer argument; returns -1 and sets errno on failure. */
+  ioctl(fd: number, request: number, arg: Buffer): number
+  /** fallocate(2) on the thread pool; resolves to its return value. */
+  fallocate(fd: number, mode: number, offset: number, length: number): Promise<number>
+  /** The errno left by the last synchronous call on this thread. */
+  errno(): number
+}
+
+let loaded: Libc | undefined
+
+export const libc = (): Libc => {
+  if (loaded) return loaded
+  const koffi = require('koffi') as Koffi
+  const lib = koffi.load(process.env.GEOM_ROWR_LIBC ?? defaultLibc())
+  // Declared with a pointer third argument rather than as variadic: koffi
+  // cannot make async calls to variadic functions, and on amd64/arm64 the
+  // calling conventions agree for this signature.
+  const ioctl = lib.func('int ioctl(int fd, unsigned long request, void *arg)')
+  let fallocate: KoffiFunction | undefined
+  if (platform() === 'linux' && !process.env.GEOM_ROWR_LIBC) {
+    fallocate = lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)')
+  }
+  loaded = {
+    ioctl: (fd, request, arg) => ioctl(fd, request, arg),
+    fallocate: (fd, mode, offset, length) =>
+      new Promise<number>((resolve, reject) => {
+        if (!fallocate) {
+          resolve(-1)
+          return
+        }
+        fallocate.async(fd, mode, offset, length, (err: Error | null, res: number) =>
+          err ? reject(err) : resolve(res),
+        )
+      }),
+    errno: () => koffi.errno(),
+  }
+  return loaded
+}
