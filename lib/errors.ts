@@ -15,6 +15,7 @@ export type RowrErrorCode =
   | 'EATTACH' // the kernel block device could not be attached
   | 'EDAEMON' // the daemon did not start or did not answer
   | 'EPLATFORM' // not possible on this platform
+  | 'ESOCKETPATH' // a Unix socket path the kernel cannot take
 
 export class RowrError extends Error {
   readonly code: RowrErrorCode
@@ -32,3 +33,21 @@ export const errnoCode = (e: unknown): string | undefined =>
   typeof e === 'object' && e !== null && 'code' in e && typeof e.code === 'string'
     ? e.code
     : undefined
+
+/** sun_path holds 108 bytes on Linux (104 on FreeBSD), with a terminating NUL. */
+const MAX_SOCKET_PATH = process.platform === 'freebsd' ? 103 : 107
+
+/**
+ * The kernel silently truncates a longer socket path, so the socket would
+ * appear somewhere else; refuse it instead.
+ */
+export const checkSocketPath = (path: string): void => {
+  const length = Buffer.byteLength(path)
+  if (length > MAX_SOCKET_PATH) {
+    throw new RowrError(
+      'ESOCKETPATH',
+      `socket path ${path} is ${length} bytes, over the ${MAX_SOCKET_PATH}-byte limit of Unix sockets; ` +
+        `choose a shorter --socket path or run directory (GEOM_ROWR_RUNDIR)`,
+    )
+  }
+}

@@ -2,7 +2,7 @@
 // one reply per connection, each a 4-byte big-endian length and JSON.
 import fs from 'node:fs'
 import net from 'node:net'
-import { RowrError, errnoCode } from '../errors.js'
+import { RowrError, checkSocketPath, errnoCode } from '../errors.js'
 
 export type ControlRequest = { readonly cmd: 'status' } | { readonly cmd: 'destroy'; readonly force: boolean }
 
@@ -80,6 +80,7 @@ export class ControlServer {
   }
 
   static async listen(path: string, handler: ControlHandler): Promise<ControlServer> {
+    checkSocketPath(path)
     const server = net.createServer(socket => {
       socket.on('error', () => socket.destroy())
       readMessage(socket)

@@ -3,7 +3,7 @@
 import fs from 'node:fs'
 import net from 'node:net'
 import type { RowrDevice } from '../engine/rowr-device.js'
-import { errnoCode } from '../errors.js'
+import { checkSocketPath, errnoCode } from '../errors.js'
 import { NbdConnection, type Log } from './connection.js'
 import type { ExportDescription } from './negotiation.js'
 
@@ -52,6 +52,7 @@ export class NbdServer {
   /** Listens; returns where, with the port filled in for TCP port 0. */
   async listen(listen: Listen): Promise<Listen> {
     if ('socket' in listen) {
+      checkSocketPath(listen.socket)
       removeStaleSocket(listen.socket)
       await this.#listen(() => this.#server.listen(listen.socket))
       this.#socketPath = listen.socket

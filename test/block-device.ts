@@ -1,0 +1,119 @@
+import fs from 'node:fs'
+import path from 'node:path'
+import t from 'tap'
+import { BlockDevice } from '../lib/devices/block-device.js'
+import { openDevicePair } from '../lib/devices/device-pair.js'
+import { resolveDevicePath } from '../lib/devices/device-path.js'
+import { makeImage } from './fixtures/helpers.js'
+
+const images = (t: Parameters<Parameters<typeof t.test>[1]>[0], roSize: number, rwSize: number) => {
+  const dir = t.testdir()
+  return {
+    dir,
+    ro: makeImage(path.join(dir, 'ro.img'), roSize, 'zero'),
+    rw: makeImage(path.join(dir, 'rw.img'), rwSize, 'zero'),
+  }
+}
+
+t.test('a regular file: size from fstat, 512-byte sectors, read-only open', async t => {
+  const { ro } = images(t, 4096, 4096)
+  const d = BlockDevice.open(ro, { writable: false })
+  t.teardown(() => d.close())
+  t.equal(d.size, 4096)
+  t.equal(d.sectorSize, 512)
+  t.equal(d.identity.kind, 'file')
+  await t.rejects(d.write(Buffer.alloc(512), 0, 512, 0), { code: 'EBADF' }, 'RO is open read-only')
+})
+
+t.test('reading past the end is a short read error, not silent zeros', async t => {
+  const { ro } = images(t, 1000, 1000)
+  const d = BlockDevice.open(ro, { writable: false })
+  t.teardown(() => d.close())
+  await t.rejects(d.read(Buffer.alloc(512), 0, 512, 900), { code: 'EIO', message: /short read at byte 1000/ })
+})
+
+t.test('zero() on a file makes zeros whether or not holes can be punched', async t => {
+  const { rw } = images(t, 1 << 20, 1 << 20)
+  fs.writeFileSync(rw, Buffer.alloc(1 << 20, 0xff))
+  const d = BlockDevice.open(rw, { writable: true })
+  t.teardown(() => d.close())
+  await d.zero(4096, 8192)
+  const back = fs.readFileSync(rw)
+  t.same(back.subarray(4096, 12288), Buffer.alloc(8192))
+  t.equal(back[4095], 0xff)
+  t.equal(back[12288], 0xff)
+})
+
+t.test('a pair of the same size opens', async t => {
+  const { ro, rw } = images(t, 1 << 20, 1 << 20)
+  const p = openDevicePair(ro, rw)
+  t.teardown(() => {
+    p.ro.close()
+    p.rw.close()
+  })
+  t.equal(p.mediaSize, 1 << 20)
+  t.equal(p.sectorSize, 512)
+  t.same(p.warnings, [])
+})
+
+t.test('refusals name the devices and the fix', async t => {
+  const { dir, ro, rw } = images(t, 1 << 20, 1 << 19)
+  t.throws(() => openDevicePair(ro, rw), {
+    code: 'EMEDIASIZE',
+    message: `mediasize mismatch: ${ro} is 1048576 bytes, ${rw} is 524288 bytes; the read-write device must be at least as large: truncate -s 1048576 ${rw}`,
+  })
+  t.throws(() => openDevicePair(ro, rw, { resizeHint: (p, n) => `mdconfig -a -t swap -s ${n}b (for ${p})` }), {
+    message: /mdconfig -a -t swap -s 1048576b/,
+  })
+  t.throws(() => openDevicePair(ro, ro), { code: 'ESAMEDEV', message: new RegExp(`${ro} and ${ro} are the same file`) })
+  const link = path.join(dir, 'hardlink.img')
+  fs.linkSync(ro, link)
+  t.throws(() => openDevicePair(ro, link), { code: 'ESAMEDEV' }, 'a hard link is the same file')
+  t.throws(() => openDevicePair(path.join(dir, 'nope'), rw), { code: 'ENOENT', message: /nope does not exist/ })
+  t.throws(() => openDevicePair(ro, path.join(dir, 'nope')), { code: 'ENOENT' })
+  t.throws(() => openDevicePair(dir, rw), { code: 'ENOTDEV', message: /neither a regular file nor a disk device/ })
+  const odd = makeImage(path.join(dir, 'odd.img'), 1000, 'zero')
+  t.throws(() => openDevicePair(odd, rw), { code: 'ESECTORSIZE', message: /not a non-zero multiple of the 512-byte sector size/ })
+  t.throws(() => openDevicePair(ro, rw, { sectorSize: 3000 }), { code: 'ESECTORSIZE', message: /power of two/ })
+  t.throws(() => openDevicePair(ro, rw, { sectorSize: 256 }), { code: 'ESECTORSIZE' })
+  t.throws(() => openDevicePair(ro, rw, { sectorSize: 131072 }), { code: 'ESECTORSIZE' })
+})
+
+t.test('a refused pair leaves no file descriptor open', async t => {
+  const { ro, rw } = images(t, 1 << 20, 1 << 19)
+  const before = fs.readdirSync('/proc/self/fd').length
+  for (let i = 0; i < 20; i++) t.throws(() => openDevicePair(ro, rw))
+  t.equal(fs.readdirSync('/proc/self/fd').length, before)
+})
+
+t.test('a larger RW is accepted with a warning and only RO\'s size is used', async t => {
+  const { ro, rw } = images(t, 1 << 20, 2 << 20)
+  const p = openDevicePair(ro, rw)
+  t.teardown(() => {
+    p.ro.close()
+    p.rw.close()
+  })
+  t.equal(p.mediaSize, 1 << 20)
+  t.match(p.warnings[0], /larger than .*only its first 1048576 bytes are used/)
+})
+
+t.test('a chosen sector size must divide the device size', async t => {
+  const { ro, rw } = images(t, 4096 + 512, 8192)
+  t.throws(() => openDevicePair(ro, rw, { sectorSize: 4096 }), { code: 'ESECTORSIZE', message: /truncate -s 8192/ })
+  const p = openDevicePair(ro, rw, { sectorSize: 512 })
+  p.ro.close()
+  p.rw.close()
+})
+
+t.test('RW that cannot be written is refused', { skip: process.getuid?.() === 0 && 'root may write any file' }, async t => {
+  const { ro, rw } = images(t, 4096, 4096)
+  fs.chmodSync(rw, 0o444)
+  t.throws(() => openDevicePair(ro, rw), { code: 'ENOTWRITABLE', message: /cannot be opened for writing/ })
+})
+
+t.test('device arguments as geom(8) takes them', async t => {
+  const dir = t.testdir({ 'img': '' })
+  t.equal(resolveDevicePath('null'), '/dev/null', 'a bare name in /dev')
+  t.equal(resolveDevicePath(path.join(dir, 'img')), path.join(dir, 'img'))
+  t.equal(resolveDevicePath('some/relative'), path.resolve('some/relative'))
+})

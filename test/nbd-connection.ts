@@ -1,0 +1,232 @@
+import fs from 'node:fs'
+import net from 'node:net'
+import path from 'node:path'
+import t, { type Test } from 'tap'
+import { BlockDevice } from '../lib/devices/block-device.js'
+import { RowrDevice } from '../lib/engine/rowr-device.js'
+import { NbdServer, exportFor, nbdUri } from '../lib/nbd/server.js'
+import { bytes, connect, connectGo, nameAndInfos, option, request, Reader } from './fixtures/nbd-client.js'
+import { makeImage, waitUntil } from './fixtures/helpers.js'
+
+const SIZE = 1 << 20
+const READ = 0
+const WRITE = 1
+const DISC = 2
+const FLUSH = 3
+const TRIM = 4
+const CACHE = 5
+const WRITE_ZEROES = 6
+const BLOCK_STATUS = 7
+const EINVAL = 22
+const ENOSPC = 28
+
+/** An NBD server over fresh images; RO holds bytes 0,1,2,... mod 251. */
+const serve = async (t: Test) => {
+  const dir = t.testdir()
+  const roPath = path.join(dir, 'ro.img')
+  makeImage(roPath, SIZE, 'zero')
+  const pattern = Buffer.alloc(SIZE)
+  for (let i = 0; i < SIZE; i++) pattern[i] = i % 251
+  const fd = BlockDevice.open(makeImage(path.join(dir, 'rw.img'), SIZE, 'zero'), { writable: true })
+  fs.writeFileSync(roPath, pattern)
+  const ro = BlockDevice.open(roPath, { writable: false })
+  const engine = new RowrDevice({ ro, rw: fd, size: SIZE, sectorSize: 512 })
+  const logs: string[] = []
+  const server = new NbdServer(engine, exportFor(engine, 'rowr0', 'test'), m => logs.push(m))
+  // Unix socket paths are limited to 107 bytes; test directories run longer.
+  const socket = path.join(fs.mkdtempSync('/tmp/nbd-test-'), 'nbd.sock')
+  await server.listen({ socket })
+  t.teardown(async () => {
+    await server.close({ force: true })
+    ro.close()
+    fd.close()
+    fs.rmSync(path.dirname(socket), { recursive: true, force: true })
+  })
+  return { socket, server, engine, pattern, logs }
+}
+
+t.test('simple replies: write, read back, flush, trim, zero, cache', async t => {
+  const { socket, pattern } = await serve(t)
+  const { r, size, flags } = await connectGo(socket)
+  t.equal(size, SIZE)
+  t.equal(flags & 1, 1, 'HAS_FLAGS')
+  r.socket.write(request(READ, 1, 0, 1024))
+  t.same(await r.simpleReply(), { error: 0, cookie: 1 })
+  t.same(await r.take(1024), pattern.subarray(0, 1024))
+  r.socket.write(Buffer.concat([request(WRITE, 2, 512, 512, 1), Buffer.alloc(512, 0xaa)]))
+  t.same(await r.simpleReply(), { error: 0, cookie: 2 }, 'FUA write')
+  r.socket.write(request(READ, 3, 0, 1536))
+  await r.simpleReply()
+  const back = await r.take(1536)
+  t.same(back.subarray(512, 1024), Buffer.alloc(512, 0xaa))
+  t.same(back.subarray(1024), pattern.subarray(1024, 1536))
+  for (const [type, cookie] of [[FLUSH, 4], [TRIM, 5], [WRITE_ZEROES, 6], [CACHE, 7]] as const) {
+    r.socket.write(request(type, cookie, type === FLUSH ? 0 : 4096, type === FLUSH ? 0 : 4096))
+    t.same(await r.simpleReply(), { error: 0, cookie }, `command ${type}`)
+  }
+  r.socket.write(request(READ, 8, 4096, 4096))
+  await r.simpleReply()
+  t.same(await r.take(4096), Buffer.alloc(4096), 'trimmed range reads zeros')
+  r.socket.write(request(DISC, 9, 0, 0))
+  t.ok(await r.closed(), 'DISC closes the connection')
+})
+
+t.test('structured replies: OFFSET_DATA, error chunks with messages, NONE', async t => {
+  const { socket, pattern } = await serve(t)
+  const { r, flags } = await connectGo(socket, { structured: true })
+  t.equal(flags & (1 << 7), 1 << 7, 'SEND_DF')
+  r.socket.write(request(READ, 10, 2048, 512))
+  const c = await r.chunk()
+  t.same([c.flags, c.type, c.cookie], [1, 1, 10], 'DONE, OFFSET_DATA')
+  t.equal(Number(c.payload.readBigUInt64BE(0)), 2048)
+  t.same(c.payload.subarray(8), pattern.subarray(2048, 2560))
+  r.socket.write(request(READ, 11, SIZE, 512))
+  const e = await r.chunk()
+  t.same([e.flags, e.type, e.cookie], [1, 0x8001, 11], 'DONE, ERROR')
+  t.equal(e.payload.readUInt32BE(0), EINVAL)
+  t.match(e.payload.subarray(6).toString(), /beyond the 1048576-byte export/)
+  r.socket.write(request(FLUSH, 12, 0, 0))
+  const done = await r.chunk()
+  t.same([done.flags, done.type, done.payload.length], [1, 0, 0])
+})
+
+t.test('requests the server refuses keep the connection', async t => {
+  const { socket } = await serve(t)
+  const { r } = await connectGo(socket)
+  const cases: [string, Buffer, number][] = [
+    ['read past the end', request(READ, 1, SIZE - 512, 1024), EINVAL],
+    ['offset beyond 2^53', request(READ, 2, 2n ** 60n, 512), EINVAL],
+    ['write past the end (payload still consumed)', Buffer.concat([request(WRITE, 3, SIZE, 512), Buffer.alloc(512)]), ENOSPC],
+    ['zero past the end', request(WRITE_ZEROES, 4, SIZE - 512, 1024), ENOSPC],
+    ['unknown command', request(42, 5, 0, 0), EINVAL],
+    ['a flag the command does not take', request(FLUSH, 6, 0, 0, 1), EINVAL],
+    ['block status without a context', request(BLOCK_STATUS, 7, 0, 512), EINVAL],
+    ['a read larger than the maximum payload', request(READ, 8, 0, 33 << 20), EINVAL],
+  ]
+  for (const [what, bytes, errno] of cases) {
+    r.socket.write(bytes)
+    t.equal((await r.simpleReply()).error, errno, what)
+  }
+  r.socket.write(request(READ, 9, 0, 512))
+  t.equal((await r.simpleReply()).error, 0, 'the connection still serves')
+  await r.take(512)
+})
+
+t.test('a session fed one byte at a time answers exactly as one fed all at once', async t => {
+  const session = Buffer.concat([
+    bytes.u32(3),
+    option(8),
+    option(7, nameAndInfos('', [3])),
+    Buffer.concat([request(WRITE, 1, 1000, 3000), Buffer.alloc(3000, 0x42)]),
+    request(READ, 2, 512, 4096),
+    request(DISC, 3, 0, 0),
+  ])
+  const transcript = async (feed: (s: net.Socket) => Promise<void>) => {
+    const { socket } = await serve(t)
+    const s = net.connect(socket)
+    const chunks: Buffer[] = []
+    s.on('data', c => chunks.push(c))
+    const closed = new Promise(resolve => s.on('close', resolve))
+    await new Promise(resolve => s.once('connect', resolve))
+    await feed(s)
+    await closed
+    return Buffer.concat(chunks)
+  }
+  const whole = await transcript(async s => void s.write(session))
+  const trickled = await transcript(async s => {
+    for (const b of session) {
+      s.write(Buffer.from([b]))
+      await new Promise(resolve => setImmediate(resolve))
+    }
+  })
+  t.ok(whole.length > 18 + 4096, 'the session produced replies')
+  t.ok(trickled.equals(whole), 'byte-at-a-time input gives the same bytes back')
+})
+
+t.test('block status: both contexts, one chunk each, the last marked DONE', async t => {
+  const { socket } = await serve(t)
+  const { r } = await connectGo(socket, { structured: true, contexts: ['base:allocation', 'geom-rowr:written'] })
+  r.socket.write(Buffer.concat([request(WRITE, 1, 4096, 1024), Buffer.alloc(1024)]))
+  await r.chunk()
+  r.socket.write(request(BLOCK_STATUS, 2, 0, 16384))
+  const first = await r.chunk()
+  const second = await r.chunk()
+  t.same([first.type, first.flags, second.type, second.flags], [5, 0, 5, 1])
+  const decode = (p: Buffer) => {
+    const out: number[][] = []
+    for (let at = 4; at < p.length; at += 8) out.push([p.readUInt32BE(at), p.readUInt32BE(at + 4)])
+    return { id: p.readUInt32BE(0), extents: out }
+  }
+  t.same(decode(first.payload), { id: 1, extents: [[16384, 0]] }, 'base:allocation: all data')
+  t.same(decode(second.payload), { id: 2, extents: [[4096, 0], [1024, 1], [11264, 0]] }, 'geom-rowr:written')
+  r.socket.write(request(BLOCK_STATUS, 3, 0, 16384, 8))
+  await r.chunk()
+  t.same(decode((await r.chunk()).payload).extents, [[4096, 0]], 'REQ_ONE gives one extent')
+})
+
+t.test('hostile input ends that connection only', async t => {
+  const { socket, logs } = await serve(t)
+  const good = await connectGo(socket)
+  const hostile: [string, (r: Reader) => void][] = [
+    ['bad request magic', r => r.socket.write(Buffer.alloc(28, 0xff))],
+    ['a write over the maximum payload', r => r.socket.write(request(WRITE, 1, 0, 0x7fffffff))],
+    ['a disconnect half way through a write payload', r => {
+      r.socket.write(Buffer.concat([request(WRITE, 1, 0, 65536), Buffer.alloc(1000)]))
+      r.socket.destroy()
+    }],
+  ]
+  for (const [what, act] of hostile) {
+    const { r } = await connectGo(socket)
+    act(r)
+    t.ok(await r.closed(), what)
+  }
+  const bad = await connect(socket)
+  bad.socket.write(Buffer.concat([Buffer.from('IHAVEOPT'), bytes.u32(7), bytes.u32(1 << 20)]))
+  t.ok(await bad.closed(), 'option data over the limit')
+  const flags = await connect(socket, 0x80)
+  t.ok(await flags.closed(), 'unknown client flags')
+  const junk = await connect(socket)
+  junk.socket.write(Buffer.alloc(16, 0x41))
+  t.ok(await junk.closed(), 'bad option magic')
+  good.r.socket.write(request(READ, 99, 0, 512))
+  t.same(await good.r.simpleReply(), { error: 0, cookie: 99 }, 'the well-behaved connection is unharmed')
+  await good.r.take(512)
+  t.ok(logs.some(l => /bad request magic/.test(l)), 'the reason is logged')
+})
+
+t.test('an unknown export name with EXPORT_NAME closes; ABORT is acknowledged', async t => {
+  const { socket } = await serve(t)
+  const r = await connect(socket)
+  r.socket.write(option(1, Buffer.from('nope')))
+  t.ok(await r.closed())
+  const a = await connect(socket)
+  a.socket.write(option(2))
+  t.equal((await a.optionReply()).type, 1)
+  t.ok(await a.closed())
+})
+
+t.test('graceful close answers requests in flight first', async t => {
+  const { socket, server, engine } = await serve(t)
+  const { r } = await connectGo(socket)
+  r.socket.write(request(READ, 1, 0, 65536))
+  await waitUntil(() => engine.stats().reads === 1)
+  const closing = server.close()
+  const reply = await r.simpleReply()
+  t.equal(reply.error, 0, 'the read in flight is answered')
+  await r.take(65536)
+  t.ok(await r.closed())
+  await closing
+  t.equal(server.connections, 0)
+})
+
+t.test('TCP listening and URIs; over-long socket paths are refused', async t => {
+  const { engine } = await serve(t)
+  const server = new NbdServer(engine, exportFor(engine, 'rowr0', 'tcp'), () => undefined)
+  t.teardown(() => server.close())
+  await t.rejects(server.listen({ socket: `/tmp/${'x'.repeat(120)}` }), { code: 'ESOCKETPATH', message: /over the 107-byte limit/ })
+  t.equal(nbdUri({ socket: '/run/x.sock' }), 'nbd+unix:///?socket=/run/x.sock')
+  t.equal(nbdUri({ port: 10809, host: '::1' }), 'nbd://[::1]:10809/')
+  const listen = await server.listen({ port: 0, host: '127.0.0.1' })
+  t.ok('port' in listen && listen.port > 0)
+  t.equal(nbdUri(listen), `nbd://127.0.0.1:${'port' in listen ? listen.port : 0}/`)
+})

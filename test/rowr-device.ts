@@ -1,0 +1,274 @@
+import { randomBytes } from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import t, { type Test } from 'tap'
+import { BlockDevice, type BlockIo } from '../lib/devices/block-device.js'
+import { RowrDevice } from '../lib/engine/rowr-device.js'
+import { makeImage, sha256 } from './fixtures/helpers.js'
+
+const MiB = 1 << 20
+
+/** RO and RW image files and an engine over them. */
+const setup = (t: Test, size: number, sectorSize = 512) => {
+  const dir = t.testdir()
+  const roPath = makeImage(path.join(dir, 'ro.img'), size)
+  const rwPath = makeImage(path.join(dir, 'rw.img'), size, 'zero')
+  const ro = BlockDevice.open(roPath, { writable: false })
+  const rw = BlockDevice.open(rwPath, { writable: true })
+  t.teardown(() => {
+    ro.close()
+    rw.close()
+  })
+  const engine = new RowrDevice({ ro, rw, size, sectorSize })
+  return { engine, roPath, rwPath, roHash: sha256(roPath), original: fs.readFileSync(roPath) }
+}
+
+/** A deterministic random number source, so a failure can be replayed. */
+const prng = (seed: number) => (k: number): number => {
+  seed = (seed * 1103515245 + 12345) % 2147483648
+  return Math.floor((seed / 2147483648) * k)
+}
+
+t.test('reads come from RO until written, then from RW', async t => {
+  const { engine, original } = setup(t, MiB)
+  t.same(await engine.read(0, 4096), original.subarray(0, 4096))
+  const data = Buffer.alloc(1024, 0x5a)
+  await engine.write(512, data)
+  const got = await engine.read(0, 4096)
+  t.same(got.subarray(0, 512), original.subarray(0, 512), 'sector before the write is RO')
+  t.same(got.subarray(512, 1536), data, 'written sectors are new data')
+  t.same(got.subarray(1536), original.subarray(1536, 4096), 'sectors after are RO')
+  const s = engine.stats()
+  t.equal(s.writtenSectors, 2)
+  t.equal(s.writtenBytes, 1024)
+  t.equal(s.readBytesFromRw, 1024)
+  t.equal(s.readBytesFromRo, 4096 + 3072)
+  t.equal(s.splitReads, 1, 'the second read was split into three runs')
+})
+
+t.test('RO is never written, whatever is done to the device', async t => {
+  const { engine, roPath, roHash } = setup(t, MiB)
+  await engine.write(0, randomBytes(64 * 1024))
+  await engine.zero(100000, 300000)
+  await engine.write(333, randomBytes(1000))
+  await engine.flush()
+  t.equal(sha256(roPath), roHash)
+})
+
+t.test('unaligned writes keep the rest of their edge sectors', async t => {
+  const { engine, original } = setup(t, MiB)
+  const data = Buffer.alloc(700, 0x11)
+  await engine.write(1000, data)
+  const got = await engine.read(0, 2048)
+  const expected = Buffer.from(original.subarray(0, 2048))
+  data.copy(expected, 1000)
+  t.same(got, expected)
+  t.equal(engine.stats().partialSectorWrites, 1)
+  t.equal(engine.stats().writtenSectors, 3, 'sectors 1, 2 and 3 are now on RW')
+  await engine.write(10, Buffer.from('abc'))
+  expected.write('abc', 10)
+  t.same(await engine.read(0, 2048), expected, 'a write inside one sector')
+})
+
+t.test('zero-writes and trims read back as zeros and punch holes in RW', async t => {
+  const { engine, rwPath } = setup(t, 4 * MiB)
+  await engine.write(0, randomBytes(4 * MiB))
+  await engine.flush()
+  const before = fs.statSync(rwPath).blocks
+  await engine.zero(MiB, 2 * MiB)
+  t.same(await engine.read(MiB, 2 * MiB), Buffer.alloc(2 * MiB))
+  t.ok(fs.statSync(rwPath).blocks < before, 'RW gave the space back')
+  await engine.zero(100, 50)
+  const head = await engine.read(0, 512)
+  t.same(head.subarray(100, 150), Buffer.alloc(50), 'a partial-sector zero')
+  t.notSame(head.subarray(0, 100), Buffer.alloc(100), 'the rest of the sector is kept')
+  await engine.zero(3 * MiB + 500, 1000)
+  t.same((await engine.read(3 * MiB + 500, 1000)), Buffer.alloc(1000), 'zeros across a sector boundary with no whole sector')
+})
+
+t.test('a zero-write on RO data leaves RO alone and reads zeros', async t => {
+  const { engine, roPath, roHash } = setup(t, MiB)
+  await engine.zero(4096, 8192)
+  t.same(await engine.read(4096, 8192), Buffer.alloc(8192))
+  t.equal(sha256(roPath), roHash)
+  t.equal(engine.stats().writtenSectors, 16)
+})
+
+t.test('agrees with an in-memory model under thousands of random requests', async t => {
+  const size = 8 * MiB
+  const { engine, roPath, roHash, original } = setup(t, size)
+  const model = Buffer.from(original)
+  const rand = prng(42)
+  let mismatch: string | undefined
+  const ops = 4000
+  for (let op = 0; op < ops && !mismatch; op++) {
+    const kind = rand(10)
+    const offset = rand(size)
+    const small = rand(3) !== 0
+    const length = Math.min(size - offset, small ? rand(9000) + 1 : rand(512 * 1024) + 1)
+    if (kind < 4) {
+      const got = await engine.read(offset, length)
+      if (!got.equals(model.subarray(offset, offset + length))) mismatch = `op ${op}: read ${offset}+${length}`
+    } else if (kind < 8) {
+      const data = randomBytes(length)
+      await engine.write(offset, data)
+      data.copy(model, offset)
+    } else {
+      await engine.zero(offset, length)
+      model.fill(0, offset, offset + length)
+    }
+  }
+  t.equal(mismatch, undefined, `${ops} random reads, writes and zero-writes match the model`)
+  t.ok((await engine.read(0, size)).equals(model), 'the whole device matches at the end')
+  t.equal(sha256(roPath), roHash, 'RO is unchanged')
+})
+
+t.test('concurrent overlapping requests: reads see writes that came before them', async t => {
+  const size = 2 * MiB
+  const { engine, original } = setup(t, size)
+  const model = Buffer.from(original)
+  const rand = prng(7)
+  for (let round = 0; round < 50; round++) {
+    const batch: Promise<unknown>[] = []
+    const expectations: { offset: number; length: number; expected: Buffer; got: Promise<Buffer> }[] = []
+    for (let i = 0; i < 16; i++) {
+      const offset = rand(64) * 512 + rand(3) * 100
+      const length = rand(8) * 512 + 512
+      if (rand(2) === 0) {
+        const data = randomBytes(length)
+        data.copy(model, offset)
+        batch.push(engine.write(offset, data))
+      } else {
+        // Requests are served in arrival order where they overlap, so the
+        // model as it stands now is what this read must return.
+        const got = engine.read(offset, length)
+        expectations.push({ offset, length, expected: Buffer.from(model.subarray(offset, offset + length)), got })
+        batch.push(got)
+      }
+    }
+    await Promise.all(batch)
+    for (const e of expectations) {
+      if (!(await e.got).equals(e.expected)) {
+        t.fail(`round ${round}: read ${e.offset}+${e.length} saw the wrong data`)
+        return
+      }
+    }
+  }
+  t.ok((await engine.read(0, size)).equals(model))
+  t.ok(engine.stats().overlapWaits > 0, 'some requests had to wait their turn')
+})
+
+/** A device whose operations can be made to fail, recording what is done. */
+class FakeDevice implements BlockIo {
+  readonly path = '/fake'
+  readonly size: number
+  readonly data: Buffer
+  readonly calls: string[] = []
+  failWrites: Error | undefined
+  failReads: Error | undefined
+  constructor(size: number) {
+    this.size = size
+    this.data = Buffer.alloc(size, 0xee)
+  }
+  async read(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    this.calls.push(`read ${position}+${length}`)
+    if (this.failReads) throw this.failReads
+    this.data.copy(buf, offset, position, position + length)
+  }
+  async write(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    this.calls.push(`write ${position}+${length}`)
+    if (this.failWrites) throw this.failWrites
+    buf.copy(this.data, position, offset, offset + length)
+  }
+  async datasync(): Promise<void> {
+    this.calls.push('datasync')
+  }
+  async zero(position: number, length: number): Promise<void> {
+    this.calls.push(`zero ${position}+${length}`)
+    this.data.fill(0, position, position + length)
+  }
+}
+
+t.test('a failed write leaves the sectors on RO and reports the error', async t => {
+  const ro = new FakeDevice(8192)
+  const rw = new FakeDevice(8192)
+  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  rw.failWrites = Object.assign(new Error('no space'), { code: 'ENOSPC' })
+  await t.rejects(engine.write(0, Buffer.alloc(512, 1)), { code: 'ENOSPC' })
+  t.equal(engine.stats().writtenSectors, 0, 'nothing was marked written')
+  ro.calls.length = 0
+  await engine.read(0, 512)
+  t.same(ro.calls, ['read 0+512'], 'the sector still reads from RO')
+  rw.failWrites = undefined
+  await engine.write(0, Buffer.alloc(512, 1))
+  t.equal(engine.stats().writtenSectors, 1, 'the device works again once RW does')
+})
+
+t.test('a failed read is reported and does not block later requests', async t => {
+  const ro = new FakeDevice(8192)
+  const rw = new FakeDevice(8192)
+  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  ro.failReads = Object.assign(new Error('medium error'), { code: 'EIO' })
+  await t.rejects(engine.read(0, 1024), { code: 'EIO' })
+  ro.failReads = undefined
+  await engine.write(0, Buffer.alloc(1024, 2))
+  t.same(await engine.read(0, 1024), Buffer.alloc(1024, 2))
+})
+
+t.test('FUA syncs RW before the write completes; FLUSH syncs RW', async t => {
+  const ro = new FakeDevice(8192)
+  const rw = new FakeDevice(8192)
+  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  await engine.write(0, Buffer.alloc(512), { fua: true })
+  t.same(rw.calls, ['write 0+512', 'datasync'])
+  rw.calls.length = 0
+  await engine.write(512, Buffer.alloc(512))
+  t.same(rw.calls, ['write 512+512'], 'no sync without FUA')
+  await engine.zero(1024, 1024, { fua: true })
+  await engine.flush()
+  t.same(rw.calls.slice(1), ['zero 1024+1024', 'datasync', 'datasync'])
+  t.equal(engine.stats().flushes, 1)
+})
+
+t.test('CACHE reads the range through whichever device serves it', async t => {
+  const ro = new FakeDevice(3 * MiB)
+  const rw = new FakeDevice(3 * MiB)
+  const engine = new RowrDevice({ ro, rw, size: 3 * MiB, sectorSize: 512 })
+  await engine.write(MiB, Buffer.alloc(512))
+  await engine.cache(0, 2 * MiB + 512)
+  t.same(rw.calls.filter(c => c.startsWith('read')), [`read ${MiB}+512`])
+  t.ok(ro.calls.includes('read 0+1048576'))
+  t.equal(engine.stats().caches, 1)
+})
+
+t.test('extents describe which ranges are on RW', async t => {
+  const ro = new FakeDevice(8192)
+  const rw = new FakeDevice(8192)
+  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  await engine.write(1024, Buffer.alloc(1024))
+  t.same(engine.extents(0, 8192, 100), [
+    { length: 1024, written: false },
+    { length: 1024, written: true },
+    { length: 6144, written: false },
+  ])
+  t.same(engine.extents(1536, 1024, 100), [
+    { length: 512, written: true },
+    { length: 512, written: false },
+  ])
+  t.same(engine.extents(0, 8192, 1), [{ length: 1024, written: false }], 'at most max extents')
+})
+
+t.test('requests outside the device are refused', async t => {
+  const ro = new FakeDevice(8192)
+  const rw = new FakeDevice(8192)
+  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  await t.rejects(engine.read(8000, 512), RangeError)
+  await t.rejects(engine.write(-1, Buffer.alloc(1)), RangeError)
+  await t.rejects(engine.zero(0, 9000), RangeError)
+  t.throws(() => engine.extents(8192, 1, 1), RangeError)
+  t.throws(() => new RowrDevice({ ro, rw, size: 8000, sectorSize: 512 }), RangeError)
+  t.throws(() => new RowrDevice({ ro, rw, size: 16384, sectorSize: 512 }), RangeError)
+  await engine.write(0, Buffer.alloc(0))
+  await engine.zero(0, 0)
+  t.equal(engine.stats().writes + engine.stats().zeroes, 0, 'empty requests do nothing')
+})

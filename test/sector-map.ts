@@ -1,0 +1,107 @@
+import t from 'tap'
+import { LEAF_SECTORS, SectorMap } from '../lib/engine/sector-map.js'
+
+/** The obvious model: one boolean per sector. */
+class ModelMap {
+  readonly bits: Uint8Array
+  constructor(n: number) {
+    this.bits = new Uint8Array(n)
+  }
+  set(start: number, count: number): number {
+    let added = 0
+    for (let i = start; i < start + count; i++) {
+      if (!this.bits[i]) added++
+      this.bits[i] = 1
+    }
+    return added
+  }
+  runLength(start: number, end: number): number {
+    let i = start
+    while (i < end && this.bits[i] === this.bits[start]) i++
+    return i - start
+  }
+}
+
+t.test('a new map has nothing written and one run', async t => {
+  const m = new SectorMap(1000)
+  t.equal(m.writtenSectors, 0)
+  t.equal(m.isWritten(0), false)
+  t.equal(m.runLength(0, 1000), 1000)
+  t.equal(m.runLength(999, 1000), 1)
+})
+
+t.test('setRange marks exactly the range and counts new sectors once', async t => {
+  const m = new SectorMap(200)
+  t.equal(m.setRange(10, 5), 5)
+  t.equal(m.setRange(12, 10), 7, 'overlap is not counted twice')
+  t.equal(m.writtenSectors, 12)
+  t.equal(m.isWritten(9), false)
+  t.equal(m.isWritten(10), true)
+  t.equal(m.isWritten(21), true)
+  t.equal(m.isWritten(22), false)
+  t.equal(m.runLength(0, 200), 10)
+  t.equal(m.runLength(10, 200), 12)
+  t.equal(m.runLength(15, 18), 3, 'a run stops at the end asked for')
+  t.equal(m.runLength(22, 200), 178)
+})
+
+t.test('word and leaf boundaries', async t => {
+  const n = LEAF_SECTORS * 3 + 77
+  const m = new SectorMap(n)
+  m.setRange(31, 2)
+  t.equal(m.runLength(31, n), 2)
+  m.setRange(LEAF_SECTORS - 1, 2)
+  t.equal(m.runLength(LEAF_SECTORS - 1, n), 2, 'a run crosses a leaf boundary')
+  t.equal(m.runLength(33, n), LEAF_SECTORS - 1 - 33)
+  m.setRange(n - 1, 1)
+  t.equal(m.isWritten(n - 1), true, 'the last sector of a partial last leaf')
+  t.throws(() => m.setRange(n - 1, 2), RangeError)
+  t.throws(() => m.setRange(-1, 1), RangeError)
+})
+
+t.test('a full leaf becomes the shared marker and costs no leaf memory', async t => {
+  const m = new SectorMap(LEAF_SECTORS * 4)
+  m.setRange(LEAF_SECTORS, LEAF_SECTORS)
+  t.equal(m.allocatedLeaves, 0, 'a whole-leaf write allocates nothing')
+  m.setRange(0, 100)
+  t.equal(m.allocatedLeaves, 1)
+  m.setRange(100, LEAF_SECTORS - 100)
+  t.equal(m.allocatedLeaves, 0, 'a leaf that fills up is released')
+  t.equal(m.writtenSectors, LEAF_SECTORS * 2)
+  t.equal(m.runLength(0, LEAF_SECTORS * 4), LEAF_SECTORS * 2)
+  t.equal(m.runLength(LEAF_SECTORS * 2, LEAF_SECTORS * 4), LEAF_SECTORS * 2)
+  t.equal(m.setRange(LEAF_SECTORS + 5, 10), 0, 'writing into a full leaf adds nothing')
+})
+
+t.test('memory: an untouched 1 TiB device costs well under 1 MiB', async t => {
+  const m = new SectorMap(2 ** 40 / 512)
+  t.ok(m.memoryBytes < 512 * 1024, `${m.memoryBytes} bytes`)
+  m.setRange(12345678, 8)
+  t.ok(m.memoryBytes < 512 * 1024 + 16 * 1024, 'one write adds one leaf')
+})
+
+t.test('agrees with the model under random writes and queries', async t => {
+  const n = LEAF_SECTORS + 3000
+  for (let round = 0; round < 3; round++) {
+    const m = new SectorMap(n)
+    const model = new ModelMap(n)
+    let seed = round + 1
+    const rand = (k: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2147483648
+      return seed % k
+    }
+    let firstMismatch: string | undefined
+    for (let op = 0; op < 2000 && !firstMismatch; op++) {
+      const start = rand(n)
+      const count = rand(4) === 0 ? rand(n - start) + 1 : rand(Math.min(300, n - start)) + 1
+      if (m.setRange(start, count) !== model.set(start, count)) firstMismatch = `op ${op}: setRange(${start}, ${count}) count`
+      const q = rand(n)
+      const end = q + rand(n - q) + 1
+      if (m.runLength(q, end) !== model.runLength(q, end) || m.isWritten(q) !== (model.bits[q] === 1)) {
+        firstMismatch = `op ${op}: run at ${q}..${end}`
+      }
+    }
+    t.equal(firstMismatch, undefined, `round ${round}: 2000 writes and queries agree`)
+    t.equal(m.writtenSectors, model.bits.reduce((a, b) => a + b, 0), `round ${round} totals agree`)
+  }
+})
