@@ -1,12 +1,12 @@
 import fs from 'node:fs'
 import path from 'node:path'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { BlockDevice } from '../lib/devices/block-device.js'
 import { openDevicePair } from '../lib/devices/device-pair.js'
 import { resolveDevicePath } from '../lib/devices/device-path.js'
 import { makeImage } from './fixtures/helpers.js'
 
-const images = (t: Parameters<Parameters<typeof t.test>[1]>[0], roSize: number, rwSize: number) => {
+const images = (t: Test, roSize: number, rwSize: number) => {
   const dir = t.testdir()
   return {
     dir,

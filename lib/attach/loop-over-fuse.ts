@@ -23,8 +23,11 @@ const NBDFUSE_READY_MS = 15_000
 const UNMOUNT_MS = 10_000
 const EXIT_MS = 10_000
 
+/** /proc/self/mountinfo writes space, tab, newline and backslash as octal escapes. */
+const mountinfoEscape = (p: string): string => p.replace(/[ \t\n\\]/g, c => `\\${c.charCodeAt(0).toString(8).padStart(3, '0')}`)
+
 export const fuseMounted = (mount: string): boolean => {
-  const target = ` ${mount} `
+  const target = ` ${mountinfoEscape(mount)} `
   try {
     return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some(line => line.includes(target))
   } catch {
@@ -93,10 +96,24 @@ const loopsBackedBy = (file: string): string[] => {
   return out
 }
 
+/**
+ * The path the kernel knows a mount point by. Resolved through its parent:
+ * a FUSE mount whose server died cannot be looked at itself.
+ */
+const kernelPath = (p: string): string => {
+  try {
+    return path.join(fs.realpathSync(path.dirname(p)), path.basename(p))
+  } catch {
+    return p
+  }
+}
+
 export const detachLoopOverFuse = async (
-  attachment: Pick<LoopOverFuseAttachment, 'file' | 'mount' | 'fusePid'>,
+  recorded: Pick<LoopOverFuseAttachment, 'file' | 'mount' | 'fusePid'>,
   { force }: { force: boolean },
 ): Promise<void> => {
+  const mount = kernelPath(recorded.mount)
+  const attachment = { mount, file: path.join(mount, path.basename(recorded.file)), fusePid: recorded.fusePid }
   for (const loop of loopsBackedBy(attachment.file)) {
     // On a loop device still in use this only sets autoclear: the kernel
     // detaches it when its last user (a forced-away mount) lets go.

@@ -5,6 +5,7 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import type { DaemonOptions } from '../daemon/daemon.js'
 import { runDir, statePaths } from '../daemon/run-state.js'
+import { clearStale } from '../daemon/stale.js'
 import { resolveDevicePath } from '../devices/device-path.js'
 import { RowrError } from '../errors.js'
 import { platform } from '../../native-bindings/libc.js'
@@ -44,6 +45,8 @@ const checkCanAttach = (): void => {
 
 export const create = async (a: CreateArgs): Promise<void> => {
   if (a.attach) checkCanAttach()
+  // Here rather than in the daemon, so that the message reaches the user.
+  if (!a['daemon-child']) await clearStale(a.name, warn)
   const options = {
     name: a.name,
     ro: resolveDevicePath(a.ro),

@@ -1,6 +1,7 @@
 // geom-rowr serve: NBD in the foreground, no kernel device, no root needed.
 import path from 'node:path'
 import { liveness } from '../daemon/run-state.js'
+import { clearStale } from '../daemon/stale.js'
 import { resolveDevicePath } from '../devices/device-path.js'
 import type { Listen } from '../nbd/server.js'
 import { runInForeground, stderrLog, warn } from './foreground.js'
@@ -25,6 +26,7 @@ const firstFreeName = (): string => {
 
 export const serve = async (a: ServeArgs): Promise<void> => {
   const name = a.name ?? firstFreeName()
+  await clearStale(name, warn)
   const listen: Listen | undefined =
     a.port !== undefined
       ? { port: a.port, host: a.bind }

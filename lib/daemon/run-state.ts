@@ -25,14 +25,27 @@ export interface DeviceState {
   readonly created: string
 }
 
-/** The run directory: GEOM_ROWR_RUNDIR, else per user. */
-export const runDir = (): string => {
+const configuredRunDir = (): string => {
   const override = process.env.GEOM_ROWR_RUNDIR
-  if (override) return override
+  if (override) return path.resolve(override)
   if (process.getuid?.() === 0) return '/var/run/geom-rowr'
   const xdg = process.env.XDG_RUNTIME_DIR
   if (xdg) return path.join(xdg, 'geom-rowr')
   return path.join(os.tmpdir(), `geom-rowr-${process.getuid?.() ?? 'user'}`)
+}
+
+/**
+ * The run directory: GEOM_ROWR_RUNDIR, else per user; with symbolic links
+ * resolved (/var/run is one to /run on most systems), because the kernel
+ * reports mount points and loop backing files by their real paths.
+ */
+export const runDir = (): string => {
+  const dir = configuredRunDir()
+  try {
+    return fs.realpathSync(dir)
+  } catch {
+    return dir
+  }
 }
 
 export interface StatePaths {
@@ -72,7 +85,7 @@ export const checkName = (name: string): void => {
 
 /** Claims NAME by creating its directory; false if it exists already. */
 export const claim = (name: string): boolean => {
-  fs.mkdirSync(runDir(), { recursive: true, mode: 0o700 })
+  fs.mkdirSync(configuredRunDir(), { recursive: true, mode: 0o700 })
   try {
     fs.mkdirSync(statePaths(name).dir, { mode: 0o700 })
     return true

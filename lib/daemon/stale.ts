@@ -58,6 +58,12 @@ export const cleanupStale = async (
   log(`${name}: cleaned up after a daemon that is gone: ${stale.reason}${done.length ? `; ${done.join(', ')}` : ''}`)
 }
 
+/** Clears what a dead daemon left under NAME, if anything, saying so. */
+export const clearStale = async (name: string, log: (message: string) => void): Promise<void> => {
+  const l = await probe(name)
+  if (l.kind === 'stale') await cleanupStale(name, l, log)
+}
+
 /** Takes NAME for a new device, first clearing what a dead daemon left. */
 export const claimName = async (name: string, log: (message: string) => void): Promise<void> => {
   checkName(name)

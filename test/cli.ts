@@ -1,0 +1,173 @@
+// The command line as a user meets it, without root: create --no-attach,
+// serve, list, status, destroy, refusals and what a killed daemon leaves.
+import fs from 'node:fs'
+import path from 'node:path'
+import t, { type Test } from 'tap'
+import { connectGo } from './fixtures/nbd-client.js'
+import { makeImage, rowr, shortDir, startServe, waitUntil } from './fixtures/helpers.js'
+
+const SIZE = 4 << 20
+
+const setup = (t: Test) => {
+  const dir = shortDir(t)
+  const run = path.join(dir, 'run')
+  const ro = makeImage(path.join(dir, 'ro.img'), SIZE)
+  const rw = makeImage(path.join(dir, 'rw.img'), SIZE, 'zero')
+  const cli = (...args: string[]) => rowr(run, args)
+  t.teardown(async () => {
+    for (const name of fs.existsSync(run) ? fs.readdirSync(run) : []) {
+      if (!name.endsWith('.log')) await cli('destroy', '-f', name)
+    }
+  })
+  return { dir, run, ro, rw, cli }
+}
+
+/** The device names with state in the run directory. */
+const names = (run: string): string[] =>
+  fs.existsSync(run) ? fs.readdirSync(run).filter(n => !n.endsWith('.log')) : []
+
+t.test('usage errors exit 2 and say what is wrong', async t => {
+  const { cli, ro, rw } = setup(t)
+  const cases: [string[], RegExp][] = [
+    [[], /give a command/],
+    [['frobnicate'], /Unknown argument|Unknown command/],
+    [['create', 'rowr0'], /Not enough non-option arguments/],
+    [['create', 'bad name', ro, rw], /invalid device name "bad name"/],
+    [['create', '--sector-size', '1000', 'r0', ro, rw], /sector size 1000 is invalid/],
+    [['serve', '--socket', '/tmp/x', '--port', '1', ro, rw], /mutually exclusive/],
+    [['serve', '--port', '70000', ro, rw], /not a TCP port/],
+    [['destroy'], /Not enough non-option arguments/],
+  ]
+  for (const [args, message] of cases) {
+    const r = await cli(...args)
+    t.equal(r.code, 2, `${args.join(' ')} exits 2`)
+    t.match(r.stderr, message)
+  }
+  const help = await cli('--help')
+  t.equal(help.code, 0)
+  t.match(help.stdout, /create \[options\] <name> <ro> <rw>/)
+})
+
+t.test('refusals exit 1 with the devices named, and leave nothing behind', async t => {
+  const { dir, run, cli, ro } = setup(t)
+  const small = makeImage(path.join(dir, 'small.img'), SIZE / 2, 'zero')
+  const cases: [string[], RegExp][] = [
+    [['create', '--no-attach', 'r0', ro, small], new RegExp(`mediasize mismatch: ${ro} is ${SIZE} bytes, ${small} is ${SIZE / 2} bytes.*truncate -s ${SIZE} ${small}`)],
+    [['create', '--no-attach', 'r0', ro, ro], /are the same file/],
+    [['create', '--no-attach', 'r0', path.join(dir, 'missing.img'), small], /missing.img does not exist/],
+    [['destroy', 'nothere'], /no device named nothere/],
+    [['status', 'nothere'], /no device named nothere/],
+  ]
+  for (const [args, message] of cases) {
+    const r = await cli(...args)
+    t.equal(r.code, 1, args.join(' '))
+    t.match(r.stderr, message)
+    t.same(names(run), [], 'no state left')
+  }
+  t.equal(fs.existsSync('/var/tmp/geom-rowr-r0.rw'), false)
+})
+
+t.test('create --no-attach, list, status, destroy', async t => {
+  const { run, cli, ro, rw } = setup(t)
+  const created = await cli('create', '--no-attach', 'rowr7', ro, rw)
+  t.equal(created.code, 0, created.stderr)
+  const uri = created.stdout.trim().split('\n').pop()!
+  t.equal(uri, `nbd+unix:///?socket=${run}/rowr7/nbd.sock`, 'the last line is the NBD URI')
+  const again = await cli('create', '--no-attach', 'rowr7', ro, rw)
+  t.equal(again.code, 1)
+  t.match(again.stderr, /rowr7 is already in use \(daemon pid \d+/)
+  const list = await cli('list')
+  t.match(list.stdout, /^NAME\s+DEVICE\s+MEDIASIZE\s+RO\s+RW\nrowr7\s+nbd\+unix/)
+  const status = JSON.parse((await cli('status', '--json', 'rowr7')).stdout)
+  t.match(status, { name: 'rowr7', ro, rw, mediasize: SIZE, sectorsize: 512, device: null, nbd: uri, writtenBytes: 0 })
+  const all = JSON.parse((await cli('status', '--json')).stdout)
+  t.ok(Array.isArray(all) && all.length === 1, 'an array without a NAME')
+  const text = await cli('status')
+  t.match(text.stdout, /rowr7\n\s+device:\s+\(none: NBD only\)/)
+
+  const client = await connectGo(`${run}/rowr7/nbd.sock`)
+  const busy = await cli('destroy', 'rowr7')
+  t.equal(busy.code, 1)
+  t.match(busy.stderr, /rowr7 has 1 NBD client connection\(s\); disconnect them or use destroy -f/)
+  client.r.socket.destroy()
+  await waitUntil(async () => JSON.parse((await cli('status', '--json', 'rowr7')).stdout).connections === 0)
+  const destroyed = await cli('destroy', 'rowr7')
+  t.equal(destroyed.code, 0, destroyed.stderr)
+  t.same(names(run), [])
+  t.equal((await cli('list')).stdout, '', 'nothing listed')
+})
+
+t.test('destroy -f ends connected clients', async t => {
+  const { run, cli, ro, rw } = setup(t)
+  t.equal((await cli('create', '--no-attach', 'r1', ro, rw)).code, 0)
+  const client = await connectGo(`${run}/r1/nbd.sock`)
+  const r = await cli('destroy', '-f', 'r1')
+  t.equal(r.code, 0, r.stderr)
+  t.ok(await client.r.closed(), 'the client was disconnected')
+  t.same(names(run), [])
+})
+
+t.test('RW auto: a sparse file of RO\'s size, removed on destroy', async t => {
+  const { cli, ro } = setup(t)
+  const name = `auto${process.pid}`
+  const file = `/var/tmp/geom-rowr-${name}.rw`
+  t.teardown(() => fs.rmSync(file, { force: true }))
+  const r = await cli('create', '--no-attach', name, ro, 'auto')
+  t.equal(r.code, 0, r.stderr)
+  t.equal(fs.statSync(file).size, SIZE)
+  t.equal(fs.statSync(file).blocks, 0, 'sparse')
+  t.equal((await cli('destroy', name)).code, 0)
+  t.equal(fs.existsSync(file), false)
+})
+
+t.test('a killed daemon is cleaned up with a message and its NAME is free again', async t => {
+  const { run, cli, ro, rw } = setup(t)
+  t.equal((await cli('create', '--no-attach', 'r2', ro, rw)).code, 0)
+  const pid = JSON.parse(fs.readFileSync(`${run}/r2/state.json`, 'utf8')).pid as number
+  process.kill(pid, 'SIGKILL')
+  await waitUntil(() => {
+    try {
+      process.kill(pid, 0)
+      return false
+    } catch {
+      return true
+    }
+  })
+  const list = await cli('list')
+  t.equal(list.code, 0)
+  t.match(list.stderr, new RegExp(`r2: cleaned up after a daemon that is gone: its daemon \\(pid ${pid}\\) is gone`))
+  t.same(names(run), [])
+  t.equal((await cli('create', '--no-attach', 'r2', ro, rw)).code, 0, 'the name can be used again')
+  const pid2 = JSON.parse(fs.readFileSync(`${run}/r2/state.json`, 'utf8')).pid as number
+  process.kill(pid2, 'SIGKILL')
+  await waitUntil(() => {
+    try {
+      process.kill(pid2, 0)
+      return false
+    } catch {
+      return true
+    }
+  })
+  const recreate = await cli('create', '--no-attach', 'r2', ro, rw)
+  t.equal(recreate.code, 0, 'create itself clears stale state')
+  t.match(recreate.stderr, /r2: cleaned up after a daemon that is gone/)
+})
+
+t.test('serve stops on SIGINT with status 130 and removes its state', async t => {
+  const { run, ro, rw } = setup(t)
+  const s = await startServe(t, run, ['--name', 'fg', ro, rw])
+  t.same(names(run), ['fg'])
+  const exited = new Promise<number | null>(resolve => s.child.once('exit', code => resolve(code)))
+  s.child.kill('SIGINT')
+  t.equal(await exited, 130)
+  t.same(names(run), [])
+})
+
+t.test('serve picks the first free rowrN and can be destroyed by name', async t => {
+  const { run, cli, ro, rw } = setup(t)
+  const s = await startServe(t, run, [ro, rw])
+  t.equal(s.uri, `nbd+unix:///?socket=${run}/rowr0/nbd.sock`)
+  const exited = new Promise<number | null>(resolve => s.child.once('exit', code => resolve(code)))
+  t.equal((await cli('destroy', 'rowr0')).code, 0)
+  t.equal(await exited, 0, 'destroy ends serve with status 0')
+})
