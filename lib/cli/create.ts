@@ -110,6 +110,7 @@ const spawnDaemon = async (o: Omit<DaemonOptions, 'log'>): Promise<{ device: str
       }, START_TIMEOUT_MS)
       child.once('message', m => {
         clearTimeout(timer)
+        child.removeAllListeners('exit')
         resolve(m as ChildMessage)
       })
       child.once('exit', (code, signal) => {
@@ -118,7 +119,13 @@ const spawnDaemon = async (o: Omit<DaemonOptions, 'log'>): Promise<{ device: str
         reject(new RowrError('EDAEMON', `the daemon for ${o.name} exited (${signal ?? `status ${code}`}) before it was ready; ${logPath} says:\n${tail}`))
       })
     })
-    if (message.type === 'error') throw new Error(message.message)
+    if (message.type === 'error') {
+      // A refusal leaves nothing behind, the failed daemon included.
+      if (child.exitCode === null && child.signalCode === null) {
+        await new Promise(resolve => child.once('exit', resolve))
+      }
+      throw new Error(message.message)
+    }
     return { device: message.device, warnings: message.warnings }
   } finally {
     child.removeAllListeners()
