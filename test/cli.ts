@@ -22,6 +22,19 @@ const setup = (t: Test) => {
   return { dir, run, ro, rw, cli }
 }
 
+/** Kills a daemon as a crash would, and waits until it is gone. */
+const killAndWait = async (pid: number): Promise<void> => {
+  process.kill(pid, 'SIGKILL')
+  await waitUntil(() => {
+    try {
+      process.kill(pid, 0)
+      return false
+    } catch {
+      return true
+    }
+  })
+}
+
 /** The device names with state in the run directory. */
 const names = (run: string): string[] =>
   fs.existsSync(run) ? fs.readdirSync(run).filter(n => !n.endsWith('.log')) : []
@@ -124,30 +137,14 @@ t.test('a killed daemon is cleaned up with a message and its NAME is free again'
   const { run, cli, ro, rw } = setup(t)
   t.equal((await cli('create', '--no-attach', 'r2', ro, rw)).code, 0)
   const pid = JSON.parse(fs.readFileSync(`${run}/r2/state.json`, 'utf8')).pid as number
-  process.kill(pid, 'SIGKILL')
-  await waitUntil(() => {
-    try {
-      process.kill(pid, 0)
-      return false
-    } catch {
-      return true
-    }
-  })
+  await killAndWait(pid)
   const list = await cli('list')
   t.equal(list.code, 0)
   t.match(list.stderr, new RegExp(`r2: cleaned up after a daemon that is gone: its daemon \\(pid ${pid}\\) is gone`))
   t.same(names(run), [])
   t.equal((await cli('create', '--no-attach', 'r2', ro, rw)).code, 0, 'the name can be used again')
   const pid2 = JSON.parse(fs.readFileSync(`${run}/r2/state.json`, 'utf8')).pid as number
-  process.kill(pid2, 'SIGKILL')
-  await waitUntil(() => {
-    try {
-      process.kill(pid2, 0)
-      return false
-    } catch {
-      return true
-    }
-  })
+  await killAndWait(pid2)
   const recreate = await cli('create', '--no-attach', 'r2', ro, rw)
   t.equal(recreate.code, 0, 'create itself clears stale state')
   t.match(recreate.stderr, /r2: cleaned up after a daemon that is gone/)

@@ -5,20 +5,12 @@ import t, { type Test } from 'tap'
 import { BlockDevice } from '../lib/devices/block-device.js'
 import { RowrDevice } from '../lib/engine/rowr-device.js'
 import { NbdServer, exportFor, nbdUri } from '../lib/nbd/server.js'
-import { bytes, connect, connectGo, nameAndInfos, option, request, Reader } from './fixtures/nbd-client.js'
+import { bytes, Cmd, connect, connectGo, Errno, nameAndInfos, option, request, Reader } from './fixtures/nbd-client.js'
 import { makeImage, waitUntil } from './fixtures/helpers.js'
 
 const SIZE = 1 << 20
-const READ = 0
-const WRITE = 1
-const DISC = 2
-const FLUSH = 3
-const TRIM = 4
-const CACHE = 5
-const WRITE_ZEROES = 6
-const BLOCK_STATUS = 7
-const EINVAL = 22
-const ENOSPC = 28
+const { READ, WRITE, DISC, FLUSH, TRIM, CACHE, WRITE_ZEROES, BLOCK_STATUS } = Cmd
+const { EINVAL, ENOSPC } = Errno
 
 /** An NBD server over fresh images; RO holds bytes 0,1,2,... mod 251. */
 const serve = async (t: Test) => {

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { Negotiation } from '../lib/nbd/negotiation.js'
 import { greeting } from '../lib/nbd/replies.js'
-import { bytes, metaQuery, nameAndInfos, OPTION_REPLY_MAGIC } from './fixtures/nbd-client.js'
+import { bytes, metaQuery, nameAndInfos, OPTION_REPLY_MAGIC, Rep } from './fixtures/nbd-client.js'
 
 const exp = {
   name: 'rowr0',
@@ -20,14 +20,7 @@ const parse = (b: Buffer) => {
   return { option: b.readUInt32BE(8), type: b.readUInt32BE(12), data: b.subarray(20) }
 }
 
-const ACK = 1
-const SERVER = 2
-const INFO = 3
-const META_CONTEXT = 4
-const ERR_UNSUP = 0x80000001
-const ERR_POLICY = 0x80000002
-const ERR_INVALID = 0x80000003
-const ERR_UNKNOWN = 0x80000006
+const { ACK, SERVER, INFO, META_CONTEXT, ERR_UNSUP, ERR_POLICY, ERR_INVALID, ERR_UNKNOWN } = Rep
 
 t.test('the greeting: NBDMAGIC, IHAVEOPT, FIXED_NEWSTYLE|NO_ZEROES', async t => {
   t.same(greeting(), Buffer.concat([Buffer.from('NBDMAGIC'), Buffer.from('IHAVEOPT'), bytes.u16(3)]))

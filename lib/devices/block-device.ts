@@ -111,20 +111,26 @@ export class BlockDevice implements BlockIo {
     }
   }
 
-  async read(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
-    while (length > 0) {
-      const n = await fsRead(this.fd, buf, offset, length, position)
-      if (n === 0) throw new ShortIoError('read', this.path, position)
-      offset += n
-      length -= n
-      position += n
-    }
+  read(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    return this.#whole('read', fsRead, buf, offset, length, position)
   }
 
-  async write(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+  write(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    return this.#whole('write', fsWrite, buf, offset, length, position)
+  }
+
+  /** Repeats a partial read or write until the whole range is done. */
+  async #whole(
+    op: 'read' | 'write',
+    io: typeof fsRead,
+    buf: Buffer,
+    offset: number,
+    length: number,
+    position: number,
+  ): Promise<void> {
     while (length > 0) {
-      const n = await fsWrite(this.fd, buf, offset, length, position)
-      if (n === 0) throw new ShortIoError('write', this.path, position)
+      const n = await io(this.fd, buf, offset, length, position)
+      if (n === 0) throw new ShortIoError(op, this.path, position)
       offset += n
       length -= n
       position += n

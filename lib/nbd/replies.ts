@@ -47,14 +47,18 @@ export const optionReply = (option: number, type: number, data?: Buffer): Buffer
 export const optionError = (option: number, type: number, message: string): Buffer =>
   optionReply(option, type, Buffer.from(message, 'utf8'))
 
-/** NBD_REP_SERVER: one export's name. */
-export const serverReply = (option: number, name: string): Buffer => {
-  const n = Buffer.from(name, 'utf8')
-  const data = Buffer.allocUnsafe(4 + n.length)
-  data.writeUInt32BE(n.length, 0)
-  n.copy(data, 4)
-  return optionReply(option, OptionReply.SERVER, data)
+/** A 32-bit number followed by a string: the shape of SERVER and META_CONTEXT data. */
+const numberAndString = (n: number, text: string): Buffer => {
+  const s = Buffer.from(text, 'utf8')
+  const data = Buffer.allocUnsafe(4 + s.length)
+  data.writeUInt32BE(n, 0)
+  s.copy(data, 4)
+  return data
 }
+
+/** NBD_REP_SERVER: one export's name. */
+export const serverReply = (option: number, name: string): Buffer =>
+  optionReply(option, OptionReply.SERVER, numberAndString(Buffer.byteLength(name, 'utf8'), name))
 
 export const infoExport = (option: number, size: number, flags: number): Buffer => {
   const data = Buffer.allocUnsafe(12)
@@ -82,13 +86,8 @@ export const infoString = (option: number, info: number, text: string): Buffer =
   return optionReply(option, OptionReply.INFO, data)
 }
 
-export const metaContextReply = (option: number, id: number, name: string): Buffer => {
-  const n = Buffer.from(name, 'utf8')
-  const data = Buffer.allocUnsafe(4 + n.length)
-  data.writeUInt32BE(id, 0)
-  n.copy(data, 4)
-  return optionReply(option, OptionReply.META_CONTEXT, data)
-}
+export const metaContextReply = (option: number, id: number, name: string): Buffer =>
+  optionReply(option, OptionReply.META_CONTEXT, numberAndString(id, name))
 
 /** The reply to NBD_OPT_EXPORT_NAME: size, flags and maybe 124 zeros. */
 export const exportNameReply = (size: number, flags: number, noZeroes: boolean): Buffer => {
