@@ -1,7 +1,7 @@
 # geom-rowr: make (build), make test, make demo.
 SHELL := /bin/bash
 
-.PHONY: all setup system-deps build typecheck lint test demo clean
+.PHONY: all setup system-deps build typecheck lint test demo bench clean
 
 all: build
 
@@ -32,3 +32,7 @@ demo: setup
 
 clean:
 	rm -rf dist .tap
+
+# Side by side with nbdkit's cow filter and qemu-nbd; not part of the tests.
+bench: setup
+	node dist/bench/bench.js $(BENCH_ARGS)

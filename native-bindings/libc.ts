@@ -18,6 +18,7 @@ interface KoffiFunction {
 interface Koffi {
   load(path: string): KoffiLibrary
   errno(): number
+  address(buffer: Buffer): bigint
 }
 
 export type Platform = 'linux' | 'freebsd'
@@ -36,9 +37,19 @@ export interface Libc {
   ioctl(fd: number, request: number, arg: Buffer): number
   /** fallocate(2) on the thread pool; resolves to its return value. */
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<number>
+  /**
+   * preadv2(RWF_NOWAIT): reads only what is already in the page cache,
+   * never blocking. Returns the bytes read, or -1 (see errno(): EAGAIN when
+   * the data is not cached). Linux only; elsewhere always -1 with ENOSYS.
+   */
+  preadNowait(fd: number, buf: Buffer, offset: number, length: number, position: number): number
   /** The errno left by the last synchronous call on this thread. */
   errno(): number
 }
+
+/** <linux/fs.h>: return EAGAIN instead of blocking. */
+const RWF_NOWAIT = 0x08
+const ENOSYS = 38
 
 let loaded: Libc | undefined
 
@@ -51,9 +62,16 @@ export const libc = (): Libc => {
   // calling conventions agree for this signature.
   const ioctl = lib.func('int ioctl(int fd, unsigned long request, void *arg)')
   let fallocate: KoffiFunction | undefined
+  let preadv2: KoffiFunction | undefined
   if (platform() === 'linux' && !process.env.GEOM_ROWR_LIBC) {
     fallocate = lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)')
+    // The iovec is passed as raw bytes: building a koffi struct per call
+    // costs more than the read it describes.
+    preadv2 = lib.func('intptr_t preadv2(int fd, void *iov, int iovcnt, int64_t offset, int flags)')
   }
+  // One iovec, reused: JavaScript calls this from one thread at a time.
+  const iovec = Buffer.alloc(16)
+  const le = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1
   loaded = {
     ioctl: (fd, request, arg) => ioctl(fd, request, arg),
     fallocate: (fd, mode, offset, length) =>
@@ -66,7 +84,19 @@ export const libc = (): Libc => {
           err ? reject(err) : resolve(res),
         )
       }),
-    errno: () => koffi.errno(),
+    preadNowait: (fd, buf, offset, length, position) => {
+      if (!preadv2) return -1
+      const base = koffi.address(buf) + BigInt(offset)
+      if (le) {
+        iovec.writeBigUInt64LE(base, 0)
+        iovec.writeBigUInt64LE(BigInt(length), 8)
+      } else {
+        iovec.writeBigUInt64BE(base, 0)
+        iovec.writeBigUInt64BE(BigInt(length), 8)
+      }
+      return preadv2(fd, iovec, 1, position, RWF_NOWAIT)
+    },
+    errno: () => (preadv2 || fallocate ? koffi.errno() : ENOSYS),
   }
   return loaded
 }

@@ -125,3 +125,15 @@ t.test('device arguments as geom(8) takes them', async t => {
   t.equal(resolveDevicePath(path.join(dir, 'img')), path.join(dir, 'img'))
   t.equal(resolveDevicePath('some/relative'), path.resolve('some/relative'))
 })
+
+t.test('tryReadNow reads cached bytes, and refuses what it cannot do without blocking', async t => {
+  const { ro } = images(t, 1 << 20, 1 << 20)
+  fs.writeFileSync(ro, Buffer.alloc(1 << 20, 0x3c))
+  const d = BlockDevice.open(ro, { writable: false })
+  t.teardown(() => d.close())
+  const buf = Buffer.alloc(4096 + 100)
+  t.equal(d.tryReadNow(buf, 100, 4096, 8192), true, 'a file just written is cached')
+  t.same(buf.subarray(100), Buffer.alloc(4096, 0x3c), 'into the right place of the buffer')
+  t.same(buf.subarray(0, 100), Buffer.alloc(100), 'and nowhere else')
+  t.equal(d.tryReadNow(Buffer.alloc(512), 0, 512, 1 << 20), false, 'past the end: not served')
+})

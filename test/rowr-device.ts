@@ -23,6 +23,13 @@ const setup = (t: Test, size: number, sectorSize = 512) => {
   return { engine, roPath, rwPath, roHash: sha256(roPath), original: fs.readFileSync(roPath) }
 }
 
+/** Reads a range through the thread-pool path. */
+const readBack = async (engine: RowrDevice, offset: number, length: number): Promise<Buffer> => {
+  const buf = Buffer.allocUnsafe(length)
+  await engine.readInto(buf, offset)
+  return buf
+}
+
 /** A deterministic random number source, so a failure can be replayed. */
 const prng = (seed: number) => (k: number): number => {
   seed = (seed * 1103515245 + 12345) % 2147483648
@@ -31,10 +38,10 @@ const prng = (seed: number) => (k: number): number => {
 
 t.test('reads come from RO until written, then from RW', async t => {
   const { engine, original } = setup(t, MiB)
-  t.same(await engine.read(0, 4096), original.subarray(0, 4096))
+  t.same(await readBack(engine, 0, 4096), original.subarray(0, 4096))
   const data = Buffer.alloc(1024, 0x5a)
   await engine.write(512, data)
-  const got = await engine.read(0, 4096)
+  const got = await readBack(engine, 0, 4096)
   t.same(got.subarray(0, 512), original.subarray(0, 512), 'sector before the write is RO')
   t.same(got.subarray(512, 1536), data, 'written sectors are new data')
   t.same(got.subarray(1536), original.subarray(1536, 4096), 'sectors after are RO')
@@ -59,7 +66,7 @@ t.test('unaligned writes keep the rest of their edge sectors', async t => {
   const { engine, original } = setup(t, MiB)
   const data = Buffer.alloc(700, 0x11)
   await engine.write(1000, data)
-  const got = await engine.read(0, 2048)
+  const got = await readBack(engine, 0, 2048)
   const expected = Buffer.from(original.subarray(0, 2048))
   data.copy(expected, 1000)
   t.same(got, expected)
@@ -67,7 +74,7 @@ t.test('unaligned writes keep the rest of their edge sectors', async t => {
   t.equal(engine.stats().writtenSectors, 3, 'sectors 1, 2 and 3 are now on RW')
   await engine.write(10, Buffer.from('abc'))
   expected.write('abc', 10)
-  t.same(await engine.read(0, 2048), expected, 'a write inside one sector')
+  t.same(await readBack(engine, 0, 2048), expected, 'a write inside one sector')
 })
 
 t.test('zero-writes and trims read back as zeros and punch holes in RW', async t => {
@@ -76,20 +83,20 @@ t.test('zero-writes and trims read back as zeros and punch holes in RW', async t
   await engine.flush()
   const before = fs.statSync(rwPath).blocks
   await engine.zero(MiB, 2 * MiB)
-  t.same(await engine.read(MiB, 2 * MiB), Buffer.alloc(2 * MiB))
+  t.same(await readBack(engine, MiB, 2 * MiB), Buffer.alloc(2 * MiB))
   t.ok(fs.statSync(rwPath).blocks < before, 'RW gave the space back')
   await engine.zero(100, 50)
-  const head = await engine.read(0, 512)
+  const head = await readBack(engine, 0, 512)
   t.same(head.subarray(100, 150), Buffer.alloc(50), 'a partial-sector zero')
   t.notSame(head.subarray(0, 100), Buffer.alloc(100), 'the rest of the sector is kept')
   await engine.zero(3 * MiB + 500, 1000)
-  t.same((await engine.read(3 * MiB + 500, 1000)), Buffer.alloc(1000), 'zeros across a sector boundary with no whole sector')
+  t.same((await readBack(engine, 3 * MiB + 500, 1000)), Buffer.alloc(1000), 'zeros across a sector boundary with no whole sector')
 })
 
 t.test('a zero-write on RO data leaves RO alone and reads zeros', async t => {
   const { engine, roPath, roHash } = setup(t, MiB)
   await engine.zero(4096, 8192)
-  t.same(await engine.read(4096, 8192), Buffer.alloc(8192))
+  t.same(await readBack(engine, 4096, 8192), Buffer.alloc(8192))
   t.equal(sha256(roPath), roHash)
   t.equal(engine.stats().writtenSectors, 16)
 })
@@ -107,7 +114,7 @@ t.test('agrees with an in-memory model under thousands of random requests', asyn
     const small = rand(3) !== 0
     const length = Math.min(size - offset, small ? rand(9000) + 1 : rand(512 * 1024) + 1)
     if (kind < 4) {
-      const got = await engine.read(offset, length)
+      const got = await readBack(engine, offset, length)
       if (!got.equals(model.subarray(offset, offset + length))) mismatch = `op ${op}: read ${offset}+${length}`
     } else if (kind < 8) {
       const data = randomBytes(length)
@@ -119,7 +126,7 @@ t.test('agrees with an in-memory model under thousands of random requests', asyn
     }
   }
   t.equal(mismatch, undefined, `${ops} random reads, writes and zero-writes match the model`)
-  t.ok((await engine.read(0, size)).equals(model), 'the whole device matches at the end')
+  t.ok((await readBack(engine, 0, size)).equals(model), 'the whole device matches at the end')
   t.equal(sha256(roPath), roHash, 'RO is unchanged')
 })
 
@@ -141,7 +148,7 @@ t.test('concurrent overlapping requests: reads see writes that came before them'
       } else {
         // Requests are served in arrival order where they overlap, so the
         // model as it stands now is what this read must return.
-        const got = engine.read(offset, length)
+        const got = readBack(engine, offset, length)
         expectations.push({ offset, length, expected: Buffer.from(model.subarray(offset, offset + length)), got })
         batch.push(got)
       }
@@ -154,7 +161,7 @@ t.test('concurrent overlapping requests: reads see writes that came before them'
       }
     }
   }
-  t.ok((await engine.read(0, size)).equals(model))
+  t.ok((await readBack(engine, 0, size)).equals(model))
   t.ok(engine.stats().overlapWaits > 0, 'some requests had to wait their turn')
 })
 
@@ -197,7 +204,7 @@ t.test('a failed write leaves the sectors on RO and reports the error', async t 
   await t.rejects(engine.write(0, Buffer.alloc(512, 1)), { code: 'ENOSPC' })
   t.equal(engine.stats().writtenSectors, 0, 'nothing was marked written')
   ro.calls.length = 0
-  await engine.read(0, 512)
+  await readBack(engine, 0, 512)
   t.same(ro.calls, ['read 0+512'], 'the sector still reads from RO')
   rw.failWrites = undefined
   await engine.write(0, Buffer.alloc(512, 1))
@@ -209,10 +216,10 @@ t.test('a failed read is reported and does not block later requests', async t =>
   const rw = new FakeDevice(8192)
   const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
   ro.failReads = Object.assign(new Error('medium error'), { code: 'EIO' })
-  await t.rejects(engine.read(0, 1024), { code: 'EIO' })
+  await t.rejects(readBack(engine, 0, 1024), { code: 'EIO' })
   ro.failReads = undefined
   await engine.write(0, Buffer.alloc(1024, 2))
-  t.same(await engine.read(0, 1024), Buffer.alloc(1024, 2))
+  t.same(await readBack(engine, 0, 1024), Buffer.alloc(1024, 2))
 })
 
 t.test('FUA syncs RW before the write completes; FLUSH syncs RW', async t => {
@@ -262,7 +269,7 @@ t.test('requests outside the device are refused', async t => {
   const ro = new FakeDevice(8192)
   const rw = new FakeDevice(8192)
   const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
-  await t.rejects(engine.read(8000, 512), RangeError)
+  await t.rejects(readBack(engine, 8000, 512), RangeError)
   await t.rejects(engine.write(-1, Buffer.alloc(1)), RangeError)
   await t.rejects(engine.zero(0, 9000), RangeError)
   t.throws(() => engine.extents(8192, 1, 1), RangeError)
@@ -271,4 +278,54 @@ t.test('requests outside the device are refused', async t => {
   await engine.write(0, Buffer.alloc(0))
   await engine.zero(0, 0)
   t.equal(engine.stats().writes + engine.stats().zeroes, 0, 'empty requests do nothing')
+})
+
+t.test('tryRead serves cached data at once, and steps aside for overlapping writes', async t => {
+  const { engine, original } = setup(t, MiB)
+  const now = Buffer.alloc(8192)
+  t.ok(engine.tryReadInto(now, 4096), 'image files just written are in the page cache')
+  t.same(now, original.subarray(4096, 12288))
+  const data = Buffer.alloc(1024, 0x77)
+  const pending = engine.write(5000, data)
+  t.notOk(engine.tryReadInto(Buffer.alloc(8192), 4096), 'a write to the range is in flight: wait for it')
+  t.ok(engine.tryReadInto(Buffer.alloc(512), 20000), 'elsewhere reads go on')
+  await pending
+  const after = Buffer.alloc(8192)
+  t.ok(engine.tryReadInto(after, 4096))
+  t.same(after.subarray(904, 1928), data, 'after the write, the new data')
+  t.same(after.subarray(0, 904), original.subarray(4096, 5000))
+  t.equal(engine.stats().splitReads, 1, 'RO, RW, RO runs')
+})
+
+t.test('tryRead agrees with the model under random writes', async t => {
+  const size = 4 * MiB
+  const { engine, original } = setup(t, size)
+  const model = Buffer.from(original)
+  const rand = prng(99)
+  let served = 0
+  let mismatch: string | undefined
+  for (let op = 0; op < 2000 && !mismatch; op++) {
+    const offset = rand(size)
+    const length = Math.min(size - offset, rand(20000) + 1)
+    if (rand(2) === 0) {
+      const data = randomBytes(length)
+      await engine.write(offset, data)
+      data.copy(model, offset)
+    } else {
+      const bytes = Buffer.alloc(length)
+      if (engine.tryReadInto(bytes, offset)) served++
+      else await engine.readInto(bytes, offset)
+      if (!bytes.equals(model.subarray(offset, offset + length))) mismatch = `op ${op}: ${offset}+${length}`
+    }
+  }
+  t.equal(mismatch, undefined)
+  t.ok(served > 0, `${served} reads were served without the thread pool`)
+})
+
+t.test('a device without tryReadNow always takes the thread-pool path', async t => {
+  const ro = new FakeDevice(8192)
+  const rw = new FakeDevice(8192)
+  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  t.equal(engine.tryReadInto(Buffer.alloc(512), 0), false)
+  t.equal(engine.stats().reads, 0)
 })

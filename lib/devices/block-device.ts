@@ -1,5 +1,6 @@
 // An open file or disk device: its size, its sector size and whole-range I/O.
 import fs from 'node:fs'
+import { constants } from 'node:os'
 import { diskGeometry } from '../../native-bindings/disk-ioctl.js'
 import { libc } from '../../native-bindings/libc.js'
 import { RowrError, errnoCode } from '../errors.js'
@@ -10,6 +11,12 @@ export interface BlockIo {
   /** Bytes. */
   readonly size: number
   read(buf: Buffer, offset: number, length: number, position: number): Promise<void>
+  /**
+   * Reads the range now, without blocking, if it is all in the page cache;
+   * false when it is not (or the platform cannot tell), and `read` must be
+   * used. Optional: a device without it always takes the `read` path.
+   */
+  tryReadNow?(buf: Buffer, offset: number, length: number, position: number): boolean
   write(buf: Buffer, offset: number, length: number, position: number): Promise<void>
   /** Makes every completed write durable. */
   datasync(): Promise<void>
@@ -25,6 +32,8 @@ export interface DeviceIdentity {
   readonly ino: number
   readonly rdev: number
 }
+
+const EAGAIN = constants.errno.EAGAIN
 
 // fallocate(2) modes from <linux/falloc.h>.
 const FALLOC_FL_KEEP_SIZE = 0x01
@@ -61,6 +70,8 @@ export class BlockDevice implements BlockIo {
   readonly identity: DeviceIdentity
   readonly writable: boolean
   #punchHoles: boolean
+  /** Cleared once the kernel says non-blocking reads are not supported here. */
+  #readNow = true
   #closed = false
 
   private constructor(
@@ -113,6 +124,24 @@ export class BlockDevice implements BlockIo {
 
   read(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
     return this.#whole('read', fsRead, buf, offset, length, position)
+  }
+
+  tryReadNow(buf: Buffer, offset: number, length: number, position: number): boolean {
+    if (!this.#readNow) return false
+    const c = libc()
+    while (length > 0) {
+      const n = c.preadNowait(this.fd, buf, offset, length, position)
+      if (n <= 0) {
+        // EAGAIN: not cached. Anything else: this file or platform cannot
+        // do it, so stop trying; the thread pool serves every read.
+        if (n < 0 && c.errno() !== EAGAIN) this.#readNow = false
+        return false
+      }
+      offset += n
+      length -= n
+      position += n
+    }
+    return true
   }
 
   write(buf: Buffer, offset: number, length: number, position: number): Promise<void> {

@@ -55,6 +55,11 @@ export class InFlightList {
     })
   }
 
+  /** Whether a request for [start, end) would have to wait. */
+  conflicts(start: number, end: number, exclusive: boolean): boolean {
+    return this.#entries.some(o => o.start < end && start < o.end && (exclusive || o.exclusive))
+  }
+
   /** Ends a request and lets go of whatever was waiting for it alone. */
   leave(request: InFlight): void {
     const entry = request as Entry

@@ -103,13 +103,6 @@ export class RowrDevice {
     return this.#alignDown(n + this.sectorSize - 1)
   }
 
-  /** Reads [offset, offset+length) into a new buffer. */
-  async read(offset: number, length: number): Promise<Buffer> {
-    const buf = Buffer.allocUnsafe(length)
-    await this.readInto(buf, offset)
-    return buf
-  }
-
   /** Fills `buf` with the device's bytes from `offset`. */
   async readInto(buf: Buffer, offset: number): Promise<void> {
     this.#check(offset, buf.length)
@@ -120,6 +113,34 @@ export class RowrDevice {
     } finally {
       this.#inFlight.leave(request)
     }
+  }
+
+  /**
+   * Fills `buf` from `offset` at once, without a thread-pool round trip,
+   * when no write overlapping it is in flight and every byte is already in
+   * the page cache; false otherwise, and `readInto` must be used. Nothing
+   * here can block, so a cold device never stalls the caller.
+   */
+  tryReadInto(buf: Buffer, offset: number): boolean {
+    const length = buf.length
+    this.#check(offset, length)
+    if (this.#inFlight.conflicts(offset, offset + length, false)) return false
+    let fromRo = 0
+    let fromRw = 0
+    let runs = 0
+    const complete = this.#forEachRun(offset, length, (written, pos, n) => {
+      runs++
+      if (written) fromRw += n
+      else fromRo += n
+      const device = written ? this.rw : this.ro
+      return device.tryReadNow?.(buf, pos - offset, n, pos) ?? false
+    })
+    if (!complete) return false
+    this.#stats.reads++
+    this.#stats.readBytesFromRo += fromRo
+    this.#stats.readBytesFromRw += fromRw
+    if (runs > 1) this.#stats.splitReads++
+    return true
   }
 
   async write(offset: number, data: Buffer, { fua = false } = {}): Promise<void> {
@@ -196,16 +217,10 @@ export class RowrDevice {
   extents(offset: number, length: number, max: number): Extent[] {
     this.#check(offset, length)
     const out: Extent[] = []
-    const end = offset + length
-    let pos = offset
-    while (pos < end && out.length < max) {
-      const sector = Math.floor(pos / this.sectorSize)
-      const written = this.map.isWritten(sector)
-      const run = this.map.runLength(sector, Math.ceil(end / this.sectorSize))
-      const runEnd = Math.min(end, (sector + run) * this.sectorSize)
-      out.push({ length: runEnd - pos, written })
-      pos = runEnd
-    }
+    this.#forEachRun(offset, length, (written, _pos, n) => {
+      out.push({ length: n, written })
+      return out.length < max
+    })
     return out
   }
 
@@ -223,22 +238,33 @@ export class RowrDevice {
     return this.#inFlight.enter(start, end, exclusive)
   }
 
-  /** Reads a range run by run, each run from the device that holds it. */
-  #readRuns(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
+  /**
+   * Calls `visit` for each run of [offset, offset+length) that lives on one
+   * device, in order, until it returns false; true if every run was visited.
+   */
+  #forEachRun(offset: number, length: number, visit: (written: boolean, pos: number, n: number) => boolean): boolean {
     const end = offset + length
     const endSector = Math.ceil(end / this.sectorSize)
-    const reads: Promise<void>[] = []
     let pos = offset
     while (pos < end) {
       const sector = Math.floor(pos / this.sectorSize)
       const written = this.map.isWritten(sector)
       const runEnd = Math.min(end, (sector + this.map.runLength(sector, endSector)) * this.sectorSize)
-      const n = runEnd - pos
+      if (!visit(written, pos, runEnd - pos)) return false
+      pos = runEnd
+    }
+    return true
+  }
+
+  /** Reads a range run by run, each run from the device that holds it. */
+  #readRuns(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
+    const reads: Promise<void>[] = []
+    this.#forEachRun(offset, length, (written, pos, n) => {
       if (written) this.#stats.readBytesFromRw += n
       else this.#stats.readBytesFromRo += n
       reads.push((written ? this.rw : this.ro).read(buf, bufOffset + pos - offset, n, pos))
-      pos = runEnd
-    }
+      return true
+    })
     if (reads.length === 1) return reads[0]!
     this.#stats.splitReads++
     return Promise.all(reads).then(() => undefined)

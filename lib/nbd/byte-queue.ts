@@ -18,8 +18,11 @@ export class ByteQueue {
     this.#length += chunk.length
   }
 
-  /** Removes and returns the next `n` bytes; the caller checks `length` first. */
-  take(n: number): Buffer {
+  /**
+   * Removes and returns the next `n` bytes; the caller checks `length`
+   * first. When they must be gathered, `allocate` provides the buffer.
+   */
+  take(n: number, allocate: (n: number) => Buffer = Buffer.allocUnsafe): Buffer {
     if (n > this.#length) throw new RangeError(`take(${n}) with ${this.#length} bytes queued`)
     const first = this.#chunks[0]
     if (first && first.length - this.#head >= n) {
@@ -27,7 +30,7 @@ export class ByteQueue {
       this.#advance(n)
       return out
     }
-    const out = Buffer.allocUnsafe(n)
+    const out = allocate(n)
     let filled = 0
     while (filled < n) {
       const chunk = this.#chunks[0]!

@@ -4,6 +4,7 @@ import fs from 'node:fs'
 import net from 'node:net'
 import type { RowrDevice } from '../engine/rowr-device.js'
 import { checkSocketPath, errnoCode } from '../errors.js'
+import { BufferPool } from './buffer-pool.js'
 import { NbdConnection, type Log } from './connection.js'
 import type { ExportDescription } from './negotiation.js'
 
@@ -31,6 +32,8 @@ export class NbdServer {
   readonly #server: net.Server
   readonly #connections = new Set<NbdConnection>()
   readonly #log: Log
+  /** Payload buffers, shared by every connection. */
+  readonly #pool = new BufferPool()
   #socketPath: string | undefined
   /** Connections accepted since start. */
   accepted = 0
@@ -39,7 +42,7 @@ export class NbdServer {
     this.#log = log
     this.#server = net.createServer(socket => {
       this.accepted++
-      const c = new NbdConnection(socket, engine, exp, log)
+      const c = new NbdConnection(socket, engine, exp, log, this.#pool)
       this.#connections.add(c)
       void c.closed.then(() => this.#connections.delete(c))
     })
