@@ -105,3 +105,43 @@ t.test('agrees with the model under random writes and queries', async t => {
     t.equal(m.writtenSectors, model.bits.reduce((a, b) => a + b, 0), `round ${round} totals agree`)
   }
 })
+
+t.test('a sparsely written leaf keeps a run list, and becomes a bitmap when runs grow many', async t => {
+  const m = new SectorMap(LEAF_SECTORS)
+  const model = new ModelMap(LEAF_SECTORS)
+  const agree = (): boolean => {
+    for (let q = 0; q < LEAF_SECTORS; q += 37) {
+      if (m.isWritten(q) !== (model.bits[q] === 1) || m.runLength(q, LEAF_SECTORS) !== model.runLength(q, LEAF_SECTORS)) return false
+    }
+    return true
+  }
+  t.equal(m.setRange(10, 5), 5)
+  t.equal(m.setRange(20, 5), 5)
+  t.equal(m.setRange(15, 5), 5, 'a run that touches both neighbours merges them')
+  model.set(10, 15)
+  t.equal(m.runLength(10, LEAF_SECTORS), 15)
+  t.equal(m.setRange(5, 30), 15, 'a run over existing ones counts only what is new')
+  model.set(5, 30)
+  t.ok(agree())
+  const small = m.memoryBytes
+  t.ok(small < 1024, `one run costs little (${small} bytes)`)
+  let miscounted = 0
+  for (let i = 0; i < 300; i++) {
+    const at = 100 + i * 200
+    if (m.setRange(at, 3) !== model.set(at, 3)) miscounted++
+  }
+  t.equal(miscounted, 0, '300 separate runs, each counted right')
+  t.ok(m.memoryBytes > 8192, 'past the limit the leaf is a bitmap')
+  t.ok(agree(), 'and answers as before')
+  t.equal(m.writtenSectors, model.bits.reduce((a, b) => a + b, 0))
+})
+
+t.test('memory: 1 GiB written scattered over 1 TiB stays small', async t => {
+  const sectors = 2 ** 40 / 512
+  const m = new SectorMap(sectors)
+  const writes = 2 ** 30 / 4096
+  const stride = Math.floor(sectors / writes)
+  for (let i = 0; i < writes; i++) m.setRange(i * stride, 8)
+  t.equal(m.writtenSectors, writes * 8)
+  t.ok(m.memoryBytes < 16 * 2 ** 20, `${(m.memoryBytes / 2 ** 20).toFixed(1)} MiB`)
+})

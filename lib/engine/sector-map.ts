@@ -1,12 +1,14 @@
 // Which sectors have been written (and so live on RW): one bit per sector in
 // a two-level bitmap.
 //
-// Memory: the top level is one slot per leaf; a leaf is 8 KiB of bits and
-// covers 65536 sectors (32 MiB at 512-byte sectors). A 1 TiB device of
-// 512-byte sectors has 32768 slots (256 KiB) and nothing else until written.
-// Leaves are allocated on first write; a leaf that fills up is replaced by
-// one shared FULL marker, so long sequential writes cost no leaf memory at
-// all. Worst case (every other sector written) is the flat bitmap:
+// Memory: the top level is one slot per leaf; a leaf covers 65536 sectors
+// (32 MiB at 512-byte sectors). A 1 TiB device of 512-byte sectors has 32768
+// slots (256 KiB) and nothing else until written. A leaf starts as a short
+// sorted list of written runs, so scattered writes cost a few bytes each
+// rather than a whole bitmap; past RUNS_MAX runs it becomes 8 KiB of bits.
+// A leaf that fills up is replaced by one shared FULL marker, so long
+// sequential writes cost no leaf memory at all. The worst case (writes
+// scattered so densely that every leaf needs its bitmap) is the flat bitmap:
 // size / sectorSize / 8 bytes.
 
 const WORD_BITS = 32
@@ -18,9 +20,20 @@ class Leaf {
   count = 0
 }
 
+/** Written runs of a sparsely written leaf: sorted, disjoint, never touching. */
+class RunLeaf {
+  /** Run i covers sectors [starts[i], ends[i]) of the leaf. */
+  readonly starts: number[] = []
+  readonly ends: number[] = []
+  count = 0
+}
+
+/** Beyond this many runs a leaf's run list would outgrow its bitmap. */
+const RUNS_MAX = 256
+
 /** Marks a leaf whose every sector is written. */
 const FULL = 'full'
-type Slot = Leaf | typeof FULL | undefined
+type Slot = Leaf | RunLeaf | typeof FULL | undefined
 
 const popcount = (v: number): number => {
   v = v - ((v >>> 1) & 0x55555555)
@@ -51,16 +64,21 @@ export class SectorMap {
     return this.#written
   }
 
-  /** Leaves that hold their own bitmap (for memory accounting). */
+  /** Leaves that hold a bitmap or a run list (for memory accounting). */
   get allocatedLeaves(): number {
     let n = 0
-    for (const s of this.#slots) if (s instanceof Leaf) n++
+    for (const s of this.#slots) if (s instanceof Leaf || s instanceof RunLeaf) n++
     return n
   }
 
   /** Approximate bytes of memory the map uses. */
   get memoryBytes(): number {
-    return this.#slots.length * 8 + this.allocatedLeaves * (LEAF_WORDS * 4 + 64)
+    let bytes = this.#slots.length * 8
+    for (const s of this.#slots) {
+      if (s instanceof Leaf) bytes += LEAF_WORDS * 4 + 64
+      else if (s instanceof RunLeaf) bytes += 96 + s.starts.length * 16
+    }
+    return bytes
   }
 
   isWritten(sector: number): boolean {
@@ -68,6 +86,10 @@ export class SectorMap {
     if (slot === undefined) return false
     if (slot === FULL) return true
     const bit = sector % LEAF_SECTORS
+    if (slot instanceof RunLeaf) {
+      const i = runAtOrBefore(slot, bit)
+      return i >= 0 && bit < slot.ends[i]!
+    }
     return ((slot.bits[bit >>> 5]! >>> (bit & 31)) & 1) === 1
   }
 
@@ -88,7 +110,10 @@ export class SectorMap {
         s = leafEnd
         continue
       }
-      const stop = scanLeaf(slot.bits, s - leafStart, leafEnd - leafStart, written)
+      const stop =
+        slot instanceof RunLeaf
+          ? scanRuns(slot, s - leafStart, leafEnd - leafStart, written)
+          : scanLeaf(slot.bits, s - leafStart, leafEnd - leafStart, written)
       s = leafStart + stop
       if (s < leafEnd) break
     }
@@ -116,11 +141,21 @@ export class SectorMap {
             s = leafEnd
             continue
           }
-          slot = new Leaf()
+          slot = new RunLeaf()
           this.#slots[leafIndex] = slot
         }
-        const n = fillLeaf(slot.bits, s - leafStart, leafEnd - leafStart)
-        slot.count += n
+        let n: number
+        if (slot instanceof RunLeaf) {
+          n = addRun(slot, s - leafStart, leafEnd - leafStart)
+          slot.count += n
+          if (slot.starts.length > RUNS_MAX) {
+            slot = toBitmap(slot)
+            this.#slots[leafIndex] = slot
+          }
+        } else {
+          n = fillLeaf(slot.bits, s - leafStart, leafEnd - leafStart)
+          slot.count += n
+        }
         added += n
         if (slot.count === LEAF_SECTORS) this.#slots[leafIndex] = FULL
       }
@@ -159,4 +194,58 @@ const scanLeaf = (bits: Uint32Array, from: number, to: number, written: boolean)
     from = (w + 1) << 5
   }
   return to
+}
+
+/** Index of the last run starting at or before `bit`, or -1. */
+const runAtOrBefore = (leaf: RunLeaf, bit: number): number => {
+  let lo = 0
+  let hi = leaf.starts.length - 1
+  let found = -1
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1
+    if (leaf.starts[mid]! <= bit) {
+      found = mid
+      lo = mid + 1
+    } else {
+      hi = mid - 1
+    }
+  }
+  return found
+}
+
+/** Adds sectors [from, to) to a run list, merging what it meets; returns how many were new. */
+const addRun = (leaf: RunLeaf, from: number, to: number): number => {
+  // The runs that overlap or touch [from, to) are merged into one.
+  let first = runAtOrBefore(leaf, from)
+  if (first < 0 || leaf.ends[first]! < from) first++
+  let last = first
+  let covered = 0
+  let start = from
+  let end = to
+  while (last < leaf.starts.length && leaf.starts[last]! <= to) {
+    start = Math.min(start, leaf.starts[last]!)
+    end = Math.max(end, leaf.ends[last]!)
+    covered += leaf.ends[last]! - leaf.starts[last]!
+    last++
+  }
+  leaf.starts.splice(first, last - first, start)
+  leaf.ends.splice(first, last - first, end)
+  return end - start - covered
+}
+
+/** First bit in [from, to) whose state differs from `written`, or `to`. */
+const scanRuns = (leaf: RunLeaf, from: number, to: number, written: boolean): number => {
+  const i = runAtOrBefore(leaf, from)
+  const inside = i >= 0 && from < leaf.ends[i]!
+  if (written) return inside ? Math.min(to, leaf.ends[i]!) : from
+  if (inside) return from
+  const next = leaf.starts[i + 1]
+  return next === undefined ? to : Math.min(to, next)
+}
+
+const toBitmap = (runs: RunLeaf): Leaf => {
+  const leaf = new Leaf()
+  leaf.count = runs.count
+  for (let i = 0; i < runs.starts.length; i++) fillLeaf(leaf.bits, runs.starts[i]!, runs.ends[i]!)
+  return leaf
 }
