@@ -23,6 +23,7 @@ typecheck: node_modules
 
 lint: system-deps
 	shellcheck scripts/*.sh .ci/run
+	shellcheck -s sh boot/*.sh
 
 test: setup typecheck lint
 	npx tap
