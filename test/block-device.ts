@@ -4,7 +4,7 @@ import path from 'node:path'
 import t, { type Test } from 'tap'
 import { BlockDevice } from '../lib/devices/block-device.js'
 import { openDevicePair } from '../lib/devices/device-pair.js'
-import { resolveDevicePath } from '../lib/devices/device-path.js'
+import { resolveDevicePath, resolveRwPath } from '../lib/devices/device-path.js'
 import { makeImage } from './fixtures/helpers.js'
 
 const images = (t: Test, roSize: number, rwSize: number) => {
@@ -124,6 +124,8 @@ t.test('device arguments as geom(8) takes them', async t => {
   t.equal(resolveDevicePath('null'), '/dev/null', 'a bare name in /dev')
   t.equal(resolveDevicePath(path.join(dir, 'img')), path.join(dir, 'img'))
   t.equal(resolveDevicePath('some/relative'), path.resolve('some/relative'))
+  t.equal(resolveRwPath('auto'), 'auto', 'RW may be the word auto')
+  t.equal(resolveRwPath('null'), '/dev/null')
 })
 
 t.test('tryReadNow reads cached bytes, and refuses what it cannot do without blocking', async t => {

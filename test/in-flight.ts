@@ -60,3 +60,18 @@ t.test('leaving twice is a bug that is caught', async t => {
   l.leave(a as never)
   t.throws(() => l.leave(a as never))
 })
+
+t.test('idle resolves once the last request leaves', async t => {
+  const l = new InFlightList()
+  await l.idle()
+  const a = l.enter(0, 10, true)
+  const b = l.enter(20, 30, false)
+  let idle = false
+  void l.idle().then(() => (idle = true))
+  l.leave(a as never)
+  await new Promise(res => setImmediate(res))
+  t.notOk(idle, 'one request is still in flight')
+  l.leave(b as never)
+  await new Promise(res => setImmediate(res))
+  t.ok(idle)
+})

@@ -329,3 +329,25 @@ t.test('a device without tryReadNow always takes the thread-pool path', async t 
   t.equal(engine.tryReadInto(Buffer.alloc(512), 0), false)
   t.equal(engine.stats().reads, 0)
 })
+
+t.test('drain waits for writes still running on the device', async t => {
+  const ro = new FakeDevice(8192)
+  let finish: (() => void) | undefined
+  const rw = new (class extends FakeDevice {
+    override async write(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+      await new Promise<void>(resolve => (finish = resolve))
+      return super.write(buf, offset, length, position)
+    }
+  })(8192)
+  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  const write = engine.write(0, Buffer.alloc(512, 9))
+  let drained = false
+  const drain = engine.drain().then(() => (drained = true))
+  await new Promise(res => setImmediate(res))
+  t.notOk(drained, 'the write is still running')
+  finish!()
+  await write
+  await drain
+  t.ok(drained)
+  t.equal(rw.data[0], 9)
+})

@@ -143,11 +143,12 @@ const unmountFuse = async (
       // Forced: detach the mount lazily and end nbdfuse, so that whoever
       // still holds the file gets I/O errors instead of a hang.
       await runCommand('fusermount3', ['-u', '-z', mount]).catch(() => undefined)
-      if (processAlive(fusePid)) process.kill(fusePid, 'SIGTERM')
+      if (fusePid > 0 && processAlive(fusePid)) process.kill(fusePid, 'SIGTERM')
       break
     }
   }
-  if (!(await waitFor(() => !processAlive(fusePid), EXIT_MS))) process.kill(fusePid, 'SIGKILL')
+  // A pid of 0 would mean our own process group to kill(2): never signal it.
+  if (fusePid > 0 && !(await waitFor(() => !processAlive(fusePid), EXIT_MS))) process.kill(fusePid, 'SIGKILL')
   fs.rmSync(mount, { recursive: true, force: true })
   fs.rmSync(path.join(path.dirname(mount), 'nbdfuse.pid'), { force: true })
 }

@@ -6,7 +6,7 @@ import fs from 'node:fs'
 import type { DaemonOptions } from '../daemon/daemon.js'
 import { runDir, statePaths } from '../daemon/run-state.js'
 import { clearStale } from '../daemon/stale.js'
-import { resolveDevicePath } from '../devices/device-path.js'
+import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
 import { RowrError } from '../errors.js'
 import { platform } from '../../native-bindings/libc.js'
 import { runInForeground, stderrLog, warn } from './foreground.js'
@@ -50,17 +50,16 @@ export const create = async (a: CreateArgs): Promise<void> => {
   const options = {
     name: a.name,
     ro: resolveDevicePath(a.ro),
-    rw: a.rw === 'auto' ? 'auto' : resolveDevicePath(a.rw),
+    rw: resolveRwPath(a.rw),
     sectorSize: a['sector-size'],
     attach: a.attach,
   }
-  const shown = (device: string | null, nbd: string): string => device ?? nbd
   if (a['daemon-child']) {
     await runDaemonChild({ ...options, log: stderrLog(a.name, true) })
   } else if (a.verbose) {
     await runInForeground({ ...options, log: stderrLog(a.name, true) }, d => {
       for (const w of d.warnings) warn(`warning: ${w}`)
-      process.stdout.write(`${shown(d.state.device, d.state.nbd)}\n`)
+      process.stdout.write(`${d.state.device ?? d.state.nbd}\n`)
     })
   } else {
     const { device, warnings } = await spawnDaemon(options)

@@ -2,7 +2,7 @@
 import path from 'node:path'
 import { liveness } from '../daemon/run-state.js'
 import { clearStale } from '../daemon/stale.js'
-import { resolveDevicePath } from '../devices/device-path.js'
+import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
 import type { Listen } from '../nbd/server.js'
 import { runInForeground, stderrLog, warn } from './foreground.js'
 
@@ -37,7 +37,7 @@ export const serve = async (a: ServeArgs): Promise<void> => {
     {
       name,
       ro: resolveDevicePath(a.ro),
-      rw: a.rw === 'auto' ? 'auto' : resolveDevicePath(a.rw),
+      rw: resolveRwPath(a.rw),
       sectorSize: a['sector-size'],
       attach: false,
       listen,

@@ -108,7 +108,10 @@ export class RowrDaemon {
       for (const w of pair.warnings) o.log(`warning: ${w}`)
 
       const engine = new RowrDevice({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize })
-      teardown.add('pending writes', () => engine.flush())
+      teardown.add('pending writes', async () => {
+        await engine.drain()
+        await engine.flush()
+      })
       const server = new NbdServer(engine, exportFor(engine, o.name, `geom-rowr ${o.name}: ${o.ro} + ${base.rw}`), o.log)
       const listen = await server.listen(o.listen ?? { socket: paths.nbd })
       teardown.add('NBD server', ({ force }) => server.close({ force }))

@@ -35,8 +35,13 @@ const leftoverAttachment = (name: string, state: DeviceState | undefined): Attac
   if (state?.attachment) return state.attachment
   const paths = statePaths(name)
   if (!fuseMounted(paths.mount)) return null
-  const pidText = fs.readFileSync(path.join(paths.dir, 'nbdfuse.pid'), 'utf8').trim()
-  return { kind: 'loop', device: '', mount: paths.mount, file: path.join(paths.mount, name), fusePid: Number(pidText) }
+  let fusePid = 0
+  try {
+    fusePid = Number(fs.readFileSync(path.join(paths.dir, 'nbdfuse.pid'), 'utf8').trim()) || 0
+  } catch {
+    // nbdfuse never got as far as writing it; the mount is still removed.
+  }
+  return { kind: 'loop', device: '', mount: paths.mount, file: path.join(paths.mount, name), fusePid }
 }
 
 export const cleanupStale = async (

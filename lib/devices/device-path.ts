@@ -9,3 +9,6 @@ export const resolveDevicePath = (arg: string): string => {
   }
   return path.resolve(arg)
 }
+
+/** The read-write device argument: a device as above, or the word auto. */
+export const resolveRwPath = (arg: string): string => (arg === 'auto' ? 'auto' : resolveDevicePath(arg))

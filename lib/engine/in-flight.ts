@@ -28,6 +28,7 @@ class Entry implements InFlight {
 
 export class InFlightList {
   #entries: Entry[] = []
+  #idle: (() => void)[] = []
   /** Requests that had to wait for an overlapping one. */
   waits = 0
 
@@ -69,5 +70,12 @@ export class InFlightList {
     for (const waiter of entry.waiters ?? []) {
       if (--waiter.blockers === 0) waiter.wake?.()
     }
+    if (this.#entries.length === 0) for (const resolve of this.#idle.splice(0)) resolve()
+  }
+
+  /** Resolves once nothing is in flight. */
+  idle(): Promise<void> {
+    if (this.#entries.length === 0) return Promise.resolve()
+    return new Promise(resolve => this.#idle.push(resolve))
   }
 }

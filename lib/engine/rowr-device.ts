@@ -188,6 +188,15 @@ export class RowrDevice {
     }
   }
 
+  /**
+   * Resolves once no request is in flight: before the devices are closed,
+   * so that no read or write is left running on a closed file descriptor
+   * (whose number the process might already have reused).
+   */
+  drain(): Promise<void> {
+    return this.#inFlight.idle()
+  }
+
   /** Makes every write completed so far durable. */
   async flush(): Promise<void> {
     this.#stats.flushes++
