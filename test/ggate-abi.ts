@@ -3,7 +3,7 @@
 import { execFileSync } from 'node:child_process'
 import path from 'node:path'
 import t from 'tap'
-import { GGATE_STRUCTS, freebsdIowr, ggateAbi, type GGateStructName } from '../native-bindings/ggate-abi.js'
+import { BioCmd, GGATE_STRUCTS, GGateFlag, GGateUnit, G_GATE_VERSION, freebsdIowr, ggateAbi, type GGateStructName } from '../native-bindings/ggate-abi.js'
 import { repoRoot, requires } from './fixtures/helpers.js'
 
 /** shared/spec/ggate-abi.md's table (LP64). */
@@ -43,4 +43,11 @@ t.test('koffi layouts and ioctl numbers match the C compiler', async t => {
     for (const [field] of fields) t.equal(abi.offsetof(name, field), c[name].offsets[field], `${name}.${field}`)
   }
   t.same(abi.ioctl, c.ioctl, 'ioctl numbers')
+})
+
+t.test('constants as the spec gives them', async t => {
+  t.equal(G_GATE_VERSION, 3)
+  t.same(GGateFlag, { READONLY: 1, WRITEONLY: 2 })
+  t.same(GGateUnit, { AUTO: -1, NAME_GIVEN: -2 })
+  t.same(BioCmd, { READ: 1, WRITE: 2, DELETE: 3, GETATTR: 4, FLUSH: 5, SPEEDUP: 10 })
 })

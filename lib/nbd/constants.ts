@@ -96,7 +96,6 @@ export const Command = {
   WRITE_ZEROES: 6,
   BLOCK_STATUS: 7,
 } as const
-export type CommandType = (typeof Command)[keyof typeof Command]
 
 export const CommandFlag = {
   FUA: 1 << 0,
