@@ -8,7 +8,7 @@ import t, { type Test } from 'tap'
 import { repoRoot, requires } from './fixtures/helpers.js'
 
 const script = path.join(repoRoot, 'boot/rowr-init.sh')
-const fixtures = path.resolve(repoRoot, '../shared/fixtures/uzip')
+const fixtures = path.join(repoRoot, 'test/fixtures/uzip')
 const REAL_TOOLS = ['od', 'tr', 'tail', 'cut', 'mkdir', 'ln', 'sleep', 'sh', 'cat', 'basename', 'printenv']
 
 /** A stub: records "name args" and behaves as the test's environment says. */
