@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
 import { BlockDevice } from '../lib/devices/block-device.js'
-import { openDevicePair } from '../lib/devices/device-pair.js'
+import { openDevicePair, resizeHint } from '../lib/devices/device-pair.js'
 import { resolveDevicePath, resolveRwPath } from '../lib/devices/device-path.js'
 import { makeImage } from './fixtures/helpers.js'
 
@@ -138,4 +138,9 @@ t.test('tryReadNow reads cached bytes, and refuses what it cannot do without blo
   t.same(buf.subarray(100), Buffer.alloc(4096, 0x3c), 'into the right place of the buffer')
   t.same(buf.subarray(0, 100), Buffer.alloc(100), 'and nowhere else')
   t.equal(d.tryReadNow(Buffer.alloc(512), 0, 512, 1 << 20), false, 'past the end: not served')
+})
+
+t.test('the resize hint fits the device: md(4) is recreated, a file grown', async t => {
+  t.equal(resizeHint('/dev/md1', 536870912), 'mdconfig -d -u 1 && mdconfig -a -t swap -s 536870912b -u 1')
+  t.equal(resizeHint('/srv/rw.img', 4096), 'truncate -s 4096 /srv/rw.img')
 })

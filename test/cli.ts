@@ -127,6 +127,7 @@ t.test('RW auto: a sparse file of RO\'s size, removed on destroy', async t => {
   t.teardown(() => fs.rmSync(file, { force: true }))
   const r = await cli('create', '--no-attach', name, ro, 'auto')
   t.equal(r.code, 0, r.stderr)
+  t.match(r.stderr, `read-write device: ${file} (sparse, ${SIZE} bytes; removed on destroy)`, 'says where RW went')
   t.equal(fs.statSync(file).size, SIZE)
   t.equal(fs.statSync(file).blocks, 0, 'sparse')
   t.equal((await cli('destroy', name)).code, 0)

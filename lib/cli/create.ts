@@ -9,7 +9,7 @@ import { clearStale } from '../daemon/stale.js'
 import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
 import { RowrError } from '../errors.js'
 import { platform } from '../../native-bindings/libc.js'
-import { runInForeground, stderrLog, warn } from './foreground.js'
+import { announce, runInForeground, stderrLog, warn } from './foreground.js'
 
 export interface CreateArgs {
   readonly name: string
@@ -22,7 +22,12 @@ export interface CreateArgs {
 }
 
 type ChildMessage =
-  | { readonly type: 'ready'; readonly device: string; readonly warnings: readonly string[] }
+  | {
+      readonly type: 'ready'
+      readonly device: string
+      readonly state: { rw: string; rwAuto: boolean; mediasize: number }
+      readonly warnings: readonly string[]
+    }
   | { readonly type: 'error'; readonly message: string }
 
 /** How long a detached daemon may take to report ready. */
@@ -58,13 +63,13 @@ export const create = async (a: CreateArgs): Promise<void> => {
     await runDaemonChild({ ...options, log: stderrLog(a.name, true) })
   } else if (a.verbose) {
     await runInForeground({ ...options, log: stderrLog(a.name, true) }, d => {
-      for (const w of d.warnings) warn(`warning: ${w}`)
+      announce(d.state, d.warnings)
       process.stdout.write(`${d.state.device ?? d.state.nbd}\n`)
     })
   } else {
-    const { device, warnings } = await spawnDaemon(options)
-    for (const w of warnings) warn(`warning: ${w}`)
-    process.stdout.write(`${device}\n`)
+    const ready = await spawnDaemon(options)
+    announce(ready.state, ready.warnings)
+    process.stdout.write(`${ready.device}\n`)
   }
 }
 
@@ -73,7 +78,7 @@ const runDaemonChild = async (o: DaemonOptions): Promise<void> => {
     new Promise(resolve => (process.send ? process.send(m, () => resolve()) : resolve()))
   try {
     await runInForeground(o, d => {
-      void send({ type: 'ready', device: d.state.device ?? d.state.nbd, warnings: d.warnings }).then(() =>
+      void send({ type: 'ready', device: d.state.device ?? d.state.nbd, state: d.state, warnings: d.warnings }).then(() =>
         process.disconnect?.(),
       )
     })
@@ -85,7 +90,7 @@ const runDaemonChild = async (o: DaemonOptions): Promise<void> => {
   }
 }
 
-const spawnDaemon = async (o: Omit<DaemonOptions, 'log'>): Promise<{ device: string; warnings: readonly string[] }> => {
+const spawnDaemon = async (o: Omit<DaemonOptions, 'log'>): Promise<Extract<ChildMessage, { type: 'ready' }>> => {
   fs.mkdirSync(runDir(), { recursive: true, mode: 0o700 })
   const logPath = statePaths(o.name).log
   const logFd = fs.openSync(logPath, 'a', 0o600)
@@ -125,7 +130,7 @@ const spawnDaemon = async (o: Omit<DaemonOptions, 'log'>): Promise<{ device: str
       }
       throw new Error(message.message)
     }
-    return { device: message.device, warnings: message.warnings }
+    return message
   } finally {
     child.removeAllListeners()
     if (child.connected) child.disconnect()

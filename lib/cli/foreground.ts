@@ -15,6 +15,12 @@ export const warn = (message: string): void => {
   process.stderr.write(`geom-rowr: ${message}\n`)
 }
 
+/** What the user should know once a device is up: warnings, and where an automatic RW went. */
+export const announce = (state: { rw: string; rwAuto: boolean; mediasize: number }, warnings: readonly string[]): void => {
+  for (const w of warnings) warn(`warning: ${w}`)
+  if (state.rwAuto) warn(`read-write device: ${state.rw} (sparse, ${state.mediasize} bytes; removed on destroy)`)
+}
+
 /**
  * Starts the device, calls `ready`, and returns once it has been destroyed
  * (exit status 0) or stopped by SIGINT/SIGTERM (128 + the signal's number),

@@ -4,7 +4,7 @@ import { liveness } from '../daemon/run-state.js'
 import { clearStale } from '../daemon/stale.js'
 import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
 import type { Listen } from '../nbd/server.js'
-import { runInForeground, stderrLog, warn } from './foreground.js'
+import { announce, runInForeground, stderrLog, warn } from './foreground.js'
 
 export interface ServeArgs {
   readonly ro: string
@@ -44,7 +44,7 @@ export const serve = async (a: ServeArgs): Promise<void> => {
       log: stderrLog(name, a.verbose),
     },
     d => {
-      for (const w of d.warnings) warn(`warning: ${w}`)
+      announce(d.state, d.warnings)
       process.stdout.write(`${d.state.nbd}\n`)
     },
   )

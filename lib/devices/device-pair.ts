@@ -35,7 +35,15 @@ export const checkSectorSize = (n: number): void => {
   }
 }
 
-const linuxResizeHint = (rw: string, bytes: number): string => `truncate -s ${bytes} ${rw}`
+/**
+ * How to make RW large enough: an md(4) device is recreated with the exact
+ * byte size (the original module's advice), anything else is a file to grow.
+ */
+export const resizeHint = (rw: string, bytes: number): string => {
+  const md = /^\/dev\/md(\d+)$/.exec(rw)
+  if (md) return `mdconfig -d -u ${md[1]} && mdconfig -a -t swap -s ${bytes}b -u ${md[1]}`
+  return `truncate -s ${bytes} ${rw}`
+}
 
 export const openDevicePair = (roPath: string, rwPath: string, options: OpenPairOptions = {}): DevicePair => {
   if (options.sectorSize !== undefined) checkSectorSize(options.sectorSize)
@@ -68,7 +76,7 @@ const checkPair = (ro: BlockDevice, rw: BlockDevice, options: OpenPairOptions): 
   }
   const warnings: string[] = []
   if (rw.size < ro.size) {
-    const hint = (options.resizeHint ?? linuxResizeHint)(rw.path, ro.size)
+    const hint = (options.resizeHint ?? resizeHint)(rw.path, ro.size)
     throw new RowrError(
       'EMEDIASIZE',
       `mediasize mismatch: ${ro.path} is ${ro.size} bytes, ${rw.path} is ${rw.size} bytes; ` +
