@@ -169,3 +169,30 @@ t.test('serve picks the first free rowrN and can be destroyed by name', async t 
   t.equal((await cli('destroy', 'rowr0')).code, 0)
   t.equal(await exited, 0, 'destroy ends serve with status 0')
 })
+
+t.test('a daemon that does not answer: status and create say so, only destroy -f clears it', async t => {
+  const { run, cli, ro, rw } = setup(t)
+  t.equal((await cli('create', '--no-attach', 'hung0', ro, rw)).code, 0)
+  const pid = JSON.parse(fs.readFileSync(`${run}/hung0/state.json`, 'utf8')).pid as number
+  process.kill(pid, 'SIGSTOP')
+  t.teardown(() => {
+    try {
+      process.kill(pid, 'SIGKILL')
+    } catch {
+      // already gone
+    }
+  })
+  const status = await cli('status', 'hung0')
+  t.equal(status.code, 1)
+  t.match(status.stderr, `the daemon of hung0 (pid ${pid}) does not answer; geom-rowr destroy -f hung0 kills it and cleans up`)
+  const create = await cli('create', '--no-attach', 'hung0', ro, rw)
+  t.equal(create.code, 1)
+  t.match(create.stderr, /held by daemon pid \d+, which does not answer/)
+  const destroy = await cli('destroy', 'hung0')
+  t.equal(destroy.code, 1)
+  t.match(destroy.stderr, /does not answer; use destroy -f to kill it and clean up/)
+  const forced = await cli('destroy', '-f', 'hung0')
+  t.equal(forced.code, 0, forced.stderr)
+  t.match(forced.stderr, /hung0: cleaned up after a daemon that is gone: its daemon \(pid \d+\) did not answer and was killed/)
+  t.same(names(run), [])
+})

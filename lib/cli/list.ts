@@ -1,6 +1,5 @@
 // geom-rowr list and status.
-import { callControl } from '../daemon/control.js'
-import { listNames, statePaths } from '../daemon/run-state.js'
+import { listNames } from '../daemon/run-state.js'
 import { cleanupStale, probe, type Probe } from '../daemon/stale.js'
 import { RowrError } from '../errors.js'
 import { noSuchDevice } from './destroy.js'
@@ -40,13 +39,6 @@ export const list = async (): Promise<void> => {
 type Status = Record<string, unknown> & {
   name: string
   stats: Record<string, number>
-}
-
-const askStatus = async (name: string): Promise<Status> => {
-  const reply = await callControl(statePaths(name).control, { cmd: 'status' })
-  if (!reply.ok) throw new RowrError('EDAEMON', reply.message)
-  const { ok: _ok, ...status } = reply
-  return status as Status
 }
 
 const human = (bytes: number): string => {
@@ -91,11 +83,17 @@ export const status = async ({ name, json }: StatusArgs): Promise<void> => {
     if (p.kind === 'stale') await cleanupStale(name, p, warn)
     if (p.kind === 'absent' || p.kind === 'stale') throw noSuchDevice(name)
     if (p.kind === 'starting') throw new RowrError('EBUSY', `${name} is still being created; try again in a moment`)
-    statuses = [await askStatus(name)]
+    if (p.kind === 'unresponsive') {
+      throw new RowrError(
+        'EDAEMON',
+        `the daemon of ${name} (pid ${p.state.pid}) does not answer; geom-rowr destroy -f ${name} kills it and cleans up`,
+      )
+    }
+    statuses = [p.status as Status]
   } else {
     statuses = []
     for (const { name: n, probe: p } of await probeAll()) {
-      if (p.kind === 'running') statuses.push(await askStatus(n))
+      if (p.kind === 'running') statuses.push(p.status as Status)
     }
   }
   if (json) {

@@ -5,29 +5,35 @@ import path from 'node:path'
 import { detach, type Attachment } from '../attach/attachment.js'
 import { fuseMounted } from '../attach/loop-over-fuse.js'
 import { RowrError, isRowrError } from '../errors.js'
-import { callControl } from './control.js'
+import { callControl, type ControlReply } from './control.js'
 import { checkName, claim, liveness, release, statePaths, type DeviceState, type Liveness } from './run-state.js'
 
 /** How long a daemon that is alive gets to answer before it counts as gone. */
 const PING_MS = 5_000
 
-export type Probe = Liveness | { readonly kind: 'unresponsive'; readonly state: DeviceState }
+export type Probe =
+  | Exclude<Liveness, { kind: 'running' }>
+  | (Extract<Liveness, { kind: 'running' }> & { readonly status: Record<string, unknown> })
+  | { readonly kind: 'unresponsive'; readonly state: DeviceState }
 
 /**
- * Liveness, with a running daemon also asked whether it answers. One whose
+ * Liveness, with a running daemon also asked for its status. One whose
  * process exists but does not answer is 'unresponsive': maybe hung, maybe
  * another process that reused its pid; only destroy -f clears it.
  */
 export const probe = async (name: string): Promise<Probe> => {
   const l = liveness(name)
   if (l.kind !== 'running') return l
+  let reply: ControlReply
   try {
-    await callControl(statePaths(name).control, { cmd: 'status' }, PING_MS)
-    return l
+    reply = await callControl(statePaths(name).control, { cmd: 'status' }, PING_MS)
   } catch (e) {
     if (!isRowrError(e)) throw e
     return { kind: 'unresponsive', state: l.state }
   }
+  if (!reply.ok) return { kind: 'unresponsive', state: l.state }
+  const { ok: _ok, ...status } = reply
+  return { ...l, status }
 }
 
 /** The kernel device a dead daemon may have left, from its state or its mount. */
