@@ -6,7 +6,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { RowrError } from '../errors.js'
 import type { AttachOptions } from './attachment.js'
-import { CommandError, runCommand, sleep, waitFor } from './run-command.js'
+import { CommandError, runCommand, sleep, waitFor } from '../run-command.js'
 import { processAlive } from '../daemon/run-state.js'
 
 export interface LoopOverFuseAttachment {

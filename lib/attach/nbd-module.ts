@@ -4,7 +4,7 @@
 import fs from 'node:fs'
 import { RowrError } from '../errors.js'
 import type { AttachOptions } from './attachment.js'
-import { runCommand } from './run-command.js'
+import { runCommand } from '../run-command.js'
 
 export interface NbdModuleAttachment {
   readonly kind: 'nbd'

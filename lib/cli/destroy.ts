@@ -1,6 +1,6 @@
 // geom-rowr destroy: flush and tear down NAME, or clear what a dead daemon left.
 import fs from 'node:fs'
-import { waitFor } from '../attach/run-command.js'
+import { waitFor } from '../run-command.js'
 import { callControl } from '../daemon/control.js'
 import { processAlive, statePaths } from '../daemon/run-state.js'
 import { cleanupStale, probe } from '../daemon/stale.js'

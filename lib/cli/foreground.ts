@@ -1,6 +1,7 @@
 // Running a device in this process until it is destroyed or signalled.
 import { constants } from 'node:os'
 import { RowrDaemon, type DaemonOptions } from '../daemon/daemon.js'
+import { describeAutoRw } from '../devices/auto-rw.js'
 
 export type Log = (message: string) => void
 
@@ -18,7 +19,7 @@ export const warn = (message: string): void => {
 /** What the user should know once a device is up: warnings, and where an automatic RW went. */
 export const announce = (state: { rw: string; rwAuto: boolean; mediasize: number }, warnings: readonly string[]): void => {
   for (const w of warnings) warn(`warning: ${w}`)
-  if (state.rwAuto) warn(`read-write device: ${state.rw} (sparse, ${state.mediasize} bytes; removed on destroy)`)
+  if (state.rwAuto) warn(`read-write device: ${describeAutoRw(state.rw, state.mediasize)}`)
 }
 
 /**

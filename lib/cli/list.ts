@@ -1,5 +1,6 @@
 // geom-rowr list and status.
 import { listNames } from '../daemon/run-state.js'
+import { describeAutoRw } from '../devices/auto-rw.js'
 import { cleanupStale, probe, type Probe } from '../daemon/stale.js'
 import { RowrError } from '../errors.js'
 import { noSuchDevice } from './destroy.js'
@@ -60,7 +61,7 @@ const describe = (s: Status): string => {
     ['device', String(s.device ?? '(none: NBD only)')],
     ['nbd', String(s.nbd)],
     ['ro', `${String(s.ro)} (opened read-only)`],
-    ['rw', `${String(s.rw)}${s.rwAuto ? ' (made by geom-rowr, removed on destroy)' : ''}`],
+    ['rw', s.rwAuto ? `${describeAutoRw(String(s.rw), mediasize)}, made by geom-rowr` : String(s.rw)],
     ['mediasize', `${mediasize} (${human(mediasize)})`],
     ['sectorsize', String(s.sectorsize)],
     ['written', `${written} (${human(written)}, ${((100 * written) / mediasize).toFixed(2)}%) in ${st.writtenSectors} sectors`],
@@ -92,7 +93,7 @@ export const status = async ({ name, json }: StatusArgs): Promise<void> => {
     statuses = [p.status as Status]
   } else {
     statuses = []
-    for (const { name: n, probe: p } of await probeAll()) {
+    for (const { probe: p } of await probeAll()) {
       if (p.kind === 'running') statuses.push(p.status as Status)
     }
   }

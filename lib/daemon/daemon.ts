@@ -1,13 +1,12 @@
 // A running rowr device: devices, engine, NBD server, control socket and,
 // on request, a kernel block device; started in that order and stopped in
 // reverse.
-import fs from 'node:fs'
-import path from 'node:path'
 import { attach, checkAttachable, detach, deviceBusy, type Attachment } from '../attach/attachment.js'
+import { makeAutoRw, removeAutoRw } from '../devices/auto-rw.js'
 import { BlockDevice } from '../devices/block-device.js'
 import { openDevicePair } from '../devices/device-pair.js'
 import { RowrDevice } from '../engine/rowr-device.js'
-import { RowrError, errnoCode } from '../errors.js'
+import { RowrError } from '../errors.js'
 import { NbdServer, exportFor, nbdUri, type Listen } from '../nbd/server.js'
 import { ControlServer, type ControlReply, type ControlRequest } from './control.js'
 import { claimName } from './stale.js'
@@ -27,31 +26,14 @@ export interface DaemonOptions {
   readonly log: (message: string) => void
 }
 
-/** Where `auto` makes the read-write file. */
-export const autoRwPath = (name: string): string => path.join('/var/tmp', `geom-rowr-${name}.rw`)
-
-/** Makes a sparse file of exactly RO's size, refusing to reuse one. */
-const makeAutoRw = (name: string, ro: string): string => {
-  const roDevice = BlockDevice.open(ro, { writable: false })
-  const size = roDevice.size
-  roDevice.close()
-  const file = autoRwPath(name)
-  let fd: number
+/** RO's size, for an automatic RW of exactly that size. */
+const sizeOf = (ro: string): number => {
+  const device = BlockDevice.open(ro, { writable: false })
   try {
-    fd = fs.openSync(file, 'wx', 0o600)
-  } catch (e) {
-    if (errnoCode(e) !== 'EEXIST') throw e
-    throw new RowrError(
-      'EINUSE',
-      `${file} already exists; it may hold another device's data: remove it (rm ${file}) or name the read-write device yourself`,
-    )
-  }
-  try {
-    fs.ftruncateSync(fd, size)
+    return device.size
   } finally {
-    fs.closeSync(fd)
+    device.close()
   }
-  return file
 }
 
 export class RowrDaemon {
@@ -86,18 +68,16 @@ export class RowrDaemon {
     teardown.add('run state', () => release(o.name))
     try {
       const rwAuto = o.rw === 'auto'
-      const base = {
-        name: o.name,
-        pid: process.pid,
-        ro: o.ro,
-        rw: rwAuto ? autoRwPath(o.name) : o.rw,
-        rwAuto,
-        created: new Date().toISOString(),
-      }
-      writeState({ ...base, phase: 'starting', mediasize: 0, sectorsize: 0, device: null, nbd: '', attachment: null })
+      const base = { name: o.name, pid: process.pid, ro: o.ro, rw: o.rw, rwAuto, created: new Date().toISOString() }
+      const starting = { phase: 'starting' as const, mediasize: 0, sectorsize: 0, device: null, nbd: '', attachment: null }
+      // With RW 'auto' the state says 'auto' until the device exists, then
+      // names it, so that cleanup after a crash knows what to remove.
+      writeState({ ...base, ...starting })
       if (rwAuto) {
-        makeAutoRw(o.name, o.ro)
-        teardown.add('automatic read-write file', () => fs.rmSync(base.rw, { force: true }))
+        const made = await makeAutoRw(o.name, sizeOf(o.ro))
+        base.rw = made
+        teardown.add('automatic read-write device', () => removeAutoRw(made))
+        writeState({ ...base, ...starting })
       }
       const pair = openDevicePair(o.ro, base.rw, { sectorSize: o.sectorSize })
       teardown.add('devices', () => {

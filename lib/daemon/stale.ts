@@ -4,6 +4,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { detach, type Attachment } from '../attach/attachment.js'
 import { fuseMounted } from '../attach/loop-over-fuse.js'
+import { autoRwFile, removeAutoRw } from '../devices/auto-rw.js'
 import { RowrError, isRowrError } from '../errors.js'
 import { callControl, type ControlReply } from './control.js'
 import { checkName, claim, liveness, release, statePaths, type DeviceState, type Liveness } from './run-state.js'
@@ -62,8 +63,13 @@ export const cleanupStale = async (
     done.push(`detached ${attachment.device || attachment.kind}`)
   }
   if (stale.state?.rwAuto) {
-    fs.rmSync(stale.state.rw, { force: true })
-    done.push(`removed ${stale.state.rw}`)
+    // 'auto' still: the daemon died while making it; only a file has a known name.
+    const made = stale.state.rw !== 'auto'
+    const rw = made ? stale.state.rw : autoRwFile(name)
+    if (made || fs.existsSync(rw)) {
+      await removeAutoRw(rw)
+      done.push(`removed ${rw}`)
+    }
   }
   release(name)
   log(`${name}: cleaned up after a daemon that is gone: ${stale.reason}${done.length ? `; ${done.join(', ')}` : ''}`)

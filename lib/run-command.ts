@@ -1,6 +1,6 @@
 // Running the system tools that attach and detach kernel devices.
 import { execFile } from 'node:child_process'
-import { errnoCode } from '../errors.js'
+import { errnoCode } from './errors.js'
 
 export class CommandError extends Error {
   readonly code: string

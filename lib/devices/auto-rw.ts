@@ -1,0 +1,58 @@
+// RW given as `auto`: geom-rowr makes a read-write device of exactly RO's
+// size itself, so the mediasize mismatch cannot happen, and removes it on
+// destroy. On FreeBSD it is a swap-backed md(4) device (costing memory only
+// for what is written); elsewhere a sparse file in /var/tmp.
+import fs from 'node:fs'
+import path from 'node:path'
+import { platform } from '../../native-bindings/libc.js'
+import { RowrError, errnoCode } from '../errors.js'
+import { runCommand } from '../run-command.js'
+
+const MD_PATH = /^\/dev\/md(\d+)$/
+
+/** Where the sparse file for NAME goes where md(4) is not available. */
+export const autoRwFile = (name: string): string => path.join('/var/tmp', `geom-rowr-${name}.rw`)
+
+/** How the user is told about it. */
+export const describeAutoRw = (rw: string, size: number): string =>
+  MD_PATH.test(rw)
+    ? `${rw} (swap-backed md, ${size} bytes; detached on destroy)`
+    : `${rw} (sparse, ${size} bytes; removed on destroy)`
+
+/** Makes the device and returns its path. */
+export const makeAutoRw = async (name: string, size: number): Promise<string> => {
+  if (platform() === 'freebsd') {
+    let out: string
+    try {
+      out = (await runCommand('mdconfig', ['-a', '-t', 'swap', '-s', `${size}b`])).stdout.trim()
+    } catch (e) {
+      throw new RowrError('EATTACH', `could not make a swap-backed md of ${size} bytes: ${(e as Error).message}`, { cause: e })
+    }
+    if (!/^md\d+$/.test(out)) throw new RowrError('EATTACH', `mdconfig printed "${out}", not an md device name`)
+    return `/dev/${out}`
+  }
+  const file = autoRwFile(name)
+  let fd: number
+  try {
+    fd = fs.openSync(file, 'wx', 0o600)
+  } catch (e) {
+    if (errnoCode(e) !== 'EEXIST') throw e
+    throw new RowrError(
+      'EINUSE',
+      `${file} already exists; it may hold another device's data: remove it (rm ${file}) or name the read-write device yourself`,
+    )
+  }
+  try {
+    fs.ftruncateSync(fd, size)
+  } finally {
+    fs.closeSync(fd)
+  }
+  return file
+}
+
+/** Removes what makeAutoRw made. */
+export const removeAutoRw = async (rw: string): Promise<void> => {
+  const md = MD_PATH.exec(rw)
+  if (md) await runCommand('mdconfig', ['-d', '-u', md[1]!])
+  else fs.rmSync(rw, { force: true })
+}
