@@ -1,8 +1,9 @@
+import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
 import t from 'tap'
 import { ControlServer, callControl } from '../lib/daemon/control.js'
-import { checkName, claim, listNames, liveness, release, writeState } from '../lib/daemon/run-state.js'
+import { checkName, claim, listNames, liveness, release, runDir, writeState } from '../lib/daemon/run-state.js'
 import { Teardown } from '../lib/daemon/teardown.js'
 import { shortDir } from './fixtures/helpers.js'
 
@@ -82,6 +83,17 @@ t.test('run state: names are claimed once, and liveness follows the pid', async 
   t.same(listNames(), ['r0'])
   release('r0')
   t.same(listNames(), [])
+})
+
+t.test('the run directory is its real path, even before it exists', async t => {
+  const dir = shortDir(t)
+  fs.mkdirSync(path.join(dir, 'real'))
+  fs.symlinkSync('real', path.join(dir, 'link'))
+  process.env.GEOM_ROWR_RUNDIR = path.join(dir, 'link', 'run', 'deeper')
+  t.teardown(() => delete process.env.GEOM_ROWR_RUNDIR)
+  t.equal(runDir(), path.join(dir, 'real', 'run', 'deeper'), 'before it is created')
+  t.equal(claim('r1'), true)
+  t.equal(runDir(), path.join(dir, 'real', 'run', 'deeper'), 'after')
 })
 
 t.test('teardown runs in reverse, carries on past failures and reports the first', async t => {

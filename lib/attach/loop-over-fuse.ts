@@ -96,24 +96,10 @@ const loopsBackedBy = (file: string): string[] => {
   return out
 }
 
-/**
- * The path the kernel knows a mount point by. Resolved through its parent:
- * a FUSE mount whose server died cannot be looked at itself.
- */
-const kernelPath = (p: string): string => {
-  try {
-    return path.join(fs.realpathSync(path.dirname(p)), path.basename(p))
-  } catch {
-    return p
-  }
-}
-
 export const detachLoopOverFuse = async (
-  recorded: Pick<LoopOverFuseAttachment, 'file' | 'mount' | 'fusePid'>,
+  attachment: Pick<LoopOverFuseAttachment, 'file' | 'mount' | 'fusePid'>,
   { force }: { force: boolean },
 ): Promise<void> => {
-  const mount = kernelPath(recorded.mount)
-  const attachment = { mount, file: path.join(mount, path.basename(recorded.file)), fusePid: recorded.fusePid }
   for (const loop of loopsBackedBy(attachment.file)) {
     // On a loop device still in use this only sets autoclear: the kernel
     // detaches it when its last user (a forced-away mount) lets go.

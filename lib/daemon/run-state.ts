@@ -39,12 +39,19 @@ const configuredRunDir = (): string => {
  * resolved (/var/run is one to /run on most systems), because the kernel
  * reports mount points and loop backing files by their real paths.
  */
-export const runDir = (): string => {
-  const dir = configuredRunDir()
+export const runDir = (): string => realPath(configuredRunDir())
+
+/**
+ * A path with the symbolic links of its longest existing prefix resolved,
+ * so it is the same before and after its last components are created.
+ */
+const realPath = (p: string): string => {
   try {
-    return fs.realpathSync(dir)
-  } catch {
-    return dir
+    return fs.realpathSync(p)
+  } catch (e) {
+    const parent = path.dirname(p)
+    if (errnoCode(e) !== 'ENOENT' || parent === p) return p
+    return path.join(realPath(parent), path.basename(p))
   }
 }
 

@@ -36,11 +36,12 @@ const leftovers = (dir: string): string[] => {
 /** A work directory whose every trace is removed, even when a test fails. */
 const workdir = (t: Test) => {
   const dir = shortDir(t)
-  // Reached through a symbolic link, as /var/run is one to /run: the kernel
-  // reports mounts and loop backing files by their real paths.
-  fs.mkdirSync(path.join(dir, 'real-run'))
-  const runDir = path.join(dir, 'run')
-  fs.symlinkSync('real-run', runDir)
+  // Reached through a symbolic link, as /var/run is one to /run (the kernel
+  // reports mounts and loop backing files by their real paths), and not
+  // there yet, as on a fresh machine.
+  fs.mkdirSync(path.join(dir, 'real'))
+  fs.symlinkSync('real', path.join(dir, 'link'))
+  const runDir = path.join(dir, 'link', 'run')
   const mnt = path.join(dir, 'mnt')
   fs.mkdirSync(mnt)
   const cli = (...args: string[]) => rowr(runDir, args)
