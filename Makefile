@@ -1,7 +1,7 @@
 # geom-rowr: make (build), make test, make demo.
 SHELL := /bin/bash
 
-.PHONY: all setup system-deps build typecheck lint test demo bench clean
+.PHONY: all setup system-deps build ggsim typecheck lint test demo bench clean
 
 all: build
 
@@ -16,7 +16,22 @@ build: node_modules
 	npx tsc -p tsconfig.build.json
 	chmod +x dist/bin/geom-rowr.js
 
-setup: system-deps build
+setup: system-deps build ggsim
+
+# The ggctl simulator (test-only): GEOM Gate's kernel side in a shared
+# library that geom-rowr loads in place of libc (GEOM_ROWR_LIBC).
+GGSIM_SOURCES := $(wildcard native-bindings/ggsim/*.c)
+GGSIM_HEADERS := $(wildcard native-bindings/ggsim/*.h)
+GGSIM_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -fPIC -fvisibility=hidden
+
+ggsim: build/ggsim.so
+
+build/ggsim/%.o: native-bindings/ggsim/%.c $(GGSIM_HEADERS)
+	@mkdir -p build/ggsim
+	cc $(GGSIM_CFLAGS) $(if $(filter fuse-export,$*),$$(pkg-config --cflags fuse3)) -c -o $@ $<
+
+build/ggsim.so: $(patsubst native-bindings/ggsim/%.c,build/ggsim/%.o,$(GGSIM_SOURCES))
+	cc -shared -o $@ $^ $$(pkg-config --libs fuse3) -ldl
 
 typecheck: node_modules
 	npx tsc -p tsconfig.json --noEmit
@@ -32,7 +47,7 @@ demo: setup
 	scripts/demo.sh
 
 clean:
-	rm -rf dist .tap
+	rm -rf dist build .tap
 
 # Side by side with nbdkit's cow filter and qemu-nbd; not part of the tests.
 bench: setup

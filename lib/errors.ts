@@ -16,6 +16,11 @@ export type RowrErrorCode =
   | 'EDAEMON' // the daemon did not start or did not answer
   | 'EPLATFORM' // not possible on this platform
   | 'ESOCKETPATH' // a Unix socket path the kernel cannot take
+  | 'ENOTMAP' // a --map file that holds something else
+  | 'EMAPFORMAT' // a map written by a newer geom-rowr
+  | 'EMAPCORRUPT' // a map whose metadata is damaged or truncated
+  | 'EMAPGEOMETRY' // a map for a device of another size or sector size
+  | 'EFINGERPRINT' // a map that belongs to another RO or RW
 
 export class RowrError extends Error {
   readonly code: RowrErrorCode
@@ -33,6 +38,26 @@ export const errnoCode = (e: unknown): string | undefined =>
   typeof e === 'object' && e !== null && 'code' in e && typeof e.code === 'string'
     ? e.code
     : undefined
+
+/** What an engine or system failure means to a client, in errno names every front end can express. */
+export type IoFailure = 'EINVAL' | 'ENOSPC' | 'EPERM' | 'ENOMEM' | 'EIO'
+
+export const ioFailure = (e: unknown): IoFailure => {
+  if (e instanceof RangeError) return 'EINVAL'
+  switch (errnoCode(e)) {
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return 'ENOSPC'
+    case 'EPERM':
+    case 'EACCES':
+    case 'EROFS':
+      return 'EPERM'
+    case 'ENOMEM':
+      return 'ENOMEM'
+    default:
+      return 'EIO'
+  }
+}
 
 /** sun_path holds 108 bytes on Linux (104 on FreeBSD), with a terminating NUL. */
 const MAX_SOCKET_PATH = process.platform === 'freebsd' ? 103 : 107

@@ -33,6 +33,31 @@ export const BioCmd = {
   SPEEDUP: 10,
 } as const
 
+/**
+ * FreeBSD's errno values (sys/sys/errno.h) for what crosses the ABI:
+ * gctl_error after START and the error handed to DONE. 1..34 agree with
+ * Linux's; EAGAIN, EOPNOTSUPP and ECANCELED do not.
+ */
+export const FreeBsdErrno = {
+  EPERM: 1,
+  ENOENT: 2,
+  EINTR: 4,
+  EIO: 5,
+  ENXIO: 6,
+  ENOMEM: 12,
+  EACCES: 13,
+  EBUSY: 16,
+  EEXIST: 17,
+  EINVAL: 22,
+  ENFILE: 23,
+  ENOTTY: 25,
+  ENOSPC: 28,
+  EROFS: 30,
+  EAGAIN: 35,
+  EOPNOTSUPP: 45,
+  ECANCELED: 85,
+} as const
+
 /** The fields of each struct, in order, with C types koffi understands. */
 export const GGATE_STRUCTS = {
   g_gate_ctl_create: [

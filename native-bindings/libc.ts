@@ -32,24 +32,35 @@ export const platform = (): Platform => {
 const defaultLibc = (): string =>
   process.platform === 'freebsd' ? 'libc.so.7' : 'libc.so.6'
 
+/** O_RDWR agrees; O_CLOEXEC is the running kernel's own (FreeBSD's or Linux's). */
+export const O_RDWR = 0x2
+export const O_CLOEXEC = process.platform === 'freebsd' ? 0x100000 : 0x80000
+
 export interface Libc {
+  /** open(2); returns -1 and sets errno on failure. */
+  open(path: string, flags: number): number
+  /** close(2). */
+  close(fd: number): number
   /** ioctl(2) with a pointer argument; returns -1 and sets errno on failure. */
   ioctl(fd: number, request: number, arg: Buffer): number
   /** fallocate(2) on the thread pool; resolves to its return value. */
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<number>
+  /** Whether preadNowait is available (Linux's own libc only). */
+  readonly canReadNowait: boolean
   /**
    * preadv2(RWF_NOWAIT): reads only what is already in the page cache,
    * never blocking. Returns the bytes read, or -1 (see errno(): EAGAIN when
-   * the data is not cached). Linux only; elsewhere always -1 with ENOSYS.
+   * the data is not cached). Only where canReadNowait.
    */
   preadNowait(fd: number, buf: Buffer, offset: number, length: number, position: number): number
+  /** The address of a Buffer's bytes, for pointers inside structs. */
+  address(buf: Buffer): bigint
   /** The errno left by the last synchronous call on this thread. */
   errno(): number
 }
 
 /** <linux/fs.h>: return EAGAIN instead of blocking. */
 const RWF_NOWAIT = 0x08
-const ENOSYS = 38
 
 let loaded: Libc | undefined
 
@@ -61,6 +72,9 @@ export const libc = (): Libc => {
   // cannot make async calls to variadic functions, and on amd64/arm64 the
   // calling conventions agree for this signature.
   const ioctl = lib.func('int ioctl(int fd, unsigned long request, void *arg)')
+  // open is variadic too; its mode argument is read only with O_CREAT.
+  const open = lib.func('int open(const char *path, int flags, int mode)')
+  const close = lib.func('int close(int fd)')
   let fallocate: KoffiFunction | undefined
   let preadv2: KoffiFunction | undefined
   if (platform() === 'linux' && !process.env.GEOM_ROWR_LIBC) {
@@ -73,6 +87,8 @@ export const libc = (): Libc => {
   const iovec = Buffer.alloc(16)
   const le = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1
   loaded = {
+    open: (path, flags) => open(path, flags, 0),
+    close: fd => close(fd),
     ioctl: (fd, request, arg) => ioctl(fd, request, arg),
     fallocate: (fd, mode, offset, length) =>
       new Promise<number>((resolve, reject) => {
@@ -84,8 +100,9 @@ export const libc = (): Libc => {
           err ? reject(err) : resolve(res),
         )
       }),
+    canReadNowait: preadv2 !== undefined,
     preadNowait: (fd, buf, offset, length, position) => {
-      if (!preadv2) return -1
+      if (!preadv2) throw new Error('preadv2 is not available here')
       const base = koffi.address(buf) + BigInt(offset)
       if (le) {
         iovec.writeBigUInt64LE(base, 0)
@@ -96,7 +113,8 @@ export const libc = (): Libc => {
       }
       return preadv2(fd, iovec, 1, position, RWF_NOWAIT)
     },
-    errno: () => (preadv2 || fallocate ? koffi.errno() : ENOSYS),
+    address: buf => koffi.address(buf),
+    errno: () => koffi.errno(),
   }
   return loaded
 }

@@ -194,6 +194,9 @@ class FakeDevice implements BlockIo {
     this.calls.push(`zero ${position}+${length}`)
     this.data.fill(0, position, position + length)
   }
+  async release(): Promise<boolean> {
+    return false
+  }
 }
 
 t.test('a failed write leaves the sectors on RO and reports the error', async t => {

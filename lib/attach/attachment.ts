@@ -1,13 +1,16 @@
-// Attaching the NBD export as a Linux kernel block device, and taking it
-// away again. Two ways: the kernel's nbd module through nbd-client where it
-// is loaded, otherwise nbdfuse shows the export as a file and a loop device
-// sits on that file.
+// Kernel block devices over the engine, and taking them away again. On
+// Linux the NBD export is attached in one of two ways: the kernel's nbd
+// module through nbd-client where it is loaded, otherwise nbdfuse shows the
+// export as a file and a loop device sits on that file. On FreeBSD the
+// device is a GEOM Gate provider (lib/ggate), which the daemon starts itself;
+// here it is only taken away after a daemon died.
 import fs from 'node:fs'
 import { RowrError, errnoCode } from '../errors.js'
 import { attachNbdModule, detachNbdModule, type NbdModuleAttachment } from './nbd-module.js'
 import { attachLoopOverFuse, detachLoopOverFuse, type LoopOverFuseAttachment } from './loop-over-fuse.js'
+import { destroyProvider, type GGateAttachment } from '../ggate/front-end.js'
 
-export type Attachment = LoopOverFuseAttachment | NbdModuleAttachment
+export type Attachment = LoopOverFuseAttachment | NbdModuleAttachment | GGateAttachment
 
 export interface AttachOptions {
   readonly name: string
@@ -24,11 +27,19 @@ export const nbdModuleLoaded = (): boolean => fs.existsSync('/sys/module/nbd')
 /** Largest logical sector size a Linux loop device accepts. */
 export const LOOP_MAX_SECTOR_SIZE = 4096
 
-export const attach = (options: AttachOptions): Promise<Attachment> =>
+export const attach = (options: AttachOptions): Promise<LoopOverFuseAttachment | NbdModuleAttachment> =>
   nbdModuleLoaded() ? attachNbdModule(options) : attachLoopOverFuse(options)
 
-export const detach = (attachment: Attachment, { force }: { force: boolean }): Promise<void> =>
-  attachment.kind === 'nbd' ? detachNbdModule(attachment) : detachLoopOverFuse(attachment, { force })
+export const detach = async (attachment: Attachment, { force }: { force: boolean }): Promise<void> => {
+  switch (attachment.kind) {
+    case 'nbd':
+      return detachNbdModule(attachment)
+    case 'loop':
+      return detachLoopOverFuse(attachment, { force })
+    case 'ggate':
+      return destroyProvider(attachment.name)
+  }
+}
 
 /**
  * Whether something holds the block device exclusively: a mounted file

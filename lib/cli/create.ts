@@ -34,16 +34,11 @@ type ChildMessage =
 const START_TIMEOUT_MS = 60_000
 
 const checkCanAttach = (): void => {
-  if (platform() !== 'linux') {
-    throw new RowrError(
-      'EPLATFORM',
-      'this build cannot attach a kernel device on FreeBSD yet (the GEOM Gate front end is not here); use --no-attach',
-    )
-  }
   if (process.getuid?.() !== 0) {
+    const what = platform() === 'freebsd' ? 'a GEOM Gate provider (/dev/ggctl)' : 'a kernel block device'
     throw new RowrError(
       'EPLATFORM',
-      'attaching a kernel block device needs root: run it as root, or use --no-attach (or geom-rowr serve) for NBD only',
+      `attaching ${what} needs root: run it as root, or use --no-attach (or geom-rowr serve) for NBD only`,
     )
   }
 }

@@ -3,6 +3,8 @@
 // reverse.
 import { attach, checkAttachable, detach, deviceBusy, type Attachment } from '../attach/attachment.js'
 import { makeAutoRw, removeAutoRw } from '../devices/auto-rw.js'
+import { GGateFrontEnd } from '../ggate/front-end.js'
+import { platform } from '../../native-bindings/libc.js'
 import { BlockDevice } from '../devices/block-device.js'
 import { openDevicePair } from '../devices/device-pair.js'
 import { RowrDevice } from '../engine/rowr-device.js'
@@ -19,8 +21,10 @@ export interface DaemonOptions {
   readonly ro: string
   readonly rw: string
   readonly sectorSize?: number
-  /** Attach a kernel block device (Linux). */
+  /** Make a kernel block device: a GEOM Gate provider on FreeBSD, NBD attached on Linux. */
   readonly attach: boolean
+  /** Threads sitting in GEOM Gate's START, and their first buffer size (tests). */
+  readonly ggate?: { readonly workers?: number; readonly startBuffer?: number }
   /** Where NBD listens; a Unix socket in the run directory by default. */
   readonly listen?: Listen
   readonly log: (message: string) => void
@@ -42,6 +46,7 @@ export class RowrDaemon {
   readonly #engine: RowrDevice
   readonly #server: NbdServer
   readonly #teardown: Teardown
+  readonly #provider: GGateFrontEnd | undefined
   #stopping: Promise<void> | undefined
   #markDone!: () => void
   /** Resolves once the device has been stopped (by destroy or a signal). */
@@ -53,12 +58,14 @@ export class RowrDaemon {
     engine: RowrDevice,
     server: NbdServer,
     teardown: Teardown,
+    provider: GGateFrontEnd | undefined,
   ) {
     this.state = state
     this.warnings = warnings
     this.#engine = engine
     this.#server = server
     this.#teardown = teardown
+    this.#provider = provider
   }
 
   static async start(o: DaemonOptions): Promise<RowrDaemon> {
@@ -84,7 +91,8 @@ export class RowrDaemon {
         pair.ro.close()
         pair.rw.close()
       })
-      if (o.attach) checkAttachable(pair.sectorSize)
+      const ggate = o.attach && platform() === 'freebsd'
+      if (o.attach && !ggate) checkAttachable(pair.sectorSize)
       for (const w of pair.warnings) o.log(`warning: ${w}`)
 
       const engine = new RowrDevice({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize })
@@ -104,7 +112,20 @@ export class RowrDaemon {
       teardown.add('control socket', () => control.close())
 
       let attachment: Attachment | null = null
-      if (o.attach) {
+      let provider: GGateFrontEnd | undefined
+      if (ggate) {
+        const p = GGateFrontEnd.start({
+          engine,
+          name: o.name,
+          info: `geom-rowr ${o.ro} + ${base.rw}`,
+          ...o.ggate,
+          onGone: () => void daemon?.stop({ force: true }),
+          log: o.log,
+        })
+        provider = p
+        attachment = p.attachment
+        teardown.add('GEOM Gate provider', () => p.destroy({ force: true }))
+      } else if (o.attach) {
         const a = await attach({ name: o.name, nbdSocket: paths.nbd, mountDir: paths.mount, sectorSize: pair.sectorSize, log: o.log })
         attachment = a
         teardown.add('kernel block device', ({ force }) => detach(a, { force }))
@@ -119,7 +140,7 @@ export class RowrDaemon {
         attachment,
       }
       writeState(state)
-      daemon = new RowrDaemon(state, pair.warnings, engine, server, teardown)
+      daemon = new RowrDaemon(state, pair.warnings, engine, server, teardown, provider)
       o.log(`${o.name} ready: ${state.device ?? state.nbd}`)
       return daemon
     } catch (e) {
@@ -136,6 +157,7 @@ export class RowrDaemon {
       writtenBytes: stats.writtenBytes,
       connections: this.#server.connections,
       stats,
+      ...(this.#provider ? { ggate: this.#provider.stats() } : {}),
     }
   }
 
@@ -143,13 +165,16 @@ export class RowrDaemon {
    * Refuses while the device is in use, unless `force`: then its users get
    * I/O errors from here on. Pending writes are flushed either way.
    */
-  stop({ force }: { force: boolean }): Promise<void> {
-    if (!force) this.#checkIdle()
+  async stop({ force }: { force: boolean }): Promise<void> {
+    if (!force && !this.#stopping) await this.#checkIdle()
     this.#stopping ??= this.#teardown.run({ force }).finally(() => this.#markDone())
     return this.#stopping
   }
 
-  #checkIdle(): void {
+  async #checkIdle(): Promise<void> {
+    // GEOM Gate knows whether its provider is open: DESTROY without force
+    // either takes it away or fails EBUSY.
+    if (this.#provider) return this.#provider.destroy({ force: false })
     const { name, device } = this.state
     if (device && deviceBusy(device)) {
       throw new RowrError(

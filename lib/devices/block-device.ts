@@ -22,6 +22,11 @@ export interface BlockIo {
   datasync(): Promise<void>
   /** Makes [position, position+length) read back as zeros. */
   zero(position: number, length: number): Promise<void>
+  /**
+   * Gives the space of [position, position+length) back without writing
+   * (a punched hole; it then reads as zeros); false where it cannot.
+   */
+  release(position: number, length: number): Promise<boolean>
 }
 
 export type DeviceKind = 'file' | 'disk'
@@ -71,7 +76,7 @@ export class BlockDevice implements BlockIo {
   readonly writable: boolean
   #punchHoles: boolean
   /** Cleared once the kernel says non-blocking reads are not supported here. */
-  #readNow = true
+  #readNow = libc().canReadNowait
   #closed = false
 
   private constructor(
@@ -176,18 +181,17 @@ export class BlockDevice implements BlockIo {
    * Punches a hole where the file system or disk can (Linux fallocate, which
    * guarantees zeros on read and gives the space back), else writes zeros.
    */
+  async release(position: number, length: number): Promise<boolean> {
+    if (!this.#punchHoles) return false
+    const rc = await libc().fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, position, length)
+    if (rc === 0) return true
+    // Unsupported here (or a platform without fallocate): stop trying.
+    this.#punchHoles = false
+    return false
+  }
+
   async zero(position: number, length: number): Promise<void> {
-    if (this.#punchHoles) {
-      const rc = await libc().fallocate(
-        this.fd,
-        FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-        position,
-        length,
-      )
-      if (rc === 0) return
-      // Unsupported here (or a platform without fallocate): stop trying.
-      this.#punchHoles = false
-    }
+    if (await this.release(position, length)) return
     const z = zeros()
     while (length > 0) {
       const n = Math.min(length, z.length)

@@ -17,12 +17,26 @@ import type { BlockIo } from '../devices/block-device.js'
 import { InFlightList, type InFlight } from './in-flight.js'
 import { SectorMap } from './sector-map.js'
 
+/**
+ * Keeps the map durable (lib/persist/map-file.ts); without one the map lives
+ * in memory only.
+ */
+export interface MapJournal {
+  /** Sectors just marked written, after their data reached RW. */
+  marked(start: number, count: number): void
+  /** Makes the map durable as it stands, RW's data first (by calling syncRw). */
+  commit(syncRw: () => Promise<void>): Promise<void>
+}
+
 export interface RowrDeviceOptions {
   readonly ro: BlockIo
   readonly rw: BlockIo
   /** The combined device's size in bytes: a multiple of sectorSize. */
   readonly size: number
   readonly sectorSize: number
+  /** A map to resume from (filled by a MapFile); a new empty one by default. */
+  readonly map?: SectorMap
+  readonly journal?: MapJournal
 }
 
 export interface RowrStats {
@@ -79,14 +93,18 @@ export class RowrDevice {
     caches: 0,
   }
 
-  constructor({ ro, rw, size, sectorSize }: RowrDeviceOptions) {
+  readonly #journal: MapJournal | undefined
+
+  constructor({ ro, rw, size, sectorSize, map, journal }: RowrDeviceOptions) {
     if (size % sectorSize !== 0) throw new RangeError(`size ${size} is not a multiple of ${sectorSize}`)
     if (ro.size < size || rw.size < size) throw new RangeError('a device is smaller than the rowr device')
     this.ro = ro
     this.rw = rw
     this.size = size
     this.sectorSize = sectorSize
-    this.map = new SectorMap(size / sectorSize)
+    this.map = map ?? new SectorMap(size / sectorSize)
+    if (this.map.sectors !== size / sectorSize) throw new RangeError('the map is for a device of another size')
+    this.#journal = journal
   }
 
   #check(offset: number, length: number): void {
@@ -151,8 +169,8 @@ export class RowrDevice {
     const request = await this.#enter(start, end, true)
     try {
       await this.#writeSpan(offset, data)
-      if (fua) await this.rw.datasync()
-      this.map.setRange(start / this.sectorSize, (end - start) / this.sectorSize)
+      this.#mark(start, end)
+      if (fua) await this.#makeDurable()
       this.#stats.writes++
       this.#stats.writeBytes += data.length
     } finally {
@@ -179,8 +197,8 @@ export class RowrDevice {
         if (innerEnd < end) await this.#writeZeroBytes(innerEnd, end - innerEnd)
         await this.rw.zero(innerStart, innerEnd - innerStart)
       }
-      if (fua) await this.rw.datasync()
-      this.map.setRange(start / this.sectorSize, (alignedEnd - start) / this.sectorSize)
+      this.#mark(start, alignedEnd)
+      if (fua) await this.#makeDurable()
       this.#stats.zeroes++
       this.#stats.zeroBytes += length
     } finally {
@@ -197,10 +215,34 @@ export class RowrDevice {
     return this.#inFlight.idle()
   }
 
-  /** Makes every write completed so far durable. */
+  /** Makes every write completed so far durable, and the map with it. */
   async flush(): Promise<void> {
     this.#stats.flushes++
-    await this.rw.datasync()
+    await this.#makeDurable()
+  }
+
+  /**
+   * Runs `job` with the whole device to itself: every request in flight
+   * finishes first, and new ones wait until it is done.
+   */
+  async exclusive<T>(job: () => Promise<T>): Promise<T> {
+    const request = await this.#enter(0, this.size, true)
+    try {
+      return await job()
+    } finally {
+      this.#inFlight.leave(request)
+    }
+  }
+
+  /** Marks the sectors of the byte range [start, end), both sector-aligned. */
+  #mark(start: number, end: number): void {
+    const first = start / this.sectorSize
+    const count = (end - start) / this.sectorSize
+    if (this.map.setRange(first, count) > 0) this.#journal?.marked(first, count)
+  }
+
+  #makeDurable(): Promise<void> {
+    return this.#journal ? this.#journal.commit(() => this.rw.datasync()) : this.rw.datasync()
   }
 
   /** Pulls the range into the page cache of whichever device serves it. */

@@ -120,6 +120,12 @@ export class SectorMap {
     return Math.min(s, end) - start
   }
 
+  /** Forgets every write. */
+  clear(): void {
+    this.#slots.fill(undefined)
+    this.#written = 0
+  }
+
   /** Marks [start, start+count) written; returns how many were new. */
   setRange(start: number, count: number): number {
     const end = start + count

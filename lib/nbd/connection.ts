@@ -7,7 +7,7 @@
 // connection only.
 import type { Socket } from 'node:net'
 import type { RowrDevice } from '../engine/rowr-device.js'
-import { errnoCode } from '../errors.js'
+import { ioFailure } from '../errors.js'
 import { BufferPool } from './buffer-pool.js'
 import { ByteQueue } from './byte-queue.js'
 import {
@@ -75,23 +75,7 @@ const FLAGS_ALLOWED: Record<number, number> = {
 }
 
 /** Maps an engine or system failure to the error a client is told. */
-const errnoFor = (e: unknown): NbdErrnoValue => {
-  if (e instanceof RequestError) return e.errno
-  if (e instanceof RangeError) return NbdErrno.EINVAL
-  switch (errnoCode(e)) {
-    case 'ENOSPC':
-    case 'EDQUOT':
-      return NbdErrno.ENOSPC
-    case 'EPERM':
-    case 'EACCES':
-    case 'EROFS':
-      return NbdErrno.EPERM
-    case 'ENOMEM':
-      return NbdErrno.ENOMEM
-    default:
-      return NbdErrno.EIO
-  }
-}
+const errnoFor = (e: unknown): NbdErrnoValue => (e instanceof RequestError ? e.errno : NbdErrno[ioFailure(e)])
 
 type Phase = 'flags' | 'options' | 'transmission' | 'disconnecting' | 'closed'
 

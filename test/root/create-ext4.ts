@@ -5,33 +5,9 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
 import { makeImage, repoRoot, requires, rowr, run, sha256, shortDir, startServe, waitUntil } from '../fixtures/helpers.js'
+import { ext4Image, leftovers, mount } from '../fixtures/kernel.js'
 
 const NEEDS = { root: true, fuse: true, tools: ['nbdfuse', 'losetup', 'fusermount3', 'mkfs.ext4', 'e2fsck', 'mount'] }
-
-/** Everything of ours the kernel knows about: loop devices over our run dir, mounts, nbdfuse processes. */
-const leftovers = (dir: string): string[] => {
-  const found: string[] = []
-  for (const entry of fs.readdirSync('/sys/block')) {
-    try {
-      const backing = fs.readFileSync(`/sys/block/${entry}/loop/backing_file`, 'utf8').trim()
-      if (backing.startsWith(dir)) found.push(`loop ${entry} -> ${backing}`)
-    } catch {
-      // not a configured loop device
-    }
-  }
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    if (line.includes(dir)) found.push(`mount ${line}`)
-  }
-  for (const pid of fs.readdirSync('/proc').filter(p => /^\d+$/.test(p))) {
-    try {
-      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8')
-      if (cmd.includes(dir) && (cmd.includes('nbdfuse') || cmd.includes('geom-rowr'))) found.push(`process ${pid}: ${cmd.replace(/\0/g, ' ')}`)
-    } catch {
-      // gone
-    }
-  }
-  return found
-}
 
 /** A work directory whose every trace is removed, even when a test fails. */
 const workdir = (t: Test) => {
@@ -57,25 +33,6 @@ const workdir = (t: Test) => {
     }
   })
   return { dir, runDir, mnt, cli }
-}
-
-/** An ext4 image holding a real directory tree (this project's lib/ and yargs). */
-const ext4Image = async (dir: string, size = '64M'): Promise<string> => {
-  const tree = path.join(dir, 'tree')
-  fs.cpSync(path.join(repoRoot, 'lib'), path.join(tree, 'lib'), { recursive: true })
-  fs.cpSync(path.join(repoRoot, 'node_modules/yargs'), path.join(tree, 'yargs'), { recursive: true })
-  fs.writeFileSync(path.join(tree, 'loader.4th'), 'forth\n')
-  fs.writeFileSync(path.join(tree, 'pxeboot'), 'pxe\n')
-  fs.mkdirSync(path.join(tree, 'lua'))
-  const image = path.join(dir, 'base.img')
-  const mk = await run('mkfs.ext4', ['-q', '-F', '-d', tree, image, size])
-  if (mk.code !== 0) throw new Error(mk.stderr)
-  return image
-}
-
-const mount = async (t: Test, device: string, mnt: string): Promise<void> => {
-  const m = await run('mount', [device, mnt])
-  t.equal(m.code, 0, `mount ${device}: ${m.stderr}`)
 }
 
 t.test('the original module\'s procedure: create, mount, change, fsck, remount, destroy', async t => {

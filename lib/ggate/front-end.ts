@@ -1,0 +1,232 @@
+// The FreeBSD front end: a GEOM Gate provider /dev/NAME whose bios the
+// engine serves. Request → (kernel) → START on a worker → here → engine →
+// DONE on the same worker.
+import fs from 'node:fs'
+import path from 'node:path'
+import { Worker } from 'node:worker_threads'
+import { BioCmd, FreeBsdErrno } from '../../native-bindings/ggate-abi.js'
+import type { RowrDevice } from '../engine/rowr-device.js'
+import { RowrError, ioFailure } from '../errors.js'
+import { GGCTL_PATH, GGateControl, GGateError } from './ggctl.js'
+import type { LoopMessage, StartLoopData } from './start-loop.js'
+
+export interface GGateAttachment {
+  readonly kind: 'ggate'
+  readonly device: string
+  readonly name: string
+}
+
+/**
+ * Where provider NAME appears: /dev/NAME, or under the ggctl simulator
+ * (GEOM_ROWR_LIBC with GGSIM_MOUNT) the file its FUSE mount shows.
+ */
+export const providerPath = (name: string): string => {
+  const simMount = process.env.GGSIM_MOUNT
+  return process.env.GEOM_ROWR_LIBC && simMount ? path.join(simMount, name) : `/dev/${name}`
+}
+
+export interface Bio {
+  readonly cmd: number
+  readonly offset: number
+  readonly length: number
+  /** READ's and WRITE's data (length bytes); empty for the others. */
+  readonly data: Buffer
+}
+
+/** Serves one bio; resolves to the errno DONE reports (0: success). */
+export const serveBio = async (engine: RowrDevice, bio: Bio): Promise<number> => {
+  try {
+    switch (bio.cmd) {
+      case BioCmd.READ:
+        await engine.readInto(bio.data, bio.offset)
+        return 0
+      case BioCmd.WRITE:
+        await engine.write(bio.offset, bio.data)
+        return 0
+      case BioCmd.DELETE:
+        await engine.zero(bio.offset, bio.length)
+        return 0
+      case BioCmd.FLUSH:
+        await engine.flush()
+        return 0
+      case BioCmd.SPEEDUP:
+        // A hint to hurry deletes along; the engine has no backlog to speed up.
+        return 0
+      default:
+        return FreeBsdErrno.EOPNOTSUPP
+    }
+  } catch (e) {
+    return FreeBsdErrno[ioFailure(e)]
+  }
+}
+
+export interface GGateOptions {
+  readonly engine: RowrDevice
+  readonly name: string
+  /** Shown by `geom gate list` / ggatel. */
+  readonly info: string
+  /** Threads sitting in START: how many bios the kernel can hand over at once. */
+  readonly workers?: number
+  /** The first START buffer per worker; it grows when a bio needs more. */
+  readonly startBuffer?: number
+  /** Called when the provider went away without destroy() (destroyed from outside). */
+  readonly onGone: () => void
+  readonly log: (message: string) => void
+}
+
+export interface GGateStats {
+  readonly unit: number
+  readonly workers: number
+  readonly bios: Record<'read' | 'write' | 'delete' | 'flush' | 'speedup' | 'other', number>
+  readonly failed: number
+  readonly bufferGrows: number
+  /** The most bios served at once: how many STARTs were outstanding to good effect. */
+  readonly peakInFlight: number
+}
+
+const NO_DATA = Buffer.alloc(0)
+const DEFAULT_WORKERS = 4
+const DEFAULT_START_BUFFER = 128 * 1024
+
+const BIO_NAMES: Record<number, keyof GGateStats['bios']> = {
+  [BioCmd.READ]: 'read',
+  [BioCmd.WRITE]: 'write',
+  [BioCmd.DELETE]: 'delete',
+  [BioCmd.FLUSH]: 'flush',
+  [BioCmd.SPEEDUP]: 'speedup',
+}
+
+export class GGateFrontEnd {
+  readonly attachment: GGateAttachment
+  readonly unit: number
+  readonly #control: GGateControl
+  readonly #engine: RowrDevice
+  readonly #workers = new Set<Worker>()
+  readonly #bios = { read: 0, write: 0, delete: 0, flush: 0, speedup: 0, other: 0 }
+  #failed = 0
+  #bufferGrows = 0
+  #inFlight = 0
+  #peakInFlight = 0
+  #destroyed = false
+  #markClosed!: () => void
+  /** Resolves once every worker has left the request loop. */
+  readonly closed = new Promise<void>(resolve => (this.#markClosed = resolve))
+
+  private constructor(control: GGateControl, unit: number, o: GGateOptions) {
+    this.#control = control
+    this.unit = unit
+    this.#engine = o.engine
+    this.attachment = { kind: 'ggate', device: providerPath(o.name), name: o.name }
+    const workers = o.workers ?? DEFAULT_WORKERS
+    const data: StartLoopData = { fd: control.fd, unit, bufferSize: o.startBuffer ?? DEFAULT_START_BUFFER }
+    for (let i = 0; i < workers; i++) {
+      const worker = new Worker(new URL('./start-loop.js', import.meta.url), { workerData: data })
+      this.#workers.add(worker)
+      worker.on('message', (m: LoopMessage) => this.#onMessage(worker, m))
+      worker.on('error', e => o.log(`GEOM Gate request loop failed: ${e.message}`))
+      worker.on('exit', () => {
+        this.#workers.delete(worker)
+        if (this.#workers.size > 0) return
+        this.#markClosed()
+        if (!this.#destroyed) {
+          o.log(`provider ${o.name} went away (destroyed outside geom-rowr?)`)
+          o.onGone()
+        }
+      })
+    }
+  }
+
+  /** Creates provider NAME with the engine's geometry and starts serving it. */
+  static start(o: GGateOptions): GGateFrontEnd {
+    const { name, engine } = o
+    // GEOM Gate checks only its own names; md0, ada0 and friends are ours to avoid.
+    if (fs.existsSync(`/dev/${name}`)) {
+      throw new RowrError('EINUSE', `/dev/${name} already exists (another GEOM provider has that name); choose another NAME`)
+    }
+    const control = openControl()
+    let unit: number
+    try {
+      unit = control.create({ name, mediaSize: engine.size, sectorSize: engine.sectorSize, info: o.info })
+    } catch (e) {
+      control.close()
+      if (e instanceof GGateError && e.errno === FreeBsdErrno.EEXIST) {
+        throw new RowrError(
+          'EINUSE',
+          `a GEOM Gate provider named ${name} already exists; destroy it first (geom-rowr destroy -f ${name}, or ggatec destroy -f -u UNIT)`,
+        )
+      }
+      throw new RowrError('EATTACH', `cannot create GEOM Gate provider ${name}: ${(e as Error).message}`, { cause: e })
+    }
+    return new GGateFrontEnd(control, unit, o)
+  }
+
+  #onMessage(worker: Worker, m: LoopMessage): void {
+    if (m.type === 'grown') {
+      this.#bufferGrows++
+      return
+    }
+    if (m.type === 'finished') return
+    this.#bios[BIO_NAMES[m.cmd] ?? 'other']++
+    const carriesData = m.cmd === BioCmd.READ || m.cmd === BioCmd.WRITE
+    const data = carriesData ? Buffer.from(m.data, 0, m.length) : NO_DATA
+    this.#peakInFlight = Math.max(this.#peakInFlight, ++this.#inFlight)
+    void serveBio(this.#engine, { cmd: m.cmd, offset: m.offset, length: m.length, data }).then(error => {
+      this.#inFlight--
+      if (error !== 0) this.#failed++
+      worker.postMessage(error)
+    })
+  }
+
+  /**
+   * DESTROY by name. Without force it refuses while the provider is open
+   * (mounted); with force, its pending bios fail and its users get errors.
+   */
+  async destroy({ force }: { force: boolean }): Promise<void> {
+    const { name, device } = this.attachment
+    if (!this.#destroyed) {
+      try {
+        this.#control.destroy(name, { force })
+      } catch (e) {
+        if (!(e instanceof GGateError)) throw e
+        if (e.errno === FreeBsdErrno.EBUSY) {
+          throw new RowrError('EBUSY', `${name} (${device}) is open: unmount it (umount ${device}) or use destroy -f`)
+        }
+        // ENXIO: it is gone already.
+        if (e.errno !== FreeBsdErrno.ENXIO) throw e
+      }
+      this.#destroyed = true
+    }
+    await this.closed
+    this.#control.close()
+  }
+
+  stats(): GGateStats {
+    return { unit: this.unit, workers: this.#workers.size, bios: { ...this.#bios }, failed: this.#failed, bufferGrows: this.#bufferGrows, peakInFlight: this.#peakInFlight }
+  }
+}
+
+const openControl = (): GGateControl => {
+  try {
+    return GGateControl.open()
+  } catch (e) {
+    if (e instanceof GGateError && e.errno === FreeBsdErrno.ENOENT) {
+      throw new RowrError('EATTACH', `${GGCTL_PATH} does not exist: the geom_gate module is not loaded; load it with kldload geom_gate`)
+    }
+    if (e instanceof GGateError && e.errno === FreeBsdErrno.EACCES) {
+      throw new RowrError('EATTACH', `${GGCTL_PATH} is for root only: run geom-rowr create as root, or use --no-attach for NBD only`)
+    }
+    throw new RowrError('EATTACH', `cannot open ${GGCTL_PATH}: ${(e as Error).message}`, { cause: e })
+  }
+}
+
+/** Takes provider NAME away when its daemon is gone (stale cleanup). */
+export const destroyProvider = (name: string): void => {
+  const control = openControl()
+  try {
+    control.destroy(name, { force: true })
+  } catch (e) {
+    if (!(e instanceof GGateError && e.errno === FreeBsdErrno.ENXIO)) throw e
+  } finally {
+    control.close()
+  }
+}

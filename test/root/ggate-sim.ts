@@ -1,0 +1,186 @@
+// The FreeBSD front end end to end on Linux: geom-rowr runs its GEOM Gate
+// code path (GEOM_ROWR_PLATFORM=freebsd) against the ggctl simulator
+// (GEOM_ROWR_LIBC=build/ggsim.so), which shows the provider as a file in a
+// FUSE mount (GGSIM_MOUNT); a loop device and ext4 sit on that file.
+import fs from 'node:fs'
+import path from 'node:path'
+import t, { type Test } from 'tap'
+import { cli, makeImage, repoRoot, requires, run, sha256, shortDir, waitUntil } from '../fixtures/helpers.js'
+import { ext4Image, leftovers, mount } from '../fixtures/kernel.js'
+
+const NEEDS = { root: true, fuse: true, tools: ['losetup', 'mkfs.ext4', 'e2fsck', 'mount', 'fio'] }
+const simulator = path.join(repoRoot, 'build/ggsim.so')
+
+/** Whether a FUSE mount is at `dir`, per the kernel. */
+const mounted = (dir: string): boolean =>
+  fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some(l => l.split(' ')[4] === dir)
+
+const simulated = (t: Test) => {
+  const dir = shortDir(t)
+  const runDir = path.join(dir, 'run')
+  const sim = path.join(dir, 'ggsim')
+  const mnt = path.join(dir, 'mnt')
+  fs.mkdirSync(mnt)
+  const env = { GEOM_ROWR_PLATFORM: 'freebsd', GEOM_ROWR_LIBC: simulator, GGSIM_MOUNT: sim, GEOM_ROWR_RUNDIR: runDir }
+  const rowr = (...args: string[]) => run(process.execPath, [cli, ...args], env)
+  const loops: string[] = []
+  /** A loop device on the provider's file, as the tests' stand-in for mounting /dev/NAME. */
+  const loop = async (file: string): Promise<string> => {
+    const r = await run('losetup', ['--find', '--show', '--direct-io=on', file])
+    t.equal(r.code, 0, r.stderr)
+    loops.push(r.stdout.trim())
+    return r.stdout.trim()
+  }
+  const unloop = async (device: string): Promise<void> => {
+    t.equal((await run('losetup', ['-d', device])).code, 0, `losetup -d ${device}`)
+    loops.splice(loops.indexOf(device), 1)
+  }
+  t.teardown(async () => {
+    await run('umount', ['-l', mnt])
+    for (const device of loops) await run('losetup', ['-d', device])
+    for (const name of fs.existsSync(runDir) ? fs.readdirSync(runDir) : []) {
+      if (!name.endsWith('.log')) await rowr('destroy', '-f', name)
+    }
+    if (mounted(sim)) await run('umount', ['-l', sim])
+  })
+  return { dir, runDir, sim, mnt, rowr, loop, unloop }
+}
+
+const status = async (rowr: (...a: string[]) => Promise<{ stdout: string }>, name: string) =>
+  JSON.parse((await rowr('status', '--json', name)).stdout)
+
+t.test('the original module\'s procedure through GEOM Gate: ext4 on the provider, change, fsck, destroy', async t => {
+  if (!requires(t, NEEDS)) return
+  const { dir, runDir, sim, mnt, rowr, loop, unloop } = simulated(t)
+  const base = await ext4Image(dir)
+  const baseHash = sha256(base)
+  const rw = makeImage(path.join(dir, 'rw.img'), fs.statSync(base).size, 'zero')
+
+  const created = await rowr('create', 'rowr0', base, rw)
+  t.equal(created.code, 0, created.stderr)
+  t.equal(created.stdout.trim(), path.join(sim, 'rowr0'), 'under the simulator the device is $GGSIM_MOUNT/NAME')
+  const provider = created.stdout.trim()
+  t.equal(fs.statSync(provider).size, fs.statSync(base).size, 'the provider has RO\'s media size')
+
+  const device = await loop(provider)
+  await mount(t, device, mnt)
+  t.equal(
+    fs.readFileSync(path.join(mnt, 'lib/engine/sector-map.ts'), 'utf8'),
+    fs.readFileSync(path.join(repoRoot, 'lib/engine/sector-map.ts'), 'utf8'),
+    'the files of the read-only image are there',
+  )
+  fs.cpSync(path.join(repoRoot, 'node_modules/tap'), path.join(mnt, 'tree'), { recursive: true, dereference: true })
+  fs.renameSync(path.join(mnt, 'loader.4th'), path.join(mnt, 'lua/loader.4th'))
+  fs.rmSync(path.join(mnt, 'pxeboot'))
+  fs.rmSync(path.join(mnt, 'yargs/locales'), { recursive: true })
+  fs.writeFileSync(path.join(mnt, 'big.bin'), Buffer.alloc(3 << 20, 7))
+
+  const busy = await rowr('destroy', 'rowr0')
+  t.equal(busy.code, 1, 'destroy refuses while the provider is open')
+  t.match(busy.stderr, `rowr0 (${provider}) is open: unmount it (umount ${provider}) or use destroy -f`)
+
+  t.equal((await run('umount', [mnt])).code, 0)
+  const fsck = await run('e2fsck', ['-fn', device])
+  t.equal(fsck.code, 0, `e2fsck -fn is clean: ${fsck.stdout}`)
+  await mount(t, device, mnt)
+  t.equal(fs.readFileSync(path.join(mnt, 'lua/loader.4th'), 'utf8'), 'forth\n')
+  t.notOk(fs.existsSync(path.join(mnt, 'pxeboot')))
+  t.same(fs.readFileSync(path.join(mnt, 'big.bin')), Buffer.alloc(3 << 20, 7))
+  t.equal((await run('umount', [mnt])).code, 0)
+  await unloop(device)
+
+  const s = await status(rowr, 'rowr0')
+  t.match(s, { device: provider, ggate: { failed: 0 } })
+  t.ok(s.ggate.bios.write > 0 && s.ggate.bios.read > 0 && s.ggate.bios.flush > 0, `bios came through GEOM Gate: ${JSON.stringify(s.ggate.bios)}`)
+  t.ok(s.writtenBytes >= 3 << 20, 'the changes are on RW')
+
+  // The kernel's FUSE release may land just after losetup -d: poll.
+  let destroyed = await rowr('destroy', 'rowr0')
+  await waitUntil(async () => destroyed.code === 0 || (destroyed = await rowr('destroy', 'rowr0')).code === 0)
+  t.equal(destroyed.code, 0, destroyed.stderr)
+  t.equal(sha256(base), baseHash, 'the read-only image is unchanged')
+  t.ok(await waitUntil(() => !mounted(sim)), 'the simulated kernel went away with the daemon')
+  t.same(leftovers(dir), [], 'no loop device, mount or daemon is left')
+  t.same(fs.readdirSync(runDir).filter(n => !n.endsWith('.log')), [], 'no run state is left')
+})
+
+t.test('concurrent bios, and writes larger than the first START buffer', async t => {
+  if (!requires(t, NEEDS)) return
+  const { dir, rowr } = simulated(t)
+  const size = 32 << 20
+  const base = makeImage(path.join(dir, 'ro.img'), size)
+  const rw = makeImage(path.join(dir, 'rw.img'), size, 'zero')
+  const created = await rowr('create', 'cc0', base, rw)
+  t.equal(created.code, 0, created.stderr)
+  const provider = created.stdout.trim()
+
+  // Four writers at once on disjoint 8 MiB regions, each verifying what it wrote.
+  const fio = await run('fio', [
+    '--name=concurrent', `--filename=${provider}`, '--ioengine=libaio', '--direct=1', '--rw=randwrite',
+    '--bs=4k', '--iodepth=8', '--numjobs=4', '--size=8M', '--offset_increment=8M', '--io_size=2M',
+    '--verify=crc32c', '--verify_fatal=1', '--verify_state_save=0', '--group_reporting',
+  ])
+  t.equal(fio.code, 0, `fio wrote and verified: ${fio.stderr}`)
+
+  // 1 MiB writes: eight times the 128 KiB a worker starts with. dd's
+  // buffers are page-aligned, so the kernel hands FUSE each one whole.
+  const chunk = Buffer.alloc(1 << 20)
+  for (let i = 0; i < chunk.length; i += 4) chunk.writeUInt32LE(i * 2654435761 >>> 0, i)
+  const pattern = path.join(dir, 'pattern')
+  fs.writeFileSync(pattern, chunk)
+  for (const mib of [0, 5, 31]) {
+    const dd = await run('dd', [`if=${pattern}`, `of=${provider}`, 'bs=1M', `seek=${mib}`, 'oflag=direct', 'conv=notrunc,fsync'])
+    t.equal(dd.code, 0, dd.stderr)
+  }
+  const back = path.join(dir, 'back')
+  for (const mib of [0, 5, 31]) {
+    const dd = await run('dd', [`if=${provider}`, `of=${back}`, 'bs=1M', `skip=${mib}`, 'count=1', 'iflag=direct'])
+    t.equal(dd.code, 0, dd.stderr)
+    t.same(fs.readFileSync(back), chunk, `the 1 MiB write at ${mib} MiB reads back`)
+  }
+
+  const s = await status(rowr, 'cc0')
+  t.ok(s.ggate.bufferGrows > 0, `START reported ENOMEM and the buffers grew (${s.ggate.bufferGrows} times)`)
+  t.ok(s.ggate.peakInFlight > 1, `several bios were served at once (peak ${s.ggate.peakInFlight})`)
+  t.equal(s.ggate.failed, 0)
+  t.equal((await rowr('destroy', 'cc0')).code, 0)
+  t.same(fs.readFileSync(rw).subarray(31 << 20), chunk, 'the data is on RW')
+})
+
+t.test('destroy -f while the provider is held: pending bios fail, the daemon exits cleanly', async t => {
+  if (!requires(t, NEEDS)) return
+  const { dir, runDir, sim, rowr, loop } = simulated(t)
+  const base = makeImage(path.join(dir, 'ro.img'), 16 << 20)
+  const rw = makeImage(path.join(dir, 'rw.img'), 16 << 20, 'zero')
+  const created = await rowr('create', 'f0', base, rw)
+  t.equal(created.code, 0, created.stderr)
+  const provider = created.stdout.trim()
+  const device = await loop(provider)
+  const pid = JSON.parse(fs.readFileSync(path.join(runDir, 'f0/state.json'), 'utf8')).pid as number
+
+  const busy = await rowr('destroy', 'f0')
+  t.equal(busy.code, 1)
+  t.match(busy.stderr, 'is open: unmount it')
+  const read = await run('dd', [`if=${device}`, 'of=/dev/null', 'bs=64k', 'iflag=direct'])
+  t.equal(read.code, 0, 'the provider still serves after the refused destroy')
+
+  const forced = await rowr('destroy', '-f', 'f0')
+  t.equal(forced.code, 0, forced.stderr)
+  t.ok(await waitUntil(() => !fs.existsSync(`/proc/${pid}`)), 'the daemon exited')
+  t.match(fs.readFileSync(path.join(runDir, 'f0.log'), 'utf8'), /f0 stopped/, 'after a clean teardown')
+  const after = await run('dd', [`if=${device}`, 'of=/dev/null', 'bs=64k', 'count=1', 'iflag=direct'])
+  t.not(after.code, 0, 'the loop device\'s reads fail once the provider is gone')
+  t.notOk(mounted(sim), 'the simulated kernel is gone')
+  t.same(fs.readdirSync(runDir).filter(n => !n.endsWith('.log')), [], 'no run state is left')
+})
+
+t.test('a name GEOM Gate already has is refused, with nothing half-created', async t => {
+  if (!requires(t, NEEDS)) return
+  const { dir, runDir, rowr } = simulated(t)
+  const base = makeImage(path.join(dir, 'ro.img'), 1 << 20)
+  const rw = makeImage(path.join(dir, 'rw.img'), 1 << 20, 'zero')
+  const taken = await rowr('create', 'null', base, rw)
+  t.equal(taken.code, 1)
+  t.match(taken.stderr, '/dev/null already exists (another GEOM provider has that name); choose another NAME')
+  t.same(fs.existsSync(runDir) ? fs.readdirSync(runDir).filter(n => !n.endsWith('.log')) : [], [])
+})
