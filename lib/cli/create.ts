@@ -9,9 +9,9 @@ import { clearStale } from '../daemon/stale.js'
 import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
 import { RowrError } from '../errors.js'
 import { platform } from '../../native-bindings/libc.js'
-import { announce, runInForeground, stderrLog, warn } from './foreground.js'
+import { announce, mapOptions, runInForeground, stderrLog, warn, type MapArgs } from './foreground.js'
 
-export interface CreateArgs {
+export interface CreateArgs extends MapArgs {
   readonly name: string
   readonly ro: string
   readonly rw: string
@@ -25,7 +25,7 @@ type ChildMessage =
   | {
       readonly type: 'ready'
       readonly device: string
-      readonly state: { rw: string; rwAuto: boolean; mediasize: number }
+      readonly state: { rw: string; rwAuto: boolean; mediasize: number; map: string | null }
       readonly warnings: readonly string[]
     }
   | { readonly type: 'error'; readonly message: string }
@@ -53,6 +53,7 @@ export const create = async (a: CreateArgs): Promise<void> => {
     rw: resolveRwPath(a.rw),
     sectorSize: a['sector-size'],
     attach: a.attach,
+    ...mapOptions(a),
   }
   if (a['daemon-child']) {
     await runDaemonChild({ ...options, log: stderrLog(a.name, true) })
@@ -95,6 +96,9 @@ const spawnDaemon = async (o: Omit<DaemonOptions, 'log'>): Promise<Extract<Child
     '--daemon-child',
     ...(o.sectorSize ? ['--sector-size', String(o.sectorSize)] : []),
     ...(o.attach ? [] : ['--no-attach']),
+    ...(o.map !== undefined ? ['--map', o.map] : []),
+    ...(o.mapOnRw ? ['--map-on-rw'] : []),
+    ...(o.force ? ['--force'] : []),
     o.name,
     o.ro,
     o.rw,

@@ -1,5 +1,6 @@
 // Running a device in this process until it is destroyed or signalled.
 import { constants } from 'node:os'
+import path from 'node:path'
 import { RowrDaemon, type DaemonOptions } from '../daemon/daemon.js'
 import { describeAutoRw } from '../devices/auto-rw.js'
 
@@ -17,10 +18,26 @@ export const warn = (message: string): void => {
 }
 
 /** What the user should know once a device is up: warnings, and where an automatic RW went. */
-export const announce = (state: { rw: string; rwAuto: boolean; mediasize: number }, warnings: readonly string[]): void => {
+export const announce = (
+  state: { rw: string; rwAuto: boolean; mediasize: number; map: string | null },
+  warnings: readonly string[],
+): void => {
   for (const w of warnings) warn(`warning: ${w}`)
-  if (state.rwAuto) warn(`read-write device: ${describeAutoRw(state.rw, state.mediasize)}`)
+  if (state.rwAuto) warn(`read-write device: ${describeAutoRw(state.rw, state.mediasize, state.map !== null)}`)
 }
+
+/** The map options of create and serve, as the daemon takes them. */
+export interface MapArgs {
+  readonly map?: string
+  readonly 'map-on-rw': boolean
+  readonly force: boolean
+}
+
+export const mapOptions = (a: MapArgs): { map?: string; mapOnRw: boolean; force: boolean } => ({
+  ...(a.map !== undefined ? { map: path.resolve(a.map) } : {}),
+  mapOnRw: a['map-on-rw'],
+  force: a.force,
+})
 
 /**
  * Starts the device, calls `ready`, and returns once it has been destroyed

@@ -77,20 +77,25 @@ const describe = (s: Status): string => {
   return `${s.name}\n${lines.map(([k, v]) => `  ${`${k}:`.padEnd(15)}${v}`).join('\n')}\n`
 }
 
+/** The status of running device NAME, or an error that says why there is none. */
+export const runningStatus = async (name: string): Promise<Record<string, unknown>> => {
+  const p = await probe(name)
+  if (p.kind === 'stale') await cleanupStale(name, p, warn)
+  if (p.kind === 'absent' || p.kind === 'stale') throw noSuchDevice(name)
+  if (p.kind === 'starting') throw new RowrError('EBUSY', `${name} is still being created; try again in a moment`)
+  if (p.kind === 'unresponsive') {
+    throw new RowrError(
+      'EDAEMON',
+      `the daemon of ${name} (pid ${p.state.pid}) does not answer; geom-rowr destroy -f ${name} kills it and cleans up`,
+    )
+  }
+  return p.status
+}
+
 export const status = async ({ name, json }: StatusArgs): Promise<void> => {
   let statuses: Status[]
   if (name !== undefined) {
-    const p = await probe(name)
-    if (p.kind === 'stale') await cleanupStale(name, p, warn)
-    if (p.kind === 'absent' || p.kind === 'stale') throw noSuchDevice(name)
-    if (p.kind === 'starting') throw new RowrError('EBUSY', `${name} is still being created; try again in a moment`)
-    if (p.kind === 'unresponsive') {
-      throw new RowrError(
-        'EDAEMON',
-        `the daemon of ${name} (pid ${p.state.pid}) does not answer; geom-rowr destroy -f ${name} kills it and cleans up`,
-      )
-    }
-    statuses = [p.status as Status]
+    statuses = [(await runningStatus(name)) as Status]
   } else {
     statuses = []
     for (const { probe: p } of await probeAll()) {

@@ -4,9 +4,9 @@ import { liveness } from '../daemon/run-state.js'
 import { clearStale } from '../daemon/stale.js'
 import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
 import type { Listen } from '../nbd/server.js'
-import { announce, runInForeground, stderrLog, warn } from './foreground.js'
+import { announce, mapOptions, runInForeground, stderrLog, warn, type MapArgs } from './foreground.js'
 
-export interface ServeArgs {
+export interface ServeArgs extends MapArgs {
   readonly ro: string
   readonly rw: string
   readonly name?: string
@@ -40,6 +40,7 @@ export const serve = async (a: ServeArgs): Promise<void> => {
       rw: resolveRwPath(a.rw),
       sectorSize: a['sector-size'],
       attach: false,
+      ...mapOptions(a),
       listen,
       log: stderrLog(name, a.verbose),
     },

@@ -4,7 +4,15 @@ import fs from 'node:fs'
 import net from 'node:net'
 import { RowrError, checkSocketPath, errnoCode } from '../errors.js'
 
-export type ControlRequest = { readonly cmd: 'status' } | { readonly cmd: 'destroy'; readonly force: boolean }
+export type ControlRequest =
+  | { readonly cmd: 'status' }
+  | { readonly cmd: 'destroy'; readonly force: boolean }
+  | { readonly cmd: 'diff' }
+  | { readonly cmd: 'revert'; readonly force: boolean }
+  | { readonly cmd: 'commit' }
+  | { readonly cmd: 'export'; readonly file: string }
+  /** Stops the running job at its next safe point. */
+  | { readonly cmd: 'cancel' }
 
 export type ControlReply =
   | { readonly ok: true; readonly [key: string]: unknown }
@@ -62,11 +70,23 @@ const readMessage = (socket: net.Socket): Promise<unknown> =>
     socket.on('error', onError)
   })
 
-const isRequest = (v: unknown): v is ControlRequest =>
-  typeof v === 'object' &&
-  v !== null &&
-  'cmd' in v &&
-  (v.cmd === 'status' || (v.cmd === 'destroy' && 'force' in v && typeof v.force === 'boolean'))
+const isRequest = (v: unknown): v is ControlRequest => {
+  if (typeof v !== 'object' || v === null || !('cmd' in v)) return false
+  switch (v.cmd) {
+    case 'status':
+    case 'diff':
+    case 'commit':
+    case 'cancel':
+      return true
+    case 'destroy':
+    case 'revert':
+      return 'force' in v && typeof v.force === 'boolean'
+    case 'export':
+      return 'file' in v && typeof v.file === 'string' && v.file.startsWith('/')
+    default:
+      return false
+  }
+}
 
 export type ControlHandler = (request: ControlRequest) => Promise<ControlReply>
 
@@ -116,13 +136,17 @@ export class ControlServer {
 }
 
 /** Sends one request to a daemon; rejects with EDAEMON if nobody answers. */
-export const callControl = (path: string, request: ControlRequest, timeoutMs = 120_000): Promise<ControlReply> =>
+/** `timeoutMs` null: wait as long as the job takes (commit, export). */
+export const callControl = (path: string, request: ControlRequest, timeoutMs: number | null = 120_000): Promise<ControlReply> =>
   new Promise((resolve, reject) => {
     const socket = net.connect(path)
-    const timer = setTimeout(() => {
-      socket.destroy()
-      reject(new RowrError('EDAEMON', `the daemon at ${path} did not answer within ${timeoutMs / 1000} s`))
-    }, timeoutMs)
+    const timer =
+      timeoutMs === null
+        ? undefined
+        : setTimeout(() => {
+            socket.destroy()
+            reject(new RowrError('EDAEMON', `the daemon at ${path} did not answer within ${timeoutMs / 1000} s`))
+          }, timeoutMs)
     socket.once('error', e => {
       clearTimeout(timer)
       reject(new RowrError('EDAEMON', `cannot reach the daemon at ${path}: ${e.message}`, { cause: e }))

@@ -4,6 +4,10 @@
 import { attach, checkAttachable, detach, deviceBusy, type Attachment } from '../attach/attachment.js'
 import { makeAutoRw, removeAutoRw } from '../devices/auto-rw.js'
 import { GGateFrontEnd } from '../ggate/front-end.js'
+import { SectorMap } from '../engine/sector-map.js'
+import { MapFile } from '../persist/map-file.js'
+import { commit, exportImage, revert, writtenRanges, type JobContext } from '../lifecycle/jobs.js'
+import { mapOnRw, openMapFile } from '../persist/map-store.js'
 import { platform } from '../../native-bindings/libc.js'
 import { BlockDevice } from '../devices/block-device.js'
 import { openDevicePair } from '../devices/device-pair.js'
@@ -25,6 +29,12 @@ export interface DaemonOptions {
   readonly attach: boolean
   /** Threads sitting in GEOM Gate's START, and their first buffer size (tests). */
   readonly ggate?: { readonly workers?: number; readonly startBuffer?: number }
+  /** Keep the sector map in this file (resuming from it if it holds one). */
+  readonly map?: string
+  /** Keep the sector map in RW's tail instead. */
+  readonly mapOnRw?: boolean
+  /** Accept a map whose fingerprints do not match (the user vouches for the devices). */
+  readonly force?: boolean
   /** Where NBD listens; a Unix socket in the run directory by default. */
   readonly listen?: Listen
   readonly log: (message: string) => void
@@ -47,6 +57,8 @@ export class RowrDaemon {
   readonly #server: NbdServer
   readonly #teardown: Teardown
   readonly #provider: GGateFrontEnd | undefined
+  readonly #mapFile: MapFile | undefined
+  #job: { readonly name: string; done: number; total: number; readonly abort: AbortController } | undefined
   #stopping: Promise<void> | undefined
   #markDone!: () => void
   /** Resolves once the device has been stopped (by destroy or a signal). */
@@ -59,6 +71,7 @@ export class RowrDaemon {
     server: NbdServer,
     teardown: Teardown,
     provider: GGateFrontEnd | undefined,
+    mapFile: MapFile | undefined,
   ) {
     this.state = state
     this.warnings = warnings
@@ -66,6 +79,7 @@ export class RowrDaemon {
     this.#server = server
     this.#teardown = teardown
     this.#provider = provider
+    this.#mapFile = mapFile
   }
 
   static async start(o: DaemonOptions): Promise<RowrDaemon> {
@@ -75,15 +89,25 @@ export class RowrDaemon {
     teardown.add('run state', () => release(o.name))
     try {
       const rwAuto = o.rw === 'auto'
-      const base = { name: o.name, pid: process.pid, ro: o.ro, rw: o.rw, rwAuto, created: new Date().toISOString() }
+      const persistent = o.map !== undefined || o.mapOnRw === true
+      const base = {
+        name: o.name,
+        pid: process.pid,
+        ro: o.ro,
+        rw: o.rw,
+        rwAuto,
+        map: o.mapOnRw ? 'rw' : (o.map ?? null),
+        created: new Date().toISOString(),
+      }
       const starting = { phase: 'starting' as const, mediasize: 0, sectorsize: 0, device: null, nbd: '', attachment: null }
       // With RW 'auto' the state says 'auto' until the device exists, then
       // names it, so that cleanup after a crash knows what to remove.
       writeState({ ...base, ...starting })
       if (rwAuto) {
-        const made = await makeAutoRw(o.name, sizeOf(o.ro))
+        // With a map, RW holds the data the map describes: it is kept.
+        const made = await makeAutoRw(o.name, sizeOf(o.ro), { reuse: persistent })
         base.rw = made
-        teardown.add('automatic read-write device', () => removeAutoRw(made))
+        if (!persistent) teardown.add('automatic read-write device', () => removeAutoRw(made))
         writeState({ ...base, ...starting })
       }
       const pair = openDevicePair(o.ro, base.rw, { sectorSize: o.sectorSize })
@@ -95,10 +119,25 @@ export class RowrDaemon {
       if (o.attach && !ggate) checkAttachable(pair.sectorSize)
       for (const w of pair.warnings) o.log(`warning: ${w}`)
 
-      const engine = new RowrDevice({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize })
+      const warnings = [...pair.warnings]
+      let mapFile: MapFile | undefined
+      const map = new SectorMap(pair.mediaSize / pair.sectorSize)
+      if (persistent) {
+        const placement = o.mapOnRw
+          ? mapOnRw(pair.rw, pair.mediaSize, pair.sectorSize)
+          : openMapFile(o.map!, pair.mediaSize, pair.sectorSize)
+        teardown.add('map', () => placement.close())
+        const opened = await MapFile.open({ ...placement, ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, force: o.force ?? false })
+        for (const w of opened.warnings) o.log(`warning: ${w}`)
+        warnings.push(...opened.warnings)
+        if (opened.resumed) o.log(`resumed ${placement.describe}: ${map.writtenSectors * pair.sectorSize} bytes written earlier`)
+        mapFile = opened.file
+      }
+      const engine = new RowrDevice({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal: mapFile })
       teardown.add('pending writes', async () => {
         await engine.drain()
         await engine.flush()
+        await mapFile?.closeClean()
       })
       const server = new NbdServer(engine, exportFor(engine, o.name, `geom-rowr ${o.name}: ${o.ro} + ${base.rw}`), o.log)
       const listen = await server.listen(o.listen ?? { socket: paths.nbd })
@@ -140,7 +179,7 @@ export class RowrDaemon {
         attachment,
       }
       writeState(state)
-      daemon = new RowrDaemon(state, pair.warnings, engine, server, teardown, provider)
+      daemon = new RowrDaemon(state, warnings, engine, server, teardown, provider, mapFile)
       o.log(`${o.name} ready: ${state.device ?? state.nbd}`)
       return daemon
     } catch (e) {
@@ -158,6 +197,8 @@ export class RowrDaemon {
       connections: this.#server.connections,
       stats,
       ...(this.#provider ? { ggate: this.#provider.stats() } : {}),
+      ...(this.#mapFile ? { mapUuid: this.#mapFile.uuid } : {}),
+      ...(this.#job ? { job: { name: this.#job.name, done: this.#job.done, total: this.#job.total } } : {}),
     }
   }
 
@@ -167,32 +208,78 @@ export class RowrDaemon {
    */
   async stop({ force }: { force: boolean }): Promise<void> {
     if (!force && !this.#stopping) await this.#checkIdle()
+    this.#job?.abort.abort()
     this.#stopping ??= this.#teardown.run({ force }).finally(() => this.#markDone())
     return this.#stopping
+  }
+
+  /** Why the device counts as in use (mounted, held open, NBD clients), or null. */
+  #inUse(): string | null {
+    const { name, device } = this.state
+    if (device && deviceBusy(device)) {
+      return `${name} (${device}) is in use: it is mounted or held open; unmount it (umount ${device})`
+    }
+    if (!device && this.#server.connections > 0) {
+      return `${name} has ${this.#server.connections} NBD client connection(s); disconnect them`
+    }
+    return null
   }
 
   async #checkIdle(): Promise<void> {
     // GEOM Gate knows whether its provider is open: DESTROY without force
     // either takes it away or fails EBUSY.
     if (this.#provider) return this.#provider.destroy({ force: false })
-    const { name, device } = this.state
-    if (device && deviceBusy(device)) {
-      throw new RowrError(
-        'EBUSY',
-        `${name} (${device}) is in use: it is mounted or held open; unmount it (umount ${device}) or use destroy -f`,
-      )
-    }
-    if (!device && this.#server.connections > 0) {
-      throw new RowrError(
-        'EBUSY',
-        `${name} has ${this.#server.connections} NBD client connection(s); disconnect them or use destroy -f`,
-      )
+    const busy = this.#inUse()
+    if (busy) throw new RowrError('EBUSY', `${busy} or use destroy -f`)
+  }
+
+  /** Runs one lifecycle job at a time, with its progress visible in status. */
+  async #runJob<T>(name: string, job: (ctx: JobContext) => Promise<T>): Promise<T> {
+    if (this.#job) throw new RowrError('EBUSY', `${this.state.name} is busy with ${this.#job.name}; wait for it or cancel it`)
+    const abort = new AbortController()
+    const running = { name, done: 0, total: 0, abort }
+    this.#job = running
+    try {
+      return await job({
+        engine: this.#engine,
+        mapFile: this.#mapFile,
+        ro: this.state.ro,
+        signal: abort.signal,
+        progress: (done, total) => {
+          running.done = done
+          running.total = total
+        },
+      })
+    } finally {
+      this.#job = undefined
     }
   }
 
   async #control(request: ControlRequest): Promise<ControlReply> {
-    if (request.cmd === 'status') return { ok: true, ...this.status() }
-    await this.stop({ force: request.force })
-    return { ok: true }
+    switch (request.cmd) {
+      case 'status':
+        return { ok: true, ...this.status() }
+      case 'destroy':
+        await this.stop({ force: request.force })
+        return { ok: true }
+      case 'diff':
+        return { ok: true, ranges: writtenRanges(this.#engine) }
+      case 'revert': {
+        if (!request.force) {
+          const busy = this.#provider
+            ? `geom-rowr cannot tell whether GEOM Gate provider ${this.state.device} is open; unmount it`
+            : this.#inUse()
+          if (busy) throw new RowrError('EBUSY', `${busy}, or use revert -f (its users then see RO's data under their feet)`)
+        }
+        return { ok: true, ...(await this.#runJob('revert', revert)) }
+      }
+      case 'commit':
+        return { ok: true, ...(await this.#runJob('commit', commit)) }
+      case 'export':
+        return { ok: true, ...(await this.#runJob('export', ctx => exportImage(ctx, request.file))) }
+      case 'cancel':
+        this.#job?.abort.abort()
+        return { ok: true, cancelled: this.#job?.name ?? null }
+    }
   }
 }

@@ -14,8 +14,10 @@ export interface DeviceState {
   readonly phase: 'starting' | 'ready'
   readonly ro: string
   readonly rw: string
-  /** RW was made by geom-rowr (RW given as `auto`) and goes away with it. */
+  /** RW was made by geom-rowr (RW given as `auto`); it goes away with the device unless a map keeps it. */
   readonly rwAuto: boolean
+  /** Where the sector map is kept: a file, 'rw' (RW's tail), or null (memory only). */
+  readonly map: string | null
   readonly mediasize: number
   readonly sectorsize: number
   /** The kernel block device, or null when only NBD is served. */

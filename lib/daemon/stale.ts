@@ -62,7 +62,7 @@ export const cleanupStale = async (
     await detach(attachment, { force: true })
     done.push(`detached ${attachment.device || attachment.kind}`)
   }
-  if (stale.state?.rwAuto) {
+  if (stale.state?.rwAuto && !stale.state.map) {
     // 'auto' still: the daemon died while making it; only a file has a known name.
     const made = stale.state.rw !== 'auto'
     const rw = made ? stale.state.rw : autoRwFile(name)

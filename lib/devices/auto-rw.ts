@@ -13,15 +13,24 @@ const MD_PATH = /^\/dev\/md(\d+)$/
 /** Where the sparse file for NAME goes where md(4) is not available. */
 export const autoRwFile = (name: string): string => path.join('/var/tmp', `geom-rowr-${name}.rw`)
 
-/** How the user is told about it. */
-export const describeAutoRw = (rw: string, size: number): string =>
+/** How the user is told about it; `kept` with a persistent map. */
+export const describeAutoRw = (rw: string, size: number, kept = false): string =>
   MD_PATH.test(rw)
     ? `${rw} (swap-backed md, ${size} bytes; detached on destroy)`
-    : `${rw} (sparse, ${size} bytes; removed on destroy)`
+    : `${rw} (sparse, ${size} bytes; ${kept ? 'kept on destroy: the map describes its data' : 'removed on destroy'})`
 
-/** Makes the device and returns its path. */
-export const makeAutoRw = async (name: string, size: number): Promise<string> => {
+/**
+ * Makes the device and returns its path. With `reuse` (a persistent map
+ * resumes) the file an earlier run made and kept is used again.
+ */
+export const makeAutoRw = async (name: string, size: number, { reuse = false } = {}): Promise<string> => {
   if (platform() === 'freebsd') {
+    if (reuse) {
+      throw new RowrError(
+        'EPLATFORM',
+        'RW auto is a swap-backed md, whose data is gone after a reboot, so it cannot go with a persistent map; give RW as a disk, partition or file',
+      )
+    }
     let out: string
     try {
       out = (await runCommand('mdconfig', ['-a', '-t', 'swap', '-s', `${size}b`])).stdout.trim()
@@ -32,6 +41,7 @@ export const makeAutoRw = async (name: string, size: number): Promise<string> =>
     return `/dev/${out}`
   }
   const file = autoRwFile(name)
+  if (reuse && fs.existsSync(file)) return file
   let fd: number
   try {
     fd = fs.openSync(file, 'wx', 0o600)

@@ -1,0 +1,154 @@
+// geom-rowr diff, revert, commit and export: on running device NAME (the
+// job runs in its daemon) or on a stopped one given as --ro/--rw/--map (the
+// job runs here). Long jobs draw progress on a terminal and stop cleanly on
+// Ctrl-C; --json prints the summary for scripts.
+import path from 'node:path'
+import { callControl, type ControlRequest } from '../daemon/control.js'
+import { statePaths } from '../daemon/run-state.js'
+import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
+import { RowrError } from '../errors.js'
+import {
+  commit as commitJob,
+  exportImage,
+  revert as revertJob,
+  writtenRanges,
+  type CommitSummary,
+  type ExportSummary,
+  type JobContext,
+  type RevertSummary,
+  type WrittenRange,
+} from '../lifecycle/jobs.js'
+import { openOffline, type OfflineTarget } from '../lifecycle/offline.js'
+import { warn } from './foreground.js'
+import { runningStatus } from './list.js'
+import { progressBar } from './progress.js'
+
+export interface TargetArgs {
+  readonly name?: string
+  readonly ro?: string
+  readonly rw?: string
+  readonly map?: string
+  readonly 'map-on-rw': boolean
+  readonly force: boolean
+  readonly json: boolean
+}
+
+/** Ctrl-C's exit status. */
+const EXIT_INTERRUPTED = 130
+const POLL_MS = 250
+
+const offlineTarget = (a: TargetArgs): OfflineTarget => ({
+  ro: resolveDevicePath(a.ro!),
+  rw: resolveRwPath(a.rw!),
+  ...(a.map !== undefined ? { map: path.resolve(a.map) } : {}),
+  mapOnRw: a['map-on-rw'],
+  force: a.force,
+})
+
+/** Which device a command is about, as it is printed. */
+const label = (a: TargetArgs): string => a.name ?? resolveRwPath(a.rw!)
+
+/**
+ * Runs a job in NAME's daemon, or here on the stopped devices. Ctrl-C asks
+ * the job to stop at its next safe point; the command then exits 130.
+ */
+const runJob = async <T extends object>(
+  a: TargetArgs,
+  title: string,
+  request: ControlRequest,
+  job: (ctx: JobContext) => Promise<T>,
+): Promise<T | undefined> => {
+  const bar = progressBar(`${label(a)}: ${title}`)
+  let interrupted = false
+  let stop = (): void => undefined
+  const onSigint = (): void => {
+    interrupted = true
+    stop()
+  }
+  process.on('SIGINT', onSigint)
+  try {
+    if (a.name !== undefined) {
+      const name = a.name
+      await runningStatus(name)
+      const control = statePaths(name).control
+      stop = () => void callControl(control, { cmd: 'cancel' }).catch(() => undefined)
+      const poll = process.stderr.isTTY
+        ? setInterval(() => {
+            callControl(control, { cmd: 'status' })
+              .then(r => {
+                const j = (r as { job?: { done: number; total: number } }).job
+                if (j) bar.update(j.done, j.total)
+              })
+              .catch(() => undefined)
+          }, POLL_MS)
+        : undefined
+      try {
+        const reply = await callControl(control, request, null)
+        if (!reply.ok) {
+          if (reply.code === 'ECANCELED' && interrupted) return interruptedBy(reply.message)
+          throw new RowrError(reply.code === 'EBUSY' ? 'EBUSY' : 'EDAEMON', reply.message)
+        }
+        const { ok: _ok, ...summary } = reply
+        return summary as T
+      } finally {
+        clearInterval(poll)
+      }
+    }
+    const device = await openOffline(offlineTarget(a))
+    for (const w of device.warnings) warn(`warning: ${w}`)
+    const abort = new AbortController()
+    stop = () => abort.abort()
+    try {
+      return await job({ engine: device.engine, mapFile: device.mapFile, ro: offlineTarget(a).ro, signal: abort.signal, progress: bar.update })
+    } catch (e) {
+      if (interrupted && (e as { code?: string }).code === 'ECANCELED') return interruptedBy((e as Error).message)
+      throw e
+    } finally {
+      await device.close()
+    }
+  } finally {
+    bar.end()
+    process.off('SIGINT', onSigint)
+  }
+}
+
+const interruptedBy = (message: string): undefined => {
+  warn(message)
+  process.exitCode = EXIT_INTERRUPTED
+  return undefined
+}
+
+const print = (a: TargetArgs, summary: object, text: string): void => {
+  process.stdout.write(a.json ? `${JSON.stringify(summary, null, 2)}\n` : `${text}\n`)
+}
+
+export const diff = async (a: TargetArgs): Promise<void> => {
+  const result = await runJob<{ ranges: WrittenRange[] }>(a, 'diff', { cmd: 'diff' }, async ctx => ({ ranges: writtenRanges(ctx.engine) }))
+  if (!result) return
+  const writtenBytes = result.ranges.reduce((sum, r) => sum + r.length, 0)
+  if (a.json) {
+    print(a, { writtenBytes, ranges: result.ranges }, '')
+    return
+  }
+  process.stdout.write(result.ranges.map(r => `${r.offset} ${r.length}\n`).join(''))
+  warn(`${label(a)}: ${result.ranges.length} written range(s), ${writtenBytes} bytes`)
+}
+
+export const revert = async (a: TargetArgs): Promise<void> => {
+  const s = await runJob<RevertSummary>(a, 'revert', { cmd: 'revert', force: a.force }, revertJob)
+  if (!s) return
+  print(a, s, `${label(a)}: reverted: ${s.revertedBytes} bytes of writes forgotten${s.released ? '; their space on RW was released' : ''}`)
+}
+
+export const commit = async (a: TargetArgs): Promise<void> => {
+  const s = await runJob<CommitSummary>(a, 'commit', { cmd: 'commit' }, commitJob)
+  if (!s) return
+  print(a, s, `${label(a)}: committed ${s.committedBytes} bytes into RO; the map is empty${s.released ? ' and RW\'s space was released' : ''}`)
+}
+
+export const exportCommand = async (a: TargetArgs & { readonly file: string }): Promise<void> => {
+  const file = path.resolve(a.file)
+  const s = await runJob<ExportSummary>(a, 'export', { cmd: 'export', file }, ctx => exportImage(ctx, file))
+  if (!s) return
+  print(a, s, `${label(a)}: exported ${s.bytes} bytes to ${s.file} (${s.dataBytes} bytes of data; the rest is sparse)`)
+}

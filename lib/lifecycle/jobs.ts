@@ -1,0 +1,203 @@
+// The lifecycle jobs over a device, running (in its daemon) or stopped (in
+// the command's own process): diff, revert, commit and export. Each long job
+// reports progress, stops at a safe point when its signal aborts, and leaves
+// RO, RW and the map consistent either way.
+import fs from 'node:fs'
+import { deviceBusy } from '../attach/attachment.js'
+import { BlockDevice } from '../devices/block-device.js'
+import type { RowrDevice } from '../engine/rowr-device.js'
+import { RowrError, errnoCode } from '../errors.js'
+import type { MapFile } from '../persist/map-file.js'
+import { roFingerprint } from '../persist/fingerprint.js'
+
+export interface WrittenRange {
+  readonly offset: number
+  readonly length: number
+}
+
+export interface JobContext {
+  readonly engine: RowrDevice
+  /** The persistent map, if the device has one. */
+  readonly mapFile: MapFile | undefined
+  /** RO's path, for commit to open it for writing. */
+  readonly ro: string
+  readonly progress: (done: number, total: number) => void
+  readonly signal: AbortSignal
+}
+
+/** Bytes copied per step of commit and export. */
+const CHUNK = 1 << 20
+/** Export skips all-zero pieces of this size, leaving holes. */
+const HOLE_GRAIN = 64 << 10
+
+export class JobCancelled extends Error {
+  readonly code = 'ECANCELED'
+  constructor(what: string) {
+    super(`${what} was interrupted; nothing is half-done: it can be run again`)
+  }
+}
+
+/** The written ranges, in byte offsets, in order. */
+export const writtenRanges = (engine: RowrDevice): WrittenRange[] => {
+  const { map, sectorSize } = engine
+  const out: WrittenRange[] = []
+  for (let s = 0; s < map.sectors; ) {
+    const n = map.runLength(s, map.sectors)
+    if (map.isWritten(s)) out.push({ offset: s * sectorSize, length: n * sectorSize })
+    s += n
+  }
+  return out
+}
+
+export interface RevertSummary {
+  readonly revertedBytes: number
+  /** Whether RW's space was given back (hole punching). */
+  readonly released: boolean
+}
+
+/** Forgets every write: the device reads as RO again. */
+export const revert = (ctx: JobContext): Promise<RevertSummary> =>
+  ctx.engine.exclusive(async () => {
+    const { engine } = ctx
+    const revertedBytes = engine.map.writtenSectors * engine.sectorSize
+    // The map is emptied durably before RW's data goes: a crash in between
+    // leaves a device that reads as RO, never one that reads holes.
+    await ctx.mapFile?.clear()
+    engine.map.clear()
+    const released = await engine.rw.release(0, engine.size)
+    return { revertedBytes, released }
+  })
+
+export interface CommitSummary {
+  readonly committedBytes: number
+  readonly released: boolean
+}
+
+/** Opens RO for writing, or says plainly why it cannot be. */
+const openRoForCommit = (ro: string): BlockDevice => {
+  if (/\.uzip$/.test(ro)) {
+    throw new RowrError('ENOTWRITABLE', `${ro} is a geom_uzip image, which cannot be written; use geom-rowr export to make a new image instead`)
+  }
+  try {
+    return BlockDevice.open(ro, { writable: true })
+  } catch (e) {
+    const code = errnoCode(e)
+    if (code === 'EROFS' || code === 'EACCES' || code === 'EPERM') {
+      throw new RowrError(
+        'ENOTWRITABLE',
+        `${ro} cannot be opened for writing (${code}): it is read-only media, read-only to you, or in use (mounted); ` +
+          `use geom-rowr export to make a new image instead`,
+        { cause: e },
+      )
+    }
+    throw e
+  }
+}
+
+const checkNotInUse = (ro: BlockDevice): void => {
+  if (ro.identity.kind === 'disk' && deviceBusy(ro.path)) {
+    throw new RowrError('EBUSY', `${ro.path} is in use elsewhere (mounted or held open exclusively); release it before committing into it`)
+  }
+}
+
+/**
+ * Folds the written sectors into RO (the one job that writes RO), then
+ * empties the map. The device shows the same data throughout: requests wait
+ * while it runs. Interrupted, the map still describes RW, which still holds
+ * everything; running commit again finishes it.
+ */
+export const commit = async (ctx: JobContext): Promise<CommitSummary> => {
+  const { engine } = ctx
+  const roWritable = openRoForCommit(ctx.ro)
+  try {
+    checkNotInUse(roWritable)
+    if (roWritable.size < engine.size) throw new RowrError('EMEDIASIZE', `${ctx.ro} is smaller than the device`)
+    return await engine.exclusive(async () => {
+      await engine.flush()
+      await ctx.mapFile?.startCommit()
+      const ranges = writtenRanges(engine)
+      const total = ranges.reduce((sum, r) => sum + r.length, 0)
+      const buf = Buffer.allocUnsafe(CHUNK)
+      let done = 0
+      for (const r of ranges) {
+        for (let pos = r.offset; pos < r.offset + r.length; pos += CHUNK) {
+          if (ctx.signal.aborted) throw new JobCancelled('commit')
+          const n = Math.min(CHUNK, r.offset + r.length - pos)
+          await engine.rw.read(buf, 0, n, pos)
+          await roWritable.write(buf, 0, n, pos)
+          done += n
+          ctx.progress(done, total)
+        }
+      }
+      await roWritable.datasync()
+      await ctx.mapFile?.clear({ roHash: await roFingerprint(roWritable, engine.size, engine.sectorSize) })
+      engine.map.clear()
+      const released = await engine.rw.release(0, engine.size)
+      return { committedBytes: total, released }
+    })
+  } finally {
+    roWritable.close()
+  }
+}
+
+export interface ExportSummary {
+  readonly file: string
+  readonly bytes: number
+  /** Bytes actually written; the rest of the image is holes. */
+  readonly dataBytes: number
+}
+
+const allZero = (b: Buffer): boolean => {
+  for (let i = 0; i < b.length; i += 8) if (b.readBigUInt64LE(i) !== 0n) return false
+  return true
+}
+
+/**
+ * Writes the combined device to a new sparse image FILE (remastering a live
+ * system into a new base image). The device keeps serving meanwhile; an
+ * interrupted export removes its partial file.
+ */
+export const exportImage = async (ctx: JobContext, file: string): Promise<ExportSummary> => {
+  const { engine } = ctx
+  let fd: number
+  try {
+    fd = fs.openSync(file, 'wx', 0o644)
+  } catch (e) {
+    if (errnoCode(e) === 'EEXIST') throw new RowrError('EINUSE', `${file} already exists; remove it or choose another file name`)
+    throw e
+  }
+  try {
+    fs.ftruncateSync(fd, engine.size)
+    const buf = Buffer.allocUnsafe(CHUNK)
+    let dataBytes = 0
+    for (let pos = 0; pos < engine.size; pos += CHUNK) {
+      if (ctx.signal.aborted) throw new JobCancelled('export')
+      const n = Math.min(CHUNK, engine.size - pos)
+      const chunk = buf.subarray(0, n)
+      await engine.readInto(chunk, pos)
+      for (let at = 0; at < n; at += HOLE_GRAIN) {
+        const piece = chunk.subarray(at, Math.min(at + HOLE_GRAIN, n))
+        if (allZero(piece)) continue
+        await writeAll(fd, piece, pos + at)
+        dataBytes += piece.length
+      }
+      ctx.progress(pos + n, engine.size)
+    }
+    fs.fsyncSync(fd)
+    fs.closeSync(fd)
+    return { file, bytes: engine.size, dataBytes }
+  } catch (e) {
+    fs.closeSync(fd)
+    fs.rmSync(file, { force: true })
+    throw e
+  }
+}
+
+const writeAll = (fd: number, data: Buffer, position: number): Promise<void> =>
+  new Promise((resolve, reject) => {
+    fs.write(fd, data, 0, data.length, position, (err, written) => {
+      if (err) reject(err)
+      else if (written !== data.length) writeAll(fd, data.subarray(written), position + written).then(resolve, reject)
+      else resolve()
+    })
+  })

@@ -1,0 +1,403 @@
+// A sector map kept on disk, crash-safe (format: map-format.ts and
+// docs/map-format.md). The engine tells it which sectors it marked; on FLUSH
+// (and FUA) it makes RW's data durable first, then writes the changed pages,
+// each to the slot that does not hold its newest good copy, then syncs them.
+//
+// Why pages need no header write per flush: every page is self-checking and
+// the map only gains bits between flushes, and a bit reaches the disk only
+// after the data it stands for. So any mix of old and new pages that a crash
+// leaves is a state where every set bit's data is on RW: the newest good copy
+// of each page is always safe to use. Clearing the map (revert, commit) is the
+// one step that removes bits; it is a single header write that moves the
+// epoch, which turns every page of the old epoch empty at once.
+import { randomUUID } from 'node:crypto'
+import type { BlockIo } from '../devices/block-device.js'
+import type { MapJournal } from '../engine/rowr-device.js'
+import type { SectorMap } from '../engine/sector-map.js'
+import { RowrError } from '../errors.js'
+import { roFingerprint, rwFingerprint } from './fingerprint.js'
+import {
+  FORMAT_VERSION,
+  HeaderFlag,
+  PAGE_PAYLOAD_BYTES,
+  PAGE_SECTORS,
+  SLOT_BYTES,
+  decodeHeader,
+  decodePage,
+  encodeHeader,
+  encodePage,
+  headerSlotAt,
+  mapBytes,
+  pageCount,
+  pageSlotAt,
+  type DecodedHeader,
+  type MapHeader,
+} from './map-format.js'
+
+export interface OpenMapOptions {
+  /** Where the map lives: a map file, or RW itself (--map-on-rw). */
+  readonly store: BlockIo
+  /** The map's first byte in `store`. */
+  readonly base: number
+  /** How messages name the map, e.g. "map /var/db/rowr0.map". */
+  readonly describe: string
+  readonly ro: BlockIo
+  readonly rw: BlockIo
+  readonly size: number
+  readonly sectorSize: number
+  /** Filled from the map's pages. */
+  readonly map: SectorMap
+  /** Accept a fingerprint mismatch the user vouches for (never damage or a newer format). */
+  readonly force: boolean
+}
+
+export interface OpenedMap {
+  readonly file: MapFile
+  /** False for a new, empty map. */
+  readonly resumed: boolean
+  readonly warnings: readonly string[]
+}
+
+/** Which slot holds a page's newest good copy (-1: none yet), and its generation. */
+interface PageState {
+  readonly slot: 0 | 1 | -1
+  readonly generation: bigint
+}
+
+const NO_PAGE: PageState = { slot: -1, generation: 0n }
+/** Pages read per request while loading. */
+const LOAD_BATCH = 256
+
+const other = (slot: 0 | 1 | -1): 0 | 1 => (slot === 0 ? 1 : 0)
+
+const readAt = async (store: BlockIo, position: number, length: number): Promise<Buffer> => {
+  const b = Buffer.alloc(length)
+  await store.read(b, 0, length, position)
+  return b
+}
+
+/** Both header slots, decoded; null where the store is too small to hold them. */
+const readHeaders = async (store: BlockIo, base: number): Promise<(DecodedHeader | null)[]> => {
+  if (store.size - base < 2 * SLOT_BYTES) return [null, null]
+  const bytes = await readAt(store, base, 2 * SLOT_BYTES)
+  return [0, 1].map(s => decodeHeader(bytes.subarray(s * SLOT_BYTES, (s + 1) * SLOT_BYTES)))
+}
+
+/** The good header with the highest generation, and its slot. */
+const newestHeader = (decoded: (DecodedHeader | null)[]): { header: MapHeader; slot: 0 | 1 } | undefined =>
+  decoded
+    .flatMap((d, slot) => (d?.ok ? [{ header: d.header, slot: slot as 0 | 1 }] : []))
+    .sort((a, b) => (a.header.generation > b.header.generation ? -1 : 1))[0]
+
+/** A page's bits from the live map. */
+export const pageBits = (map: SectorMap, index: number): Buffer => {
+  const bits = Buffer.alloc(PAGE_PAYLOAD_BYTES)
+  const first = index * PAGE_SECTORS
+  const end = Math.min(first + PAGE_SECTORS, map.sectors)
+  for (let s = first; s < end; ) {
+    const n = map.runLength(s, end)
+    if (map.isWritten(s)) setBits(bits, s - first, n)
+    s += n
+  }
+  return bits
+}
+
+const setBits = (bits: Buffer, from: number, count: number): void => {
+  const end = from + count
+  let i = from
+  for (; i < end && i % 8 !== 0; i++) bits[i >>> 3]! |= 1 << (i & 7)
+  const wholeBytes = Math.floor((end - i) / 8)
+  bits.fill(0xff, i >>> 3, (i >>> 3) + wholeBytes)
+  i += wholeBytes * 8
+  for (; i < end; i++) bits[i >>> 3]! |= 1 << (i & 7)
+}
+
+/** Marks a page's set bits in the live map. */
+const loadBits = (map: SectorMap, index: number, bits: Buffer): void => {
+  const first = index * PAGE_SECTORS
+  const limit = Math.min(PAGE_SECTORS, map.sectors - first)
+  let runStart = -1
+  for (let i = 0; i < limit; ) {
+    const byte = bits[i >>> 3]!
+    if ((i & 7) === 0 && (byte === 0 || byte === 0xff) && i + 8 <= limit) {
+      if (byte === 0xff && runStart < 0) runStart = i
+      if (byte === 0 && runStart >= 0) {
+        map.setRange(first + runStart, i - runStart)
+        runStart = -1
+      }
+      i += 8
+      continue
+    }
+    const set = (byte >>> (i & 7)) & 1
+    if (set && runStart < 0) runStart = i
+    if (!set && runStart >= 0) {
+      map.setRange(first + runStart, i - runStart)
+      runStart = -1
+    }
+    i++
+  }
+  if (runStart >= 0) map.setRange(first + runStart, limit - runStart)
+}
+
+export class MapFile implements MapJournal {
+  readonly describe: string
+  readonly #store: BlockIo
+  readonly #base: number
+  readonly #map: SectorMap
+  readonly #rw: BlockIo
+  readonly #sectorSize: number
+  #header: MapHeader
+  #headerSlot: 0 | 1
+  readonly #pages = new Map<number, PageState>()
+  readonly #dirty = new Set<number>()
+  #running: Promise<void> = Promise.resolve()
+  #next: Promise<void> | undefined
+
+  private constructor(o: OpenMapOptions, header: MapHeader, headerSlot: 0 | 1) {
+    this.describe = o.describe
+    this.#store = o.store
+    this.#base = o.base
+    this.#map = o.map
+    this.#rw = o.rw
+    this.#sectorSize = o.sectorSize
+    this.#header = header
+    this.#headerSlot = headerSlot
+  }
+
+  get uuid(): string {
+    return this.#header.uuid
+  }
+
+  /** Whether a commit into RO was interrupted (re-run it). */
+  get committing(): boolean {
+    return (this.#header.flags & HeaderFlag.COMMITTING) !== 0
+  }
+
+  /**
+   * The sector size a map at `base` was made with, or null when there is no
+   * good header: commands on a stopped device open it with that size.
+   */
+  static async sectorSizeOf(store: BlockIo, base: number): Promise<number | null> {
+    return newestHeader(await readHeaders(store, base))?.header.sectorSize ?? null
+  }
+
+  static async open(o: OpenMapOptions): Promise<OpenedMap> {
+    const needed = mapBytes(o.size, o.sectorSize)
+    const room = o.store.size - o.base
+    const decoded = await readHeaders(o.store, o.base)
+    if (decoded.every(d => d === null || (!d.ok && d.problem === 'empty'))) {
+      if (room < needed) {
+        throw new RowrError('EMAPCORRUPT', `${o.describe} has room for ${room} bytes; a map of this device needs ${needed}`)
+      }
+      return { file: await MapFile.#create(o), resumed: false, warnings: [] }
+    }
+    const newer = decoded.find(d => d && !d.ok && d.problem === 'newer-format')
+    if (newer && !newer.ok) {
+      throw new RowrError(
+        'EMAPFORMAT',
+        `${o.describe} was written by a newer geom-rowr (map format ${newer.version}); this one reads format ${FORMAT_VERSION}: use a newer geom-rowr`,
+      )
+    }
+    const newest = newestHeader(decoded)
+    if (!newest) {
+      if (decoded.every(d => d && !d.ok && (d.problem === 'not-a-map' || d.problem === 'empty'))) {
+        throw new RowrError(
+          'ENOTMAP',
+          `${o.describe} is not a geom-rowr map: it holds other data; give a new or empty file, or the map this device was created with`,
+        )
+      }
+      throw new RowrError(
+        'EMAPCORRUPT',
+        `${o.describe}: both copies of the header are damaged, so the map cannot be trusted; start over with a new map and an empty RW`,
+      )
+    }
+    const { header, slot } = newest
+    if (header.sectorSize !== o.sectorSize || header.deviceSize !== o.size) {
+      throw new RowrError(
+        'EMAPGEOMETRY',
+        `${o.describe} describes a ${header.deviceSize}-byte device of ${header.sectorSize}-byte sectors, not this ` +
+          `${o.size}-byte device of ${o.sectorSize}-byte sectors: it belongs to other devices`,
+      )
+    }
+    if (room < needed) {
+      throw new RowrError('EMAPCORRUPT', `${o.describe} is truncated: it has ${room} bytes of the ${needed} this map needs, so it cannot be trusted`)
+    }
+    const file = new MapFile(o, header, slot)
+    const problems: string[] = []
+    const roHash = await roFingerprint(o.ro, o.size, o.sectorSize)
+    if (!file.committing && (header.roSize !== o.ro.size || !roHash.equals(header.roHash))) {
+      problems.push(`RO ${o.ro.path} is not the device the map was made with (its size or sampled sectors differ)`)
+    }
+    if (header.rwSize !== o.rw.size) {
+      problems.push(`RW ${o.rw.path} is ${o.rw.size} bytes, the map's RW was ${header.rwSize}`)
+    }
+    const recovered = await file.#loadPages()
+    if ((header.flags & HeaderFlag.CLEAN) !== 0 && problems.length === 0) {
+      const rwHash = await rwFingerprint(o.rw, o.map, o.sectorSize)
+      if (!rwHash.equals(header.rwHash)) problems.push(`RW ${o.rw.path} does not hold the data the map describes`)
+    }
+    const warnings: string[] = []
+    if (problems.length > 0) {
+      if (!o.force) {
+        o.map.clear()
+        throw new RowrError(
+          'EFINGERPRINT',
+          `${o.describe} belongs to other devices: ${problems.join('; ')}. If you know these devices hold the same data ` +
+            `(RO re-imaged with identical content, say), use --force`,
+        )
+      }
+      warnings.push(`--force: ${problems.join('; ')}`)
+    }
+    if (recovered > 0) warnings.push(`${o.describe}: ${recovered} page(s) had an interrupted write; their previous copy is used`)
+    if (file.committing) warnings.push(`${o.describe}: a commit into RO was interrupted; run geom-rowr commit again to finish it`)
+    // From here on RW may change: the map is no longer known to match it.
+    await file.#writeHeader({
+      ...header,
+      flags: header.flags & ~HeaderFlag.CLEAN,
+      roSize: o.ro.size,
+      roHash: file.committing ? header.roHash : roHash,
+      rwSize: o.rw.size,
+    })
+    return { file, resumed: true, warnings }
+  }
+
+  static async #create(o: OpenMapOptions): Promise<MapFile> {
+    const header: MapHeader = {
+      uuid: randomUUID(),
+      generation: 0n,
+      epoch: 1n,
+      sectorSize: o.sectorSize,
+      deviceSize: o.size,
+      flags: 0,
+      roSize: o.ro.size,
+      roHash: await roFingerprint(o.ro, o.size, o.sectorSize),
+      rwSize: o.rw.size,
+      rwHash: Buffer.alloc(32),
+    }
+    // Slot 1 as current, so that the first header lands in slot 0.
+    const file = new MapFile(o, header, 1)
+    await file.#writeHeader(header)
+    return file
+  }
+
+  /** Reads every page's two slots; returns how many pages fell back to their older copy. */
+  async #loadPages(): Promise<number> {
+    const count = pageCount(this.#header.deviceSize, this.#header.sectorSize)
+    let recovered = 0
+    for (let first = 0; first < count; first += LOAD_BATCH) {
+      const n = Math.min(LOAD_BATCH, count - first)
+      const bytes = await readAt(this.#store, this.#base + pageSlotAt(first, 0), 2 * n * SLOT_BYTES)
+      for (let i = 0; i < n; i++) {
+        const index = first + i
+        const slots = [0, 1].map(s => decodePage(bytes.subarray((2 * i + s) * SLOT_BYTES, (2 * i + s + 1) * SLOT_BYTES), index))
+        const good = slots
+          .map((d, slot) => (d.ok ? { page: d.page, slot: slot as 0 | 1 } : null))
+          .filter(g => g !== null)
+          .sort((a, b) => (a.page.generation > b.page.generation ? -1 : 1))
+        const damaged = slots.filter(d => !d.ok && d.problem === 'damaged').length
+        if (good.length === 0) {
+          if (damaged === 0) continue
+          const at = this.#base + pageSlotAt(index, 0)
+          throw new RowrError(
+            'EMAPCORRUPT',
+            `${this.describe}: page ${index} (bytes ${at}-${at + 2 * SLOT_BYTES - 1}) is damaged in both copies, so the map cannot be trusted`,
+          )
+        }
+        if (damaged > 0) recovered++
+        const { page, slot } = good[0]!
+        this.#pages.set(index, { slot, generation: page.generation })
+        if (page.epoch === this.#header.epoch) loadBits(this.#map, index, page.bits)
+      }
+    }
+    return recovered
+  }
+
+  async #writeHeader(header: MapHeader): Promise<void> {
+    const next = { ...header, generation: header.generation + 1n }
+    const slot = other(this.#headerSlot)
+    await this.#store.write(encodeHeader(next), 0, SLOT_BYTES, this.#base + headerSlotAt(slot))
+    await this.#store.datasync()
+    this.#header = next
+    this.#headerSlot = slot
+  }
+
+  marked(start: number, count: number): void {
+    const last = Math.floor((start + count - 1) / PAGE_SECTORS)
+    for (let p = Math.floor(start / PAGE_SECTORS); p <= last; p++) this.#dirty.add(p)
+  }
+
+  /**
+   * Makes the map durable as it stands, after `syncRw` made RW's data
+   * durable. A call that arrives while a round runs joins the next round,
+   * which starts when that one ends and covers everything marked until then.
+   */
+  commit(syncRw: () => Promise<void>): Promise<void> {
+    this.#next ??= this.#running
+      .catch(() => undefined)
+      .then(() => {
+        this.#next = undefined
+        this.#running = this.#round(syncRw)
+        return this.#running
+      })
+    return this.#next
+  }
+
+  async #round(syncRw: () => Promise<void>): Promise<void> {
+    // The pages are taken now, before RW's sync: a bit marked later belongs
+    // to a write that sync may not cover, so it waits for the next round.
+    const indexes = [...this.#dirty]
+    this.#dirty.clear()
+    const images = indexes.map(index => ({ index, bits: pageBits(this.#map, index) }))
+    try {
+      await syncRw()
+      if (images.length === 0) return
+      const written = await Promise.all(
+        images.map(async ({ index, bits }) => {
+          const state = this.#pages.get(index) ?? NO_PAGE
+          const slot = other(state.slot)
+          const generation = state.generation + 1n
+          const image = encodePage({ index, epoch: this.#header.epoch, generation, bits })
+          await this.#store.write(image, 0, SLOT_BYTES, this.#base + pageSlotAt(index, slot))
+          return { index, state: { slot, generation } }
+        }),
+      )
+      await this.#store.datasync()
+      // Only now is the new slot the newest good copy: until the sync, the
+      // next write of a page must not overwrite the copy that is durable.
+      for (const { index, state } of written) this.#pages.set(index, state)
+    } catch (e) {
+      for (const index of indexes) this.#dirty.add(index)
+      throw e
+    }
+  }
+
+  /**
+   * Empties the map on disk in one step (a new epoch): revert, and the end of
+   * a commit. The caller clears the live map and holds off writes meanwhile.
+   */
+  async clear({ roHash }: { roHash?: Buffer } = {}): Promise<void> {
+    await this.#running.catch(() => undefined)
+    this.#dirty.clear()
+    await this.#writeHeader({
+      ...this.#header,
+      epoch: this.#header.epoch + 1n,
+      flags: this.#header.flags & ~HeaderFlag.COMMITTING,
+      ...(roHash ? { roHash } : {}),
+    })
+  }
+
+  /** Records that a commit into RO has started (RO's fingerprint will change). */
+  async startCommit(): Promise<void> {
+    await this.#writeHeader({ ...this.#header, flags: this.#header.flags | HeaderFlag.COMMITTING })
+  }
+
+  /**
+   * Marks the map as matching RW, after the engine's last flush: the next
+   * open can then check that RW is the device it describes.
+   */
+  async closeClean(): Promise<void> {
+    if (this.#dirty.size > 0) return
+    const rwHash = await rwFingerprint(this.#rw, this.#map, this.#sectorSize)
+    await this.#writeHeader({ ...this.#header, flags: this.#header.flags | HeaderFlag.CLEAN, rwHash })
+  }
+}

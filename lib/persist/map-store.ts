@@ -1,0 +1,55 @@
+// Where a persistent map lives: a file of its own (--map FILE), or the tail
+// of RW (--map-on-rw), so that one partition or file holds everything.
+import fs from 'node:fs'
+import { BlockDevice, type BlockIo } from '../devices/block-device.js'
+import { resizeHint } from '../devices/device-pair.js'
+import { RowrError, errnoCode } from '../errors.js'
+import { SLOT_BYTES, mapBytes } from './map-format.js'
+
+export interface MapPlacement {
+  readonly store: BlockIo
+  /** The map's first byte in `store`. */
+  readonly base: number
+  /** How messages name it. */
+  readonly describe: string
+  close(): void
+}
+
+/**
+ * Opens FILE for a map of this device; a file that does not exist yet, or is
+ * empty, becomes a sparse file of the map's full size (it only takes space
+ * as pages are written).
+ */
+export const openMapFile = (file: string, size: number, sectorSize: number): MapPlacement => {
+  const needed = mapBytes(size, sectorSize)
+  try {
+    const fd = fs.openSync(file, 'wx', 0o600)
+    fs.ftruncateSync(fd, needed)
+    fs.closeSync(fd)
+  } catch (e) {
+    if (errnoCode(e) !== 'EEXIST') throw e
+    const stat = fs.statSync(file)
+    if (stat.isFile() && stat.size === 0) fs.truncateSync(file, needed)
+  }
+  const device = BlockDevice.open(file, { writable: true })
+  return { store: device, base: 0, describe: `map ${file}`, close: () => device.close() }
+}
+
+/** The map's offset in RW: past the device's last byte, on a slot boundary. */
+export const mapOnRwBase = (size: number): number => Math.ceil(size / SLOT_BYTES) * SLOT_BYTES
+
+/** How large RW must be to hold the device and its map. */
+export const mapOnRwBytes = (size: number, sectorSize: number): number => mapOnRwBase(size) + mapBytes(size, sectorSize)
+
+export const mapOnRw = (rw: BlockIo, size: number, sectorSize: number): MapPlacement => {
+  const needed = mapOnRwBytes(size, sectorSize)
+  if (rw.size < needed) {
+    throw new RowrError(
+      'EMEDIASIZE',
+      `--map-on-rw needs ${rw.path} to hold the device and its map: ${needed} bytes (${size} + ${needed - size} for the map), ` +
+        `but it is ${rw.size} bytes: ${resizeHint(rw.path, needed)}`,
+    )
+  }
+  const base = mapOnRwBase(size)
+  return { store: rw, base, describe: `the map in ${rw.path} (from byte ${base})`, close: () => undefined }
+}
