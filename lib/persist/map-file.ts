@@ -10,7 +10,7 @@
 // of each page is always safe to use. Clearing the map (revert, commit) is the
 // one step that removes bits; it is a single header write that moves the
 // epoch, which turns every page of the old epoch empty at once.
-import { randomUUID } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import type { BlockIo } from '../devices/block-device.js'
 import type { MapJournal } from '../engine/rowr-device.js'
 import type { SectorMap } from '../engine/sector-map.js'
@@ -49,6 +49,8 @@ export interface OpenMapOptions {
   readonly map: SectorMap
   /** Accept a fingerprint mismatch the user vouches for (never damage or a newer format). */
   readonly force: boolean
+  /** The store was just made empty (a new map file): no need to look for an old map's pages. */
+  readonly fresh?: boolean
 }
 
 export interface OpenedMap {
@@ -81,6 +83,16 @@ const readHeaders = async (store: BlockIo, base: number): Promise<(DecodedHeader
   if (store.size - base < 2 * SLOT_BYTES) return [null, null]
   const bytes = await readAt(store, base, 2 * SLOT_BYTES)
   return [0, 1].map(s => decodeHeader(bytes.subarray(s * SLOT_BYTES, (s + 1) * SLOT_BYTES)))
+}
+
+/** Whether any page slot holds anything (read in batches; zeros are never written). */
+const anyPageWritten = async (store: BlockIo, base: number, count: number): Promise<boolean> => {
+  for (let first = 0; first < count; first += LOAD_BATCH) {
+    const n = Math.min(LOAD_BATCH, count - first)
+    const bytes = await readAt(store, base + pageSlotAt(first, 0), 2 * n * SLOT_BYTES)
+    if (!bytes.every(b => b === 0)) return true
+  }
+  return false
 }
 
 /** The good header with the highest generation, and its slot. */
@@ -189,6 +201,13 @@ export class MapFile implements MapJournal {
       if (room < needed) {
         throw new RowrError('EMAPCORRUPT', `${o.describe} has room for ${room} bytes; a map of this device needs ${needed}`)
       }
+      // No header: a new map, unless pages say that one was here and its header is gone.
+      if (!o.fresh && (await anyPageWritten(o.store, o.base, pageCount(o.size, o.sectorSize)))) {
+        throw new RowrError(
+          'EMAPCORRUPT',
+          `${o.describe} has map pages but no header: its header was destroyed, so the map cannot be trusted; start over with a new map and an empty RW`,
+        )
+      }
       return { file: await MapFile.#create(o), resumed: false, warnings: [] }
     }
     const newer = decoded.find(d => d && !d.ok && d.problem === 'newer-format')
@@ -208,7 +227,7 @@ export class MapFile implements MapJournal {
       }
       throw new RowrError(
         'EMAPCORRUPT',
-        `${o.describe}: both copies of the header are damaged, so the map cannot be trusted; start over with a new map and an empty RW`,
+        `${o.describe}: the header is damaged (no good copy is left), so the map cannot be trusted; start over with a new map and an empty RW`,
       )
     }
     const { header, slot } = newest
@@ -265,7 +284,9 @@ export class MapFile implements MapJournal {
     const header: MapHeader = {
       uuid: randomUUID(),
       generation: 0n,
-      epoch: 1n,
+      // Random, so that pages a former map left in the same file or RW tail
+      // (whose headers were overwritten) never count as this map's.
+      epoch: randomBytes(8).readBigUInt64LE(0),
       sectorSize: o.sectorSize,
       deviceSize: o.size,
       flags: 0,
@@ -295,8 +316,9 @@ export class MapFile implements MapJournal {
           .filter(g => g !== null)
           .sort((a, b) => (a.page.generation > b.page.generation ? -1 : 1))
         const damaged = slots.filter(d => !d.ok && d.problem === 'damaged').length
-        if (good.length === 0) {
-          if (damaged === 0) continue
+        // An all-zero slot was never written: beside a damaged one, it is the
+        // page's state before its first write (interrupted): empty.
+        if (damaged === 2) {
           const at = this.#base + pageSlotAt(index, 0)
           throw new RowrError(
             'EMAPCORRUPT',
@@ -304,6 +326,7 @@ export class MapFile implements MapJournal {
           )
         }
         if (damaged > 0) recovered++
+        if (good.length === 0) continue
         const { page, slot } = good[0]!
         this.#pages.set(index, { slot, generation: page.generation })
         if (page.epoch === this.#header.epoch) loadBits(this.#map, index, page.bits)
@@ -380,7 +403,7 @@ export class MapFile implements MapJournal {
     this.#dirty.clear()
     await this.#writeHeader({
       ...this.#header,
-      epoch: this.#header.epoch + 1n,
+      epoch: (this.#header.epoch + 1n) & 0xffff_ffff_ffff_ffffn,
       flags: this.#header.flags & ~HeaderFlag.COMMITTING,
       ...(roHash ? { roHash } : {}),
     })

@@ -12,6 +12,8 @@ export interface MapPlacement {
   readonly base: number
   /** How messages name it. */
   readonly describe: string
+  /** Just made empty here: it cannot hold an old map. */
+  readonly fresh: boolean
   close(): void
 }
 
@@ -22,6 +24,7 @@ export interface MapPlacement {
  */
 export const openMapFile = (file: string, size: number, sectorSize: number): MapPlacement => {
   const needed = mapBytes(size, sectorSize)
+  let fresh = true
   try {
     const fd = fs.openSync(file, 'wx', 0o600)
     fs.ftruncateSync(fd, needed)
@@ -30,9 +33,10 @@ export const openMapFile = (file: string, size: number, sectorSize: number): Map
     if (errnoCode(e) !== 'EEXIST') throw e
     const stat = fs.statSync(file)
     if (stat.isFile() && stat.size === 0) fs.truncateSync(file, needed)
+    else fresh = false
   }
   const device = BlockDevice.open(file, { writable: true })
-  return { store: device, base: 0, describe: `map ${file}`, close: () => device.close() }
+  return { store: device, base: 0, describe: `map ${file}`, fresh, close: () => device.close() }
 }
 
 /** The map's offset in RW: past the device's last byte, on a slot boundary. */
@@ -51,5 +55,5 @@ export const mapOnRw = (rw: BlockIo, size: number, sectorSize: number): MapPlace
     )
   }
   const base = mapOnRwBase(size)
-  return { store: rw, base, describe: `the map in ${rw.path} (from byte ${base})`, close: () => undefined }
+  return { store: rw, base, describe: `the map in ${rw.path} (from byte ${base})`, fresh: false, close: () => undefined }
 }

@@ -181,3 +181,38 @@ t.test('create refuses a sector size a loop device cannot take', async t => {
   t.match(r.stderr, /larger than the 4096 bytes a Linux loop device allows; use --sector-size 4096 or smaller, or --no-attach/)
   t.same(fs.readdirSync(runDir).filter(n => !n.endsWith('.log')), [])
 })
+
+t.test('resume: ext4 written through the device survives destroy and create with --map', async t => {
+  if (!requires(t, NEEDS)) return
+  const { dir, mnt, cli } = workdir(t)
+  const base = await ext4Image(dir, '32M')
+  const baseHash = sha256(base)
+  const rw = makeImage(path.join(dir, 'rw.img'), fs.statSync(base).size, 'zero')
+  const map = path.join(dir, 'rw.map')
+
+  const first = await cli('create', '--map', map, 'res0', base, rw)
+  t.equal(first.code, 0, first.stderr)
+  await mount(t, first.stdout.trim(), mnt)
+  fs.writeFileSync(path.join(mnt, 'kept.txt'), 'written before destroy\n')
+  fs.cpSync(path.join(repoRoot, 'lib/engine'), path.join(mnt, 'engine-copy'), { recursive: true })
+  fs.rmSync(path.join(mnt, 'pxeboot'))
+  t.equal((await run('umount', [mnt])).code, 0)
+  t.equal((await cli('destroy', 'res0')).code, 0)
+
+  const second = await cli('create', '--map', map, 'res0', base, rw)
+  t.equal(second.code, 0, second.stderr)
+  const device = second.stdout.trim()
+  const fsck = await run('e2fsck', ['-fn', device])
+  t.equal(fsck.code, 0, `e2fsck -fn is clean after the resume: ${fsck.stdout}`)
+  await mount(t, device, mnt)
+  t.equal(fs.readFileSync(path.join(mnt, 'kept.txt'), 'utf8'), 'written before destroy\n')
+  t.equal(
+    fs.readFileSync(path.join(mnt, 'engine-copy/sector-map.ts'), 'utf8'),
+    fs.readFileSync(path.join(repoRoot, 'lib/engine/sector-map.ts'), 'utf8'),
+  )
+  t.notOk(fs.existsSync(path.join(mnt, 'pxeboot')))
+  t.equal((await run('umount', [mnt])).code, 0)
+  t.equal((await cli('destroy', 'res0')).code, 0)
+  t.equal(sha256(base), baseHash, 'the read-only image is unchanged')
+  t.same(leftovers(dir), [])
+})

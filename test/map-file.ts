@@ -1,0 +1,198 @@
+// The persistent map's format and its refusals: resume, other data, newer
+// formats, damage, truncation, other devices (and --force), and torn or
+// damaged metadata at every slot of a map.
+import t from 'tap'
+import { RowrDevice } from '../lib/engine/rowr-device.js'
+import { SectorMap } from '../lib/engine/sector-map.js'
+import { MapFile, pageBits } from '../lib/persist/map-file.js'
+import { FORMAT_VERSION, PAGE_SECTORS, SLOT_BYTES, mapBytes } from '../lib/persist/map-format.js'
+import { MemoryDevice } from './fixtures/memory-device.js'
+
+const SECTOR = 512
+const SECTORS = 2 * PAGE_SECTORS + 1000
+const SIZE = SECTORS * SECTOR
+
+const roFill = (piece: number, into: Buffer): void => {
+  into.fill(piece & 0xff)
+  into.writeUInt32LE(piece, 0)
+}
+
+interface Devices {
+  ro: MemoryDevice
+  rw: MemoryDevice
+  store: MemoryDevice
+}
+
+const devices = (): Devices => ({
+  ro: new MemoryDevice('/ro', SIZE, { fill: roFill }),
+  rw: new MemoryDevice('/rw', SIZE),
+  store: new MemoryDevice('/map', mapBytes(SIZE, SECTOR)),
+})
+
+const open = (d: Devices, o: { force?: boolean; store?: MemoryDevice } = {}) => {
+  const map = new SectorMap(SECTORS)
+  return MapFile.open({ store: o.store ?? d.store, base: 0, describe: 'map /map', ro: d.ro, rw: d.rw, size: SIZE, sectorSize: SECTOR, map, force: o.force ?? false }).then(
+    opened => ({ ...opened, map, engine: new RowrDevice({ ro: d.ro, rw: d.rw, size: SIZE, sectorSize: SECTOR, map, journal: opened.file }) }),
+  )
+}
+
+/** Writes at these sectors, each sector holding its own number and the write's tag. */
+const WRITES = [
+  [0, 8],
+  [PAGE_SECTORS - 3, 6],
+  [PAGE_SECTORS + 77, 1],
+  [2 * PAGE_SECTORS + 10, 200],
+] as const
+
+const payload = (first: number, count: number, tag: number): Buffer => {
+  const b = Buffer.alloc(count * SECTOR, tag)
+  for (let i = 0; i < count; i++) b.writeUInt32LE(first + i, i * SECTOR + 1)
+  return b
+}
+
+/** A device with WRITES flushed, closed cleanly or not. */
+const populated = async (clean: boolean): Promise<Devices> => {
+  const d = devices()
+  const { engine, file } = await open(d)
+  for (const [first, count] of WRITES) await engine.write(first * SECTOR, payload(first, count, 0xc1))
+  await engine.flush()
+  if (clean) await file.closeClean()
+  return d
+}
+
+const readSector = async (engine: RowrDevice, s: number): Promise<Buffer> => {
+  const b = Buffer.alloc(SECTOR)
+  await engine.readInto(b, s * SECTOR)
+  return b
+}
+
+t.test('a new map resumes with every flushed write, and says so', async t => {
+  const d = await populated(true)
+  const { engine, resumed, warnings, map } = await open(d)
+  t.equal(resumed, true)
+  t.same(warnings, [])
+  t.equal(map.writtenSectors, WRITES.reduce((n, [, c]) => n + c, 0))
+  for (const [first, count] of WRITES) {
+    const b = Buffer.alloc(count * SECTOR)
+    await engine.readInto(b, first * SECTOR)
+    t.same(b, payload(first, count, 0xc1), `sectors ${first}+${count} read back`)
+  }
+  const untouched = await readSector(engine, PAGE_SECTORS + 500)
+  const expect = Buffer.alloc(SECTOR)
+  roFill(PAGE_SECTORS + 500, expect)
+  t.same(untouched, expect, 'the rest reads from RO')
+})
+
+t.test('pages round-trip through their bitmap', async t => {
+  const map = new SectorMap(SECTORS)
+  const runs = [[0, 1], [7, 9], [31, 40], [PAGE_SECTORS - 1, 2], [PAGE_SECTORS + 8, 64], [SECTORS - 5, 5]] as const
+  for (const [s, n] of runs) map.setRange(s, n)
+  const back = new SectorMap(SECTORS)
+  const d = devices()
+  // Through a real open: write the pages, then resume into `back`.
+  const opened = await MapFile.open({ store: d.store, base: 0, describe: 'm', ro: d.ro, rw: d.rw, size: SIZE, sectorSize: SECTOR, map, force: false })
+  for (const [s, n] of runs) opened.file.marked(s, n)
+  await opened.file.commit(async () => undefined)
+  await MapFile.open({ store: d.store, base: 0, describe: 'm', ro: d.ro, rw: d.rw, size: SIZE, sectorSize: SECTOR, map: back, force: false })
+  for (let p = 0; p < 3; p++) t.same(pageBits(back, p), pageBits(map, p), `page ${p}`)
+  t.equal(back.writtenSectors, map.writtenSectors)
+})
+
+t.test('refusals name the map, the problem and the way out', async t => {
+  const other = devices()
+  other.store.apply(Buffer.alloc(SLOT_BYTES, 0x41), 0)
+  await t.rejects(open(other), { code: 'ENOTMAP', message: /map \/map is not a geom-rowr map: it holds other data; give a new or empty file/ })
+
+  const newer = await populated(true)
+  for (const slot of [0, 1]) {
+    const b = Buffer.alloc(SLOT_BYTES)
+    await newer.store.read(b, 0, SLOT_BYTES, slot * SLOT_BYTES)
+    if (b.readUInt32LE(8) === 0) continue
+    b.writeUInt32LE(FORMAT_VERSION + 1, 8)
+    newer.store.apply(b, slot * SLOT_BYTES)
+  }
+  await t.rejects(open(newer), { code: 'EMAPFORMAT', message: `was written by a newer geom-rowr (map format ${FORMAT_VERSION + 1}); this one reads format ${FORMAT_VERSION}` })
+
+  const damaged = await populated(true)
+  const headers = Buffer.alloc(2 * SLOT_BYTES)
+  await damaged.store.read(headers, 0, headers.length, 0)
+  t.ok(headers.readUInt32LE(8) === FORMAT_VERSION && headers.readUInt32LE(SLOT_BYTES + 8) === FORMAT_VERSION, 'both header slots are in use')
+  headers[200] = headers[200]! ^ 0xff
+  headers[SLOT_BYTES + 200] = headers[SLOT_BYTES + 200]! ^ 0xff
+  damaged.store.apply(headers, 0)
+  await t.rejects(open(damaged), { code: 'EMAPCORRUPT', message: /the header is damaged \(no good copy is left\), so the map cannot be trusted/ })
+
+  const headless = await populated(true)
+  headless.store.apply(Buffer.alloc(2 * SLOT_BYTES), 0)
+  await t.rejects(open(headless), { code: 'EMAPCORRUPT', message: /has map pages but no header/ })
+
+  const roChanged = await populated(true)
+  roChanged.ro.apply(Buffer.alloc(SECTOR, 0xee), 0)
+  await t.rejects(open(roChanged), { code: 'EFINGERPRINT', message: /map \/map belongs to other devices: RO \/ro is not the device the map was made with.*use --force/ })
+  const forced = await open(roChanged, { force: true })
+  t.match(forced.warnings[0], /^--force: RO \/ro is not the device/)
+  t.equal((await open(roChanged)).resumed, true, 'forced once, the map now belongs to the new RO')
+
+  const rwSwapped = await populated(true)
+  rwSwapped.rw.apply(Buffer.alloc(SECTOR, 0x77), 0)
+  await t.rejects(open(rwSwapped), { code: 'EFINGERPRINT', message: /RW \/rw does not hold the data the map describes/ })
+
+  const unclean = await populated(false)
+  unclean.rw.apply(Buffer.alloc(SECTOR, 0x77), 0)
+  t.equal((await open(unclean)).resumed, true, 'after a crash RW cannot be checked: only its size is')
+
+  const geometry = await populated(true)
+  const map = new SectorMap(SECTORS - 8)
+  await t.rejects(
+    MapFile.open({ store: geometry.store, base: 0, describe: 'map /map', ro: geometry.ro, rw: geometry.rw, size: SIZE - 8 * SECTOR, sectorSize: SECTOR, map, force: true }),
+    { code: 'EMAPGEOMETRY', message: /describes a \d+-byte device of 512-byte sectors, not this \d+-byte device/ },
+    '--force does not override another geometry',
+  )
+})
+
+t.test('damage at any slot: the last good state, or a clear refusal; truncation: a refusal', async t => {
+  const clean = await populated(false)
+  const slots = clean.store.size / SLOT_BYTES
+  const expectWritten = (s: number): boolean => WRITES.some(([f, c]) => s >= f && s < f + c)
+  let resumedCount = 0
+  for (let slot = 0; slot < slots; slot++) {
+    for (const harm of ['flip', 'zero', 'truncate'] as const) {
+      const d = await populated(false)
+      if (harm === 'truncate') {
+        const short = new MemoryDevice('/map', slot * SLOT_BYTES)
+        for (const [piece, data] of d.store.pieces) if ((piece + 1) * 512 <= short.size) short.apply(data, piece * 512)
+        d.store = short
+      } else {
+        const b = Buffer.alloc(SLOT_BYTES)
+        await d.store.read(b, 0, SLOT_BYTES, slot * SLOT_BYTES)
+        if (harm === 'flip') b[100] = b[100]! ^ 0xff
+        else b.fill(0)
+        d.store.apply(b, slot * SLOT_BYTES)
+      }
+      let opened
+      try {
+        opened = await open(d)
+      } catch (e) {
+        t.match((e as { code: string }).code, /^EMAP(CORRUPT|GEOMETRY)$|^ENOTMAP$/, `${harm} at slot ${slot}: refused (${(e as Error).message})`)
+        continue
+      }
+      resumedCount++
+      t.not(harm, 'truncate', `truncated at slot ${slot} is not resumed`)
+      // Never wrong data: each sector reads its write or RO.
+      let wrong = 0
+      for (const [first, count] of WRITES) {
+        for (let s = first; s < first + count; s++) {
+          const b = await readSector(opened.engine, s)
+          const ro = Buffer.alloc(SECTOR)
+          roFill(s, ro)
+          const mine = payload(s, 1, 0xc1)
+          if (!b.equals(mine) && !b.equals(ro)) wrong++
+          // Damage to a header slot loses no page: every write is still there.
+          else if (slot < 2 && !b.equals(mine) && expectWritten(s)) wrong++
+        }
+      }
+      t.equal(wrong, 0, `${harm} at slot ${slot}: resumed, every sector reads its write or RO`)
+    }
+  }
+  t.ok(resumedCount > slots, `most single-slot damage is survived (${resumedCount} resumes)`)
+})
