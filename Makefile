@@ -1,7 +1,7 @@
 # geom-rowr: make (build), make test, make demo.
 SHELL := /bin/bash
 
-.PHONY: all setup system-deps build ggsim typecheck lint test demo bench clean
+.PHONY: all setup system-deps build ggsim typecheck lint test demo bench soak clean
 
 all: build
 
@@ -48,6 +48,11 @@ demo: setup
 
 clean:
 	rm -rf dist build .tap
+
+# The crash test for longer than the suite runs it: SOAK_ROUNDS SIGKILLs.
+SOAK_ROUNDS ?= 2000
+soak: setup
+	GEOM_ROWR_CRASH_ROUNDS=$(SOAK_ROUNDS) npx tap --timeout 0 test/crash.ts
 
 # Side by side with nbdkit's cow filter and qemu-nbd; not part of the tests.
 bench: setup

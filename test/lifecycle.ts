@@ -199,3 +199,64 @@ t.test('Ctrl-C stops an export cleanly: no partial file, exit 130', async t => {
   t.match(stderr, 'export was interrupted; nothing is half-done: it can be run again')
   t.notOk(fs.existsSync(out), 'the partial image is removed')
 })
+
+t.test('an interrupted commit leaves the device as it was, resumes, and finishes when run again', async t => {
+  const s = setup(t)
+  const { openOffline } = await import('../lib/lifecycle/offline.js')
+  const { commit } = await import('../lib/lifecycle/jobs.js')
+  const target = { ro: s.ro, rw: s.rw, map: s.map, mapOnRw: false, force: false }
+  const first = await openOffline(target)
+  const data = Buffer.alloc(3 << 20, 0x66)
+  await first.engine.write(1 << 20, data)
+  const abort = new AbortController()
+  await t.rejects(
+    commit({
+      engine: first.engine,
+      mapFile: first.mapFile,
+      ro: s.ro,
+      signal: abort.signal,
+      progress: done => {
+        if (done > 0) abort.abort()
+      },
+    }),
+    { code: 'ECANCELED' },
+  )
+  await first.close()
+  const roNow = fs.readFileSync(s.ro)
+  t.ok(roNow.subarray(1 << 20, 2 << 20).equals(data.subarray(0, 1 << 20)), 'the first MiB reached RO')
+  t.notOk(roNow.subarray(3 << 20, 4 << 20).equals(data.subarray(0, 1 << 20)), 'the rest did not')
+
+  const resumed = await openOffline(target)
+  t.match(resumed.warnings.join('\n'), 'a commit into RO was interrupted; run geom-rowr commit again to finish it', 'RO changed, and the map knows why')
+  const view = Buffer.alloc(3 << 20)
+  await resumed.engine.readInto(view, 1 << 20)
+  t.ok(view.equals(data), 'the device shows the same data')
+  await resumed.close()
+
+  const finished = await s.g('commit', '--json', ...s.offline)
+  t.equal(finished.code, 0, finished.stderr)
+  t.equal(JSON.parse(finished.stdout).committedBytes, 3 << 20)
+  const image = fs.readFileSync(s.ro)
+  t.ok(image.subarray(1 << 20, 4 << 20).equals(data), 'RO holds all of it')
+  const again = await s.g('diff', '--json', ...s.offline)
+  t.same(JSON.parse(again.stdout).ranges, [], 'and the map is empty, with RO\'s new fingerprint accepted')
+})
+
+t.test('with --map, RW auto is kept on destroy and used again', async t => {
+  if (!requires(t, NEEDS)) return
+  const s = setup(t)
+  const name = `keep${process.pid}`
+  const auto = `/var/tmp/geom-rowr-${name}.rw`
+  t.teardown(() => fs.rmSync(auto, { force: true }))
+  const created = await s.g('create', '--no-attach', '--map', s.map, name, s.ro, 'auto')
+  t.equal(created.code, 0, created.stderr)
+  t.match(created.stderr, `read-write device: ${auto} (sparse, ${SIZE} bytes; kept on destroy: the map describes its data)`)
+  await s.write(created.stdout.trim())
+  t.equal((await s.g('destroy', name)).code, 0)
+  t.ok(fs.existsSync(auto), 'RW is still there')
+  const again = await s.g('create', '--no-attach', '--map', s.map, name, s.ro, 'auto')
+  t.equal(again.code, 0, again.stderr)
+  const copy = path.join(s.dir, 'copy.img')
+  t.equal((await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', again.stdout.trim(), copy])).code, 0)
+  t.ok(fs.readFileSync(copy).equals(s.expected()), 'the writes are back')
+})

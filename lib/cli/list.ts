@@ -53,6 +53,9 @@ const human = (bytes: number): string => {
   return u === 0 ? `${bytes} B` : `${v.toFixed(1)} ${units[u]}`
 }
 
+const jobLine = (j: { name: string; done: number; total: number }): string =>
+  `${j.name}, ${human(j.done)} of ${human(j.total)}`
+
 const describe = (s: Status): string => {
   const st = s.stats
   const mediasize = Number(s.mediasize)
@@ -61,7 +64,8 @@ const describe = (s: Status): string => {
     ['device', String(s.device ?? '(none: NBD only)')],
     ['nbd', String(s.nbd)],
     ['ro', `${String(s.ro)} (opened read-only)`],
-    ['rw', s.rwAuto ? `${describeAutoRw(String(s.rw), mediasize)}, made by geom-rowr` : String(s.rw)],
+    ['rw', s.rwAuto ? `${describeAutoRw(String(s.rw), mediasize, s.map !== null)}, made by geom-rowr` : String(s.rw)],
+    ['map', s.map === null ? 'in memory only (lost on destroy)' : s.map === 'rw' ? `in RW's tail (${String(s.mapUuid)})` : `${String(s.map)} (${String(s.mapUuid)})`],
     ['mediasize', `${mediasize} (${human(mediasize)})`],
     ['sectorsize', String(s.sectorsize)],
     ['written', `${written} (${human(written)}, ${((100 * written) / mediasize).toFixed(2)}%) in ${st.writtenSectors} sectors`],
@@ -73,6 +77,7 @@ const describe = (s: Status): string => {
     ['map memory', human(st.mapBytes!)],
     ['connections', String(s.connections)],
     ['pid', String(s.pid)],
+    ...(s.job ? [['job', jobLine(s.job as { name: string; done: number; total: number })] as [string, string]] : []),
   ]
   return `${s.name}\n${lines.map(([k, v]) => `  ${`${k}:`.padEnd(15)}${v}`).join('\n')}\n`
 }
