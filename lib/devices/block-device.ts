@@ -59,6 +59,9 @@ const fsWrite = (fd: number, buf: Buffer, offset: number, length: number, positi
     fs.write(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))),
   )
 
+/** The largest single pwrite (see BlockDevice.write). */
+const WRITE_PIECE = 256 * 1024
+
 export class ShortIoError extends Error {
   readonly code = 'EIO'
   constructor(op: 'read' | 'write', path: string, position: number) {
@@ -149,8 +152,20 @@ export class BlockDevice implements BlockIo {
     return true
   }
 
+  /**
+   * Large writes go as concurrent pieces of at most WRITE_PIECE bytes: on
+   * these machines' ext4, 1 MiB pwrites into a file's unallocated range ran
+   * at 0.7-0.9 GiB/s where 256 KiB ones ran at 4 GiB/s (fio psync, fresh
+   * sparse 1 GiB file); through NBD, fio's 1 MiB sequential first writes went
+   * from about 400 MiB/s (whole) to 1200 MiB/s (256 KiB pieces).
+   */
   write(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
-    return this.#whole('write', fsWrite, buf, offset, length, position)
+    if (length <= WRITE_PIECE) return this.#whole('write', fsWrite, buf, offset, length, position)
+    const pieces: Promise<void>[] = []
+    for (let at = 0; at < length; at += WRITE_PIECE) {
+      pieces.push(this.#whole('write', fsWrite, buf, offset + at, Math.min(WRITE_PIECE, length - at), position + at))
+    }
+    return Promise.all(pieces).then(() => undefined)
   }
 
   /** Repeats a partial read or write until the whole range is done. */
