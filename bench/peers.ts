@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { DAEMON_NODE_FLAGS } from '../lib/runtime-tuning.js'
 
 const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../bin/geom-rowr.js')
 
@@ -58,7 +59,8 @@ export const geomRowr: Peer = {
     fs.writeFileSync(rw, '')
     fs.truncateSync(rw, fs.statSync(base).size)
     const socket = path.join(work, 'rowr.sock')
-    return launch('geom-rowr', process.execPath, [cli, 'serve', '--name', 'bench', '--socket', socket, base, rw], socket, [rw])
+    // As the daemon runs in production (create starts it with these flags).
+    return launch('geom-rowr', process.execPath, [...DAEMON_NODE_FLAGS, cli, 'serve', '--name', 'bench', '--socket', socket, base, rw], socket, [rw])
   },
 }
 

@@ -9,6 +9,7 @@ import { clearStale } from '../daemon/stale.js'
 import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
 import { RowrError } from '../errors.js'
 import { platform } from '../../native-bindings/libc.js'
+import { DAEMON_NODE_FLAGS } from '../runtime-tuning.js'
 import { announce, mapOptions, runInForeground, stderrLog, warn, type MapArgs } from './foreground.js'
 
 export interface CreateArgs extends MapArgs {
@@ -91,6 +92,7 @@ const spawnDaemon = async (o: Omit<DaemonOptions, 'log'>): Promise<Extract<Child
   const logPath = statePaths(o.name).log
   const logFd = fs.openSync(logPath, 'a', 0o600)
   const args = [
+    ...DAEMON_NODE_FLAGS,
     process.argv[1]!,
     'create',
     '--daemon-child',
