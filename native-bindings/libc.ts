@@ -41,6 +41,8 @@ export interface Libc {
   open(path: string, flags: number): number
   /** close(2). */
   close(fd: number): number
+  /** setsockopt(2) with an int-sized option value. */
+  setsockopt(fd: number, level: number, name: number, value: Buffer): number
   /** ioctl(2) with a pointer argument; returns -1 and sets errno on failure. */
   ioctl(fd: number, request: number, arg: Buffer): number
   /** fallocate(2) on the thread pool; resolves to its return value. */
@@ -75,6 +77,7 @@ export const libc = (): Libc => {
   // open is variadic too; its mode argument is read only with O_CREAT.
   const open = lib.func('int open(const char *path, int flags, int mode)')
   const close = lib.func('int close(int fd)')
+  const setsockopt = lib.func('int setsockopt(int fd, int level, int name, void *value, uint32_t length)')
   let fallocate: KoffiFunction | undefined
   let preadv2: KoffiFunction | undefined
   if (platform() === 'linux' && !process.env.GEOM_ROWR_LIBC) {
@@ -89,6 +92,7 @@ export const libc = (): Libc => {
   loaded = {
     open: (path, flags) => open(path, flags, 0),
     close: fd => close(fd),
+    setsockopt: (fd, level, name, value) => setsockopt(fd, level, name, value, value.length),
     ioctl: (fd, request, arg) => ioctl(fd, request, arg),
     fallocate: (fd, mode, offset, length) =>
       new Promise<number>((resolve, reject) => {

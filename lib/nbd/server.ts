@@ -7,6 +7,7 @@ import { checkSocketPath, errnoCode } from '../errors.js'
 import { BufferPool } from './buffer-pool.js'
 import { NbdConnection, type Log } from './connection.js'
 import type { ExportDescription } from './negotiation.js'
+import { enlargeSocketBuffers } from '../../native-bindings/socket-buffers.js'
 
 /** Largest read or write payload a client may send (as nbdkit's default). */
 export const MAX_PAYLOAD = 32 * 1024 * 1024
@@ -28,6 +29,15 @@ export const nbdUri = (listen: Listen): string =>
     ? `nbd+unix:///?socket=${listen.socket}`
     : `nbd://${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}/`
 
+/**
+ * Kernel buffer per direction of a Unix-socket connection. Linux's default
+ * (208 KiB) holds a fifth of a 1 MiB reply; with 4 MiB, fio's 1 MiB
+ * sequential reads went from 1179-1258 to 1520-1552 MiB/s and 4K random
+ * reads from 62k to 67-79k IOPS on a 2-core VM (net.core.wmem_max and
+ * rmem_max were 4 MiB there; elsewhere the kernel caps the request).
+ */
+const UNIX_SOCKET_BUFFER = 4 << 20
+
 export class NbdServer {
   readonly #server: net.Server
   readonly #connections = new Set<NbdConnection>()
@@ -42,6 +52,8 @@ export class NbdServer {
     this.#log = log
     this.#server = net.createServer(socket => {
       this.accepted++
+      // TCP tunes its own buffers (setting them would turn that off).
+      if (this.#socketPath !== undefined) enlargeSocketBuffers(socket, UNIX_SOCKET_BUFFER)
       const c = new NbdConnection(socket, engine, exp, log, this.#pool)
       this.#connections.add(c)
       void c.closed.then(() => this.#connections.delete(c))
