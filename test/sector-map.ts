@@ -145,3 +145,15 @@ t.test('memory: 1 GiB written scattered over 1 TiB stays small', async t => {
   t.equal(m.writtenSectors, writes * 8)
   t.ok(m.memoryBytes < 16 * 2 ** 20, `${(m.memoryBytes / 2 ** 20).toFixed(1)} MiB`)
 })
+
+t.test('writtenRuns lists the written runs of a range, cut at its ends', async t => {
+  const m = new SectorMap(3 * LEAF_SECTORS)
+  m.setRange(0, 4)
+  m.setRange(LEAF_SECTORS - 2, 10)
+  m.setRange(3 * LEAF_SECTORS - 1, 1)
+  t.same([...m.writtenRuns()], [[0, 4], [LEAF_SECTORS - 2, 10], [3 * LEAF_SECTORS - 1, 1]])
+  t.same([...m.writtenRuns(2, LEAF_SECTORS)], [[2, 2], [LEAF_SECTORS - 2, 2]])
+  m.clear()
+  t.same([...m.writtenRuns()], [])
+  t.equal(m.writtenSectors, 0)
+})

@@ -94,12 +94,13 @@ const runJob = async <T extends object>(
         clearInterval(poll)
       }
     }
-    const device = await openOffline(offlineTarget(a))
+    const target = offlineTarget(a)
+    const device = await openOffline(target)
     for (const w of device.warnings) warn(`warning: ${w}`)
     const abort = new AbortController()
     stop = () => abort.abort()
     try {
-      return await job({ engine: device.engine, mapFile: device.mapFile, ro: offlineTarget(a).ro, signal: abort.signal, progress: bar.update })
+      return await job({ engine: device.engine, mapFile: device.mapFile, ro: target.ro, signal: abort.signal, progress: bar.update })
     } catch (e) {
       if (interrupted && (e as { code?: string }).code === 'ECANCELED') return interruptedBy((e as Error).message)
       throw e

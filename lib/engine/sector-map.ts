@@ -120,6 +120,15 @@ export class SectorMap {
     return Math.min(s, end) - start
   }
 
+  /** The written runs of [start, end), in order, as [first sector, count]. */
+  *writtenRuns(start = 0, end = this.sectors): Generator<[number, number]> {
+    for (let s = start; s < end; ) {
+      const n = this.runLength(s, end)
+      if (this.isWritten(s)) yield [s, n]
+      s += n
+    }
+  }
+
   /** Forgets every write. */
   clear(): void {
     this.#slots.fill(undefined)

@@ -40,13 +40,7 @@ export class JobCancelled extends Error {
 /** The written ranges, in byte offsets, in order. */
 export const writtenRanges = (engine: RowrDevice): WrittenRange[] => {
   const { map, sectorSize } = engine
-  const out: WrittenRange[] = []
-  for (let s = 0; s < map.sectors; ) {
-    const n = map.runLength(s, map.sectors)
-    if (map.isWritten(s)) out.push({ offset: s * sectorSize, length: n * sectorSize })
-    s += n
-  }
-  return out
+  return Array.from(map.writtenRuns(), ([first, count]) => ({ offset: first * sectorSize, length: count * sectorSize }))
 }
 
 export interface RevertSummary {
@@ -159,15 +153,21 @@ const allZero = (b: Buffer): boolean => {
  */
 export const exportImage = async (ctx: JobContext, file: string): Promise<ExportSummary> => {
   const { engine } = ctx
-  let fd: number
   try {
-    fd = fs.openSync(file, 'wx', 0o644)
+    const fd = fs.openSync(file, 'wx', 0o644)
+    try {
+      fs.ftruncateSync(fd, engine.size)
+    } finally {
+      fs.closeSync(fd)
+    }
   } catch (e) {
     if (errnoCode(e) === 'EEXIST') throw new RowrError('EINUSE', `${file} already exists; remove it or choose another file name`)
+    fs.rmSync(file, { force: true })
     throw e
   }
+  let image: BlockDevice | undefined
   try {
-    fs.ftruncateSync(fd, engine.size)
+    image = BlockDevice.open(file, { writable: true })
     const buf = Buffer.allocUnsafe(CHUNK)
     let dataBytes = 0
     for (let pos = 0; pos < engine.size; pos += CHUNK) {
@@ -176,28 +176,19 @@ export const exportImage = async (ctx: JobContext, file: string): Promise<Export
       const chunk = buf.subarray(0, n)
       await engine.readInto(chunk, pos)
       for (let at = 0; at < n; at += HOLE_GRAIN) {
-        const piece = chunk.subarray(at, Math.min(at + HOLE_GRAIN, n))
-        if (allZero(piece)) continue
-        await writeAll(fd, piece, pos + at)
-        dataBytes += piece.length
+        const length = Math.min(HOLE_GRAIN, n - at)
+        if (allZero(chunk.subarray(at, at + length))) continue
+        await image.write(chunk, at, length, pos + at)
+        dataBytes += length
       }
       ctx.progress(pos + n, engine.size)
     }
-    fs.fsyncSync(fd)
-    fs.closeSync(fd)
+    await image.datasync()
     return { file, bytes: engine.size, dataBytes }
   } catch (e) {
-    fs.closeSync(fd)
     fs.rmSync(file, { force: true })
     throw e
+  } finally {
+    image?.close()
   }
 }
-
-const writeAll = (fd: number, data: Buffer, position: number): Promise<void> =>
-  new Promise((resolve, reject) => {
-    fs.write(fd, data, 0, data.length, position, (err, written) => {
-      if (err) reject(err)
-      else if (written !== data.length) writeAll(fd, data.subarray(written), position + written).then(resolve, reject)
-      else resolve()
-    })
-  })

@@ -29,12 +29,7 @@ export const roFingerprint = (ro: BlockIo, size: number, sectorSize: number): Pr
 
 /** The first sector of each written run, a spread of them. */
 const writtenSamples = (map: SectorMap): number[] => {
-  const starts: number[] = []
-  for (let s = 0; s < map.sectors; ) {
-    const n = map.runLength(s, map.sectors)
-    if (map.isWritten(s)) starts.push(s)
-    s += n
-  }
+  const starts = Array.from(map.writtenRuns(), ([first]) => first)
   return spread(starts.length).map(i => starts[i]!)
 }
 

@@ -85,13 +85,17 @@ const readHeaders = async (store: BlockIo, base: number): Promise<(DecodedHeader
   return [0, 1].map(s => decodeHeader(bytes.subarray(s * SLOT_BYTES, (s + 1) * SLOT_BYTES)))
 }
 
-/** Whether any page slot holds anything (read in batches; zeros are never written). */
-const anyPageWritten = async (store: BlockIo, base: number, count: number): Promise<boolean> => {
+/** The slots of `count` pages, LOAD_BATCH pages per read: the first page's index, and both slots of each. */
+async function* pageBatches(store: BlockIo, base: number, count: number): AsyncGenerator<{ first: number; n: number; bytes: Buffer }> {
   for (let first = 0; first < count; first += LOAD_BATCH) {
     const n = Math.min(LOAD_BATCH, count - first)
-    const bytes = await readAt(store, base + pageSlotAt(first, 0), 2 * n * SLOT_BYTES)
-    if (!bytes.every(b => b === 0)) return true
+    yield { first, n, bytes: await readAt(store, base + pageSlotAt(first, 0), 2 * n * SLOT_BYTES) }
   }
+}
+
+/** Whether any page slot holds anything (zeros are never written). */
+const anyPageWritten = async (store: BlockIo, base: number, count: number): Promise<boolean> => {
+  for await (const { bytes } of pageBatches(store, base, count)) if (!bytes.every(b => b === 0)) return true
   return false
 }
 
@@ -105,12 +109,7 @@ const newestHeader = (decoded: (DecodedHeader | null)[]): { header: MapHeader; s
 export const pageBits = (map: SectorMap, index: number): Buffer => {
   const bits = Buffer.alloc(PAGE_PAYLOAD_BYTES)
   const first = index * PAGE_SECTORS
-  const end = Math.min(first + PAGE_SECTORS, map.sectors)
-  for (let s = first; s < end; ) {
-    const n = map.runLength(s, end)
-    if (map.isWritten(s)) setBits(bits, s - first, n)
-    s += n
-  }
+  for (const [s, n] of map.writtenRuns(first, Math.min(first + PAGE_SECTORS, map.sectors))) setBits(bits, s - first, n)
   return bits
 }
 
@@ -305,9 +304,7 @@ export class MapFile implements MapJournal {
   async #loadPages(): Promise<number> {
     const count = pageCount(this.#header.deviceSize, this.#header.sectorSize)
     let recovered = 0
-    for (let first = 0; first < count; first += LOAD_BATCH) {
-      const n = Math.min(LOAD_BATCH, count - first)
-      const bytes = await readAt(this.#store, this.#base + pageSlotAt(first, 0), 2 * n * SLOT_BYTES)
+    for await (const { first, n, bytes } of pageBatches(this.#store, this.#base, count)) {
       for (let i = 0; i < n; i++) {
         const index = first + i
         const slots = [0, 1].map(s => decodePage(bytes.subarray((2 * i + s) * SLOT_BYTES, (2 * i + s + 1) * SLOT_BYTES), index))
