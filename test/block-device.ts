@@ -144,3 +144,39 @@ t.test('the resize hint fits the device: md(4) is recreated, a file grown', asyn
   t.equal(resizeHint('/dev/md1', 536870912), 'mdconfig -d -u 1 && mdconfig -a -t swap -s 536870912b -u 1')
   t.equal(resizeHint('/srv/rw.img', 4096), 'truncate -s 4096 /srv/rw.img')
 })
+
+t.test('small writes to RW land before write() returns; large ones go through the thread pool', async t => {
+  const { rw } = images(t, 1 << 20, 1 << 20)
+  const d = BlockDevice.open(rw, { writable: true })
+  t.teardown(() => d.close())
+  const small = d.write(Buffer.alloc(4096, 0x5a), 0, 4096, 8192)
+  t.same(fs.readFileSync(rw).subarray(8192, 12288), Buffer.alloc(4096, 0x5a), 'on the file before any await')
+  await small
+  t.equal(d.inlineWrites?.inline, 1)
+  await d.write(Buffer.alloc(256 * 1024, 0xa5), 0, 256 * 1024, 65536)
+  t.equal(d.inlineWrites?.inline, 1, 'a 256 KiB write is not inline')
+  t.same(fs.readFileSync(rw).subarray(65536, 65536 + 256 * 1024), Buffer.alloc(256 * 1024, 0xa5))
+  const ro = BlockDevice.open(rw, { writable: false })
+  t.equal(ro.inlineWrites, undefined, 'RO never writes')
+  ro.close()
+})
+
+t.test('an inline write that fails rejects like a pooled one', async t => {
+  const { rw } = images(t, 1 << 20, 1 << 20)
+  const d = BlockDevice.open(rw, { writable: true })
+  d.close()
+  await t.rejects(d.write(Buffer.alloc(512), 0, 512, 0), { code: 'EBADF' })
+  await t.rejects(d.write(Buffer.alloc(1 << 20), 0, 1 << 20, 0), { code: 'EBADF' })
+})
+
+t.test('no write runs inline while a hole is being punched (it would wait for the punch)', async t => {
+  const { rw } = images(t, 1 << 20, 1 << 20)
+  const d = BlockDevice.open(rw, { writable: true })
+  t.teardown(() => d.close())
+  const punching = d.zero(0, 1 << 19)
+  await d.write(Buffer.alloc(512, 1), 0, 512, 1 << 19)
+  t.equal(d.inlineWrites?.inline, 0)
+  await punching
+  await d.write(Buffer.alloc(512, 1), 0, 512, 1 << 19)
+  t.equal(d.inlineWrites?.inline, 1)
+})

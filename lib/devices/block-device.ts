@@ -2,8 +2,9 @@
 import fs from 'node:fs'
 import { constants } from 'node:os'
 import { diskGeometry } from '../../native-bindings/disk-ioctl.js'
-import { libc } from '../../native-bindings/libc.js'
+import { libc, platform } from '../../native-bindings/libc.js'
 import { RowrError, errnoCode } from '../errors.js'
+import { InlineWrites } from './inline-writes.js'
 
 /** What the engine needs from a device; tests substitute fakes. */
 export interface BlockIo {
@@ -80,6 +81,17 @@ export class BlockDevice implements BlockIo {
   #punchHoles: boolean
   /** Cleared once the kernel says non-blocking reads are not supported here. */
   #readNow = libc().canReadNowait
+  /**
+   * Small writes run on the calling thread where they land in a page cache
+   * (see inline-writes.ts): regular files, and Linux's buffered disks, but
+   * not FreeBSD's disks, which have no cache in front of them.
+   */
+  readonly inlineWrites: InlineWrites | undefined
+  /**
+   * Hole punches running: they hold the file's lock for as long as a large
+   * range takes, and an inline write would wait for it on the event loop.
+   */
+  #releasing = 0
   #closed = false
 
   private constructor(
@@ -97,6 +109,8 @@ export class BlockDevice implements BlockIo {
     this.identity = identity
     this.writable = writable
     this.#punchHoles = writable
+    this.inlineWrites =
+      writable && (identity.kind === 'file' || platform() === 'linux') ? new InlineWrites() : undefined
   }
 
   /**
@@ -153,19 +167,38 @@ export class BlockDevice implements BlockIo {
   }
 
   /**
-   * Large writes go as concurrent pieces of at most WRITE_PIECE bytes: on
+   * Small writes run inline while the device answers quickly (see
+   * inline-writes.ts). Large writes go as concurrent pieces of at most WRITE_PIECE bytes: on
    * these machines' ext4, 1 MiB pwrites into a file's unallocated range ran
    * at 0.7-0.9 GiB/s where 256 KiB ones ran at 4 GiB/s (fio psync, fresh
    * sparse 1 GiB file); through NBD, fio's 1 MiB sequential first writes went
    * from about 400 MiB/s (whole) to 1200 MiB/s (256 KiB pieces).
    */
   write(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    if (this.#releasing === 0 && this.inlineWrites?.allows(length)) {
+      try {
+        this.inlineWrites.run(() => this.#writeNow(buf, offset, length, position))
+        return Promise.resolve()
+      } catch (e) {
+        return Promise.reject(e)
+      }
+    }
     if (length <= WRITE_PIECE) return this.#whole('write', fsWrite, buf, offset, length, position)
     const pieces: Promise<void>[] = []
     for (let at = 0; at < length; at += WRITE_PIECE) {
       pieces.push(this.#whole('write', fsWrite, buf, offset + at, Math.min(WRITE_PIECE, length - at), position + at))
     }
     return Promise.all(pieces).then(() => undefined)
+  }
+
+  #writeNow(buf: Buffer, offset: number, length: number, position: number): void {
+    while (length > 0) {
+      const n = fs.writeSync(this.fd, buf, offset, length, position)
+      if (n === 0) throw new ShortIoError('write', this.path, position)
+      offset += n
+      length -= n
+      position += n
+    }
   }
 
   /** Repeats a partial read or write until the whole range is done. */
@@ -198,7 +231,10 @@ export class BlockDevice implements BlockIo {
    */
   async release(position: number, length: number): Promise<boolean> {
     if (!this.#punchHoles) return false
-    const rc = await libc().fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, position, length)
+    this.#releasing++
+    const rc = await libc()
+      .fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, position, length)
+      .finally(() => this.#releasing--)
     if (rc === 0) return true
     // Unsupported here (or a platform without fallocate): stop trying.
     this.#punchHoles = false
