@@ -86,9 +86,13 @@ export const libc = (): Libc => {
     // costs more than the read it describes.
     preadv2 = lib.func('intptr_t preadv2(int fd, void *iov, int iovcnt, int64_t offset, int flags)')
   }
-  // One iovec, reused: JavaScript calls this from one thread at a time.
+  // One iovec, reused: JavaScript calls this from one thread at a time. It
+  // is filled through 32-bit halves of the address as a Number (user-space
+  // addresses fit in 53 bits): BigInt arithmetic and writeBigUInt64 cost
+  // about 0.5 us of a 2.5 us call.
   const iovec = Buffer.alloc(16)
-  const le = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1
+  const iovecWords = new Uint32Array(iovec.buffer, iovec.byteOffset, 4)
+  const [low, high] = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? [0, 1] : [1, 0]
   loaded = {
     open: (path, flags) => open(path, flags, 0),
     close: fd => close(fd),
@@ -107,14 +111,11 @@ export const libc = (): Libc => {
     canReadNowait: preadv2 !== undefined,
     preadNowait: (fd, buf, offset, length, position) => {
       if (!preadv2) throw new Error('preadv2 is not available here')
-      const base = koffi.address(buf) + BigInt(offset)
-      if (le) {
-        iovec.writeBigUInt64LE(base, 0)
-        iovec.writeBigUInt64LE(BigInt(length), 8)
-      } else {
-        iovec.writeBigUInt64BE(base, 0)
-        iovec.writeBigUInt64BE(BigInt(length), 8)
-      }
+      const base = Number(koffi.address(buf)) + offset
+      iovecWords[low] = base >>> 0
+      iovecWords[high] = base / 2 ** 32
+      // iov_len: a single read is far below 4 GiB, so its high half stays 0.
+      iovecWords[2 + low] = length
       return preadv2(fd, iovec, 1, position, RWF_NOWAIT)
     },
     address: buf => koffi.address(buf),
