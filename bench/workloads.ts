@@ -111,6 +111,23 @@ export const WORKLOADS: readonly Workload[] = [
     },
   },
   {
+    // Small writes run on the event loop (lib/devices/inline-writes.ts):
+    // reads on another connection must not wait behind them.
+    name: 'fairness: 4K read p99 while 4K writes stream',
+    unit: 'ms p99',
+    higherIsBetter: false,
+    base: 'random',
+    withReference: false,
+    writes: true,
+    run: async (uri, ctx) => {
+      const r = await runFio([
+        { name: 'writer', uri, job: { rw: 'randwrite', bs: '4k', iodepth: 32, runtime: ctx.runtime } },
+        { name: 'reader', uri, job: { rw: 'randread', bs: '4k', iodepth: 1, runtime: ctx.runtime } },
+      ])
+      return r.get('reader')!.read.p99us / 1000
+    },
+  },
+  {
     name: 'fairness: cached 4K read p99 while another reads cold data',
     unit: 'ms p99',
     higherIsBetter: false,
