@@ -354,3 +354,12 @@ t.test('drain waits for writes still running on the device', async t => {
   t.ok(drained)
   t.equal(rw.data[0], 9)
 })
+
+t.test('large reads take the thread pool even when cached', async t => {
+  const { engine, original } = setup(t, MiB)
+  t.ok(engine.tryReadInto(Buffer.alloc(8192), 0), '8 KiB at once')
+  const large = Buffer.alloc(8192 + 512)
+  t.notOk(engine.tryReadInto(large, 0), 'larger: the pool copies it beside the event loop')
+  await engine.readInto(large, 0)
+  t.same(large, original.subarray(0, large.length))
+})

@@ -69,6 +69,16 @@ export interface Extent {
   readonly written: boolean
 }
 
+/**
+ * Reads larger than this go to the thread pool even when cached: there the
+ * copy out of the page cache runs beside the event loop, which meanwhile
+ * sends earlier replies. Same runs over NBD, fio at queue depth 8-32: 1 MiB
+ * reads 1410-1700 MB/s inline, 2150-2280 MB/s on the pool; 256 KiB +25%,
+ * 16-128 KiB +3-15%; but 8 KiB 44-48k IOPS inline against 37k, and 4 KiB
+ * 67-72k against 38-40k.
+ */
+const INLINE_READ_MAX = 8 * 1024
+
 /** Scratch reads for CACHE requests go in pieces this large. */
 const CACHE_CHUNK = 1 << 20
 
@@ -135,14 +145,14 @@ export class RowrDevice {
 
   /**
    * Fills `buf` from `offset` at once, without a thread-pool round trip,
-   * when no write overlapping it is in flight and every byte is already in
-   * the page cache; false otherwise, and `readInto` must be used. Nothing
-   * here can block, so a cold device never stalls the caller.
+   * when it is small, no write overlapping it is in flight and every byte
+   * is already in the page cache; false otherwise, and `readInto` must be
+   * used. Nothing here can block, so a cold device never stalls the caller.
    */
   tryReadInto(buf: Buffer, offset: number): boolean {
     const length = buf.length
     this.#check(offset, length)
-    if (this.#inFlight.conflicts(offset, offset + length, false)) return false
+    if (length > INLINE_READ_MAX || this.#inFlight.conflicts(offset, offset + length, false)) return false
     let fromRo = 0
     let fromRw = 0
     let runs = 0
