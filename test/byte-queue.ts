@@ -25,3 +25,15 @@ t.test('byte-at-a-time input gives the same message', async t => {
   q.clear()
   t.equal(q.length, 0)
 })
+
+t.test('takeInto copies the next bytes into a place of a target buffer', async t => {
+  const q = new ByteQueue()
+  q.push(Buffer.from('abc'))
+  q.push(Buffer.from('defg'))
+  const target = Buffer.alloc(8, '.')
+  q.takeInto(target, 2, 5)
+  t.equal(target.toString(), '..abcde.')
+  t.equal(q.length, 2)
+  t.equal(q.take(2).toString(), 'fg')
+  t.throws(() => q.takeInto(target, 0, 1), RangeError)
+})

@@ -222,3 +222,37 @@ t.test('TCP listening and URIs; over-long socket paths are refused', async t => 
   t.ok('port' in listen && listen.port > 0)
   t.equal(nbdUri(listen), `nbd://127.0.0.1:${'port' in listen ? listen.port : 0}/`)
 })
+
+t.test('a payload arriving in pieces, and replies the client is slow to take', async t => {
+  const { socket, pattern } = await serve(t)
+  const { r } = await connectGo(socket)
+  const data = Buffer.alloc(300 * 1024)
+  for (let i = 0; i < data.length; i++) data[i] = (i * 7) % 253
+  const message = Buffer.concat([request(WRITE, 1, 8192, data.length), data])
+  for (let at = 0; at < message.length; at += 7001) {
+    r.socket.write(message.subarray(at, at + 7001))
+    await new Promise(resolve => setTimeout(resolve, 1))
+  }
+  t.same(await r.simpleReply(), { error: 0, cookie: 1 }, 'a 300 KiB payload sent in 44 pieces')
+  const expected = Buffer.from(pattern)
+  data.copy(expected, 8192)
+  // 8 MiB of replies the client does not read: the server stops reading too.
+  r.socket.pause()
+  for (let i = 0; i < 8; i++) r.socket.write(request(READ, 10 + i, 0, SIZE))
+  r.socket.write(Buffer.concat([request(WRITE, 20, 0, 4096), Buffer.alloc(4096, 0xee)]))
+  await new Promise(resolve => setTimeout(resolve, 200))
+  r.socket.resume()
+  // Replies may come in any order.
+  const answered: number[] = []
+  for (let i = 0; i < 8; i++) {
+    const reply = await r.simpleReply()
+    t.equal(reply.error, 0)
+    answered.push(reply.cookie)
+    t.ok((await r.take(SIZE)).equals(expected), `read ${reply.cookie}: the whole export, with the write`)
+  }
+  t.same(answered.sort((a, b) => a - b), [10, 11, 12, 13, 14, 15, 16, 17])
+  t.same(await r.simpleReply(), { error: 0, cookie: 20 }, 'the write sent behind them is served once they drained')
+  r.socket.write(request(READ, 21, 0, 4096))
+  await r.simpleReply()
+  t.same(await r.take(4096), Buffer.alloc(4096, 0xee))
+})

@@ -31,14 +31,20 @@ export class ByteQueue {
       return out
     }
     const out = allocate(n)
+    this.takeInto(out, 0, n)
+    return out
+  }
+
+  /** Removes the next `n` bytes (the caller checks `length`) into `target` at `offset`. */
+  takeInto(target: Buffer, offset: number, n: number): void {
+    if (n > this.#length) throw new RangeError(`takeInto(${n}) with ${this.#length} bytes queued`)
     let filled = 0
     while (filled < n) {
       const chunk = this.#chunks[0]!
-      const copied = chunk.copy(out, filled, this.#head, Math.min(chunk.length, this.#head + n - filled))
+      const copied = chunk.copy(target, offset + filled, this.#head, Math.min(chunk.length, this.#head + n - filled))
       filled += copied
       this.#advance(copied)
     }
-    return out
   }
 
   #advance(n: number): void {

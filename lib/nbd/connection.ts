@@ -1,11 +1,16 @@
 // One client connection: greeting, option haggling, then requests handed to
 // the engine concurrently, each answered as soon as it completes.
 //
+// Socket reads land where the connection says (Node's `onread`): the rest of
+// a write payload being received goes straight into its pooled buffer, with
+// no copy and no per-read allocation; everything else lands in the free part
+// of a scratch buffer and is queued as a view of it.
+//
 // Hostile input never costs more than bounded memory: option data and write
 // payloads have caps checked before anything is allocated, reading stops
 // while too much is in flight, and anything that cannot be parsed ends this
 // connection only.
-import type { Socket } from 'node:net'
+import { Socket } from 'node:net'
 import type { RowrDevice } from '../engine/rowr-device.js'
 import { ioFailure } from '../errors.js'
 import { BufferPool } from './buffer-pool.js'
@@ -79,6 +84,26 @@ const errnoFor = (e: unknown): NbdErrnoValue => (e instanceof RequestError ? e.e
 
 type Phase = 'flags' | 'options' | 'transmission' | 'disconnecting' | 'closed'
 
+/** Socket reads outside write payloads land in buffers this large... */
+const SCRATCH_BYTES = 64 * 1024
+/** ...and a new one is started when less than this is left. */
+const SCRATCH_MIN_READ = 16 * 1024
+
+/** A write payload being received: its buffer and how much of it has arrived. */
+interface IncomingPayload {
+  readonly data: Buffer
+  filled: number
+}
+
+/**
+ * The handle of a socket that net.Server accepted, paused (`pauseOnConnect`):
+ * a Socket made over it again can choose where its reads land, which an
+ * accepted socket cannot.
+ */
+interface AcceptedSocket extends Socket {
+  readonly _handle: unknown
+}
+
 export class NbdConnection {
   readonly #socket: Socket
   readonly #engine: RowrDevice
@@ -93,19 +118,28 @@ export class NbdConnection {
   #inFlightBytes = 0
   #paused = false
   #corked = false
+  #scratch = Buffer.allocUnsafeSlow(SCRATCH_BYTES)
+  #payload: IncomingPayload | undefined
+  /** Whether the read in progress lands in #payload (else in #scratch). */
+  #readingPayload = false
   /** Resolves when the socket has closed. */
   readonly closed: Promise<void>
 
   readonly #pool: BufferPool
 
+  /** `accepted` comes from a net.Server listening with `pauseOnConnect`. */
   constructor(
-    socket: Socket,
+    accepted: Socket,
     engine: RowrDevice,
     exp: ExportDescription,
     log: Log,
     pool: BufferPool,
     limits = DEFAULT_LIMITS,
   ) {
+    const socket = new Socket({
+      handle: (accepted as AcceptedSocket)._handle,
+      onread: { buffer: () => this.#readTarget(), callback: (n: number) => this.#received(n) },
+    } as ConstructorParameters<typeof Socket>[0])
     this.#socket = socket
     this.#pool = pool
     this.#engine = engine
@@ -116,13 +150,13 @@ export class NbdConnection {
     socket.on('close', () => {
       this.#phase = 'closed'
       this.#queue.clear()
+      if (this.#payload) this.#pool.release(this.#payload.data)
+      this.#payload = undefined
+      // The accepted socket is the server's count of this connection.
+      accepted.destroy()
     })
     // Resets and broken pipes are the client's business; 'close' follows.
     socket.on('error', e => this.#log(`connection error: ${e.message}`))
-    socket.on('data', chunk => {
-      this.#queue.push(chunk)
-      this.#pump()
-    })
     socket.on('drain', () => this.#pump())
     socket.setNoDelay?.(true)
     this.#send(greeting())
@@ -137,6 +171,25 @@ export class NbdConnection {
     }
     this.#phase = 'disconnecting'
     this.#finishIfIdle()
+  }
+
+  /** Where the next socket read lands: the rest of a payload being received, or scratch. */
+  #readTarget(): Buffer {
+    const p = this.#payload
+    this.#readingPayload = p !== undefined && p.filled < p.data.length
+    return this.#readingPayload ? p!.data.subarray(p!.filled) : this.#scratch
+  }
+
+  #received(n: number): void {
+    if (this.#readingPayload) {
+      this.#payload!.filled += n
+    } else {
+      // The queue keeps a view; the next read goes after it.
+      this.#queue.push(this.#scratch.subarray(0, n))
+      this.#scratch =
+        this.#scratch.length - n >= SCRATCH_MIN_READ ? this.#scratch.subarray(n) : Buffer.allocUnsafeSlow(SCRATCH_BYTES)
+    }
+    this.#pump()
   }
 
   /** Closes at once; requests in flight complete but are not answered. */
@@ -277,8 +330,8 @@ export class NbdConnection {
     const request = this.#request
     let payload: Buffer | undefined
     if (request.type === Command.WRITE) {
-      if (this.#queue.length < request.length) return false
-      payload = this.#queue.take(request.length, this.#pool.acquire.bind(this.#pool))
+      payload = this.#takePayload(request.length)
+      if (!payload) return false
     }
     this.#request = undefined
     if (request.type === Command.DISC) {
@@ -288,6 +341,24 @@ export class NbdConnection {
     }
     this.#dispatch(request, payload)
     return true
+  }
+
+  /**
+   * A write's payload once all of it has arrived; until then undefined, and
+   * the socket reads the rest straight into place.
+   */
+  #takePayload(length: number): Buffer | undefined {
+    if (!this.#payload) {
+      // All here already (small writes): a view of what was read.
+      if (this.#queue.length >= length) return this.#queue.take(length, this.#pool.acquire.bind(this.#pool))
+      const queued = this.#queue.length
+      this.#payload = { data: this.#pool.acquire(length), filled: queued }
+      this.#queue.takeInto(this.#payload.data, 0, queued)
+    }
+    if (this.#payload.filled < length) return undefined
+    const { data } = this.#payload
+    this.#payload = undefined
+    return data
   }
 
   #dispatch(request: NbdRequest, payload: Buffer | undefined): void {

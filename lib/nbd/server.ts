@@ -50,7 +50,9 @@ export class NbdServer {
 
   constructor(engine: RowrDevice, exp: ExportDescription, log: Log) {
     this.#log = log
-    this.#server = net.createServer(socket => {
+    // Paused: the connection makes its own socket over the handle (see
+    // NbdConnection), and nothing may be read before it does.
+    this.#server = net.createServer({ pauseOnConnect: true }, socket => {
       this.accepted++
       // TCP tunes its own buffers (setting them would turn that off).
       if (this.#socketPath !== undefined) enlargeSocketBuffers(socket, UNIX_SOCKET_BUFFER)
