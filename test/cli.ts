@@ -3,7 +3,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { connectGo } from './fixtures/nbd-client.js'
+import { Cmd, connectGo, request } from './fixtures/nbd-client.js'
 import { makeImage, rowr, shortDir, startServe, waitUntil } from './fixtures/helpers.js'
 
 const SIZE = 4 << 20
@@ -99,6 +99,10 @@ t.test('create --no-attach, list, status, destroy', async t => {
   t.match(text.stdout, /rowr7\n\s+device:\s+\(none: NBD only\)/)
 
   const client = await connectGo(`${run}/rowr7/nbd.sock`)
+  client.r.socket.write(Buffer.concat([request(Cmd.WRITE, 1, 0, 4096), Buffer.alloc(4096, 7)]))
+  t.same(await client.r.simpleReply(), { error: 0, cookie: 1 })
+  t.equal(JSON.parse((await cli('status', '--json', 'rowr7')).stdout).stats.inlineWrites, 1, 'a 4K write ran inline')
+  t.match((await cli('status', 'rowr7')).stdout, /inline writes:\s+1 RW writes on the event loop, \d+ of them stalled it/)
   const busy = await cli('destroy', 'rowr7')
   t.equal(busy.code, 1)
   t.match(busy.stderr, /rowr7 has 1 NBD client connection\(s\); disconnect them or use destroy -f/)

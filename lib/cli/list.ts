@@ -71,6 +71,7 @@ const describe = (s: Status): string => {
     ['written', `${written} (${human(written)}, ${((100 * written) / mediasize).toFixed(2)}%) in ${st.writtenSectors} sectors`],
     ['reads', `${st.reads}: ${st.readBytesFromRo} bytes from RO, ${st.readBytesFromRw} bytes from RW`],
     ['writes', `${st.writes}: ${st.writeBytes} bytes, ${st.partialSectorWrites} with partial sectors`],
+    ['inline writes', `${st.inlineWrites} RW writes on the event loop, ${st.writeStalls} of them stalled it`],
     ['zero-writes', `${st.zeroes}: ${st.zeroBytes} bytes (TRIM and WRITE_ZEROES)`],
     ['flushes', String(st.flushes)],
     ['overlap waits', String(st.overlapWaits)],

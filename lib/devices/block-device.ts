@@ -19,6 +19,8 @@ export interface BlockIo {
    */
   tryReadNow?(buf: Buffer, offset: number, length: number, position: number): boolean
   write(buf: Buffer, offset: number, length: number, position: number): Promise<void>
+  /** Counts of writes run inline on the calling thread, and of those that stalled. */
+  readonly inlineWrites?: { readonly inline: number; readonly stalls: number }
   /** Makes every completed write durable. */
   datasync(): Promise<void>
   /** Makes [position, position+length) read back as zeros. */

@@ -56,6 +56,9 @@ export interface RowrStats {
   caches: number
   /** Requests that waited for an overlapping request. */
   overlapWaits: number
+  /** RW writes run on the event loop, and those that stalled it (see inline-writes.ts). */
+  inlineWrites: number
+  writeStalls: number
   /** Sectors now served from RW, and their bytes. */
   writtenSectors: number
   writtenBytes: number
@@ -289,6 +292,8 @@ export class RowrDevice {
     return {
       ...this.#stats,
       overlapWaits: this.#inFlight.waits,
+      inlineWrites: this.rw.inlineWrites?.inline ?? 0,
+      writeStalls: this.rw.inlineWrites?.stalls ?? 0,
       writtenSectors: this.map.writtenSectors,
       writtenBytes: this.map.writtenSectors * this.sectorSize,
       mapBytes: this.map.memoryBytes,
