@@ -4,7 +4,7 @@
 // A thread-pool write costs two thread hand-offs and a wake-up of the event
 // loop, several times the 4 KiB pwrite itself on these VMs: fio's 4K random
 // writes at queue depth 32 over NBD ran at 33-35k IOPS through the pool and
-// 84-85k IOPS written inline (same run, alternating). But a write into the
+// 70-85k IOPS written inline (alternating runs). But a write into the
 // page cache can block: dirty-page throttling pauses a writer for up to
 // 200 ms, reclaim and journal waits for milliseconds, and on the event loop
 // that would stall every connection. So each inline write is timed, and one
