@@ -33,6 +33,23 @@ const single = async (uri: string, job: FioJob, side: 'read' | 'write') => {
 
 const MB = 1e6
 
+/** p99 latency of 4K reads on one connection while another runs `writer`. */
+const readP99WhileWriting = (name: string, writer: Omit<FioJob, 'runtime'>): Workload => ({
+  name,
+  unit: 'ms p99',
+  higherIsBetter: false,
+  base: 'random',
+  withReference: false,
+  writes: true,
+  run: async (uri, ctx) => {
+    const r = await runFio([
+      { name: 'writer', uri, job: { ...writer, runtime: ctx.runtime } },
+      { name: 'reader', uri, job: { rw: 'randread', bs: '4k', iodepth: 1, runtime: ctx.runtime } },
+    ])
+    return r.get('reader')!.read.p99us / 1000
+  },
+})
+
 export const WORKLOADS: readonly Workload[] = [
   {
     name: 'seq read 1M qd8',
@@ -95,38 +112,10 @@ export const WORKLOADS: readonly Workload[] = [
     writes: true,
     run: async uri => (await single(uri, { rw: 'write', bs: '1M', iodepth: 8 }, 'write')).bytesPerSecond / MB,
   },
-  {
-    name: 'fairness: 4K read p99 while 1M writes stream',
-    unit: 'ms p99',
-    higherIsBetter: false,
-    base: 'random',
-    withReference: false,
-    writes: true,
-    run: async (uri, ctx) => {
-      const r = await runFio([
-        { name: 'writer', uri, job: { rw: 'write', bs: '1M', iodepth: 8, runtime: ctx.runtime } },
-        { name: 'reader', uri, job: { rw: 'randread', bs: '4k', iodepth: 1, runtime: ctx.runtime } },
-      ])
-      return r.get('reader')!.read.p99us / 1000
-    },
-  },
-  {
-    // Small writes run on the event loop (lib/devices/inline-writes.ts):
-    // reads on another connection must not wait behind them.
-    name: 'fairness: 4K read p99 while 4K writes stream',
-    unit: 'ms p99',
-    higherIsBetter: false,
-    base: 'random',
-    withReference: false,
-    writes: true,
-    run: async (uri, ctx) => {
-      const r = await runFio([
-        { name: 'writer', uri, job: { rw: 'randwrite', bs: '4k', iodepth: 32, runtime: ctx.runtime } },
-        { name: 'reader', uri, job: { rw: 'randread', bs: '4k', iodepth: 1, runtime: ctx.runtime } },
-      ])
-      return r.get('reader')!.read.p99us / 1000
-    },
-  },
+  readP99WhileWriting('fairness: 4K read p99 while 1M writes stream', { rw: 'write', bs: '1M', iodepth: 8 }),
+  // Small writes run on the event loop (lib/devices/inline-writes.ts):
+  // reads on another connection must not wait behind them.
+  readP99WhileWriting('fairness: 4K read p99 while 4K writes stream', { rw: 'randwrite', bs: '4k', iodepth: 32 }),
   {
     name: 'fairness: cached 4K read p99 while another reads cold data',
     unit: 'ms p99',

@@ -30,7 +30,7 @@ const processClock: Clock = { nanos: () => process.hrtime.bigint() }
 
 export class InlineWrites {
   readonly #clock: Clock
-  /** Inline writes are allowed again from this time (ns). */
+  /** Inline writes are allowed again from this time (ns); 0 when not paused. */
   #pausedUntil = 0n
   #backoffMs = 0
   #lastStall: bigint | undefined
@@ -44,7 +44,12 @@ export class InlineWrites {
 
   /** Whether a write of `length` bytes may run inline now. */
   allows(length: number): boolean {
-    return length <= INLINE_WRITE_MAX && this.#clock.nanos() >= this.#pausedUntil
+    if (length > INLINE_WRITE_MAX) return false
+    // The clock is read only while a pause may still run.
+    if (this.#pausedUntil === 0n) return true
+    if (this.#clock.nanos() < this.#pausedUntil) return false
+    this.#pausedUntil = 0n
+    return true
   }
 
   /** Runs `write` inline, timing it; a stall pauses inline writes. */

@@ -80,7 +80,7 @@ export interface Extent {
  * 16-128 KiB +3-15%; but 8 KiB 44-48k IOPS inline against 37k, and 4 KiB
  * 67-72k against 38-40k.
  */
-const INLINE_READ_MAX = 8 * 1024
+export const INLINE_READ_MAX = 8 * 1024
 
 /** Scratch reads for CACHE requests go in pieces this large. */
 const CACHE_CHUNK = 1 << 20

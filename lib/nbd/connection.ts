@@ -11,7 +11,7 @@
 // while too much is in flight, and anything that cannot be parsed ends this
 // connection only.
 import { Socket } from 'node:net'
-import type { RowrDevice } from '../engine/rowr-device.js'
+import { INLINE_READ_MAX, type RowrDevice } from '../engine/rowr-device.js'
 import { ioFailure } from '../errors.js'
 import { BufferPool } from './buffer-pool.js'
 import { ByteQueue } from './byte-queue.js'
@@ -385,11 +385,12 @@ export class NbdConnection {
    */
   #readAtOnce(request: NbdRequest): boolean {
     const size = this.#engine.size
+    // Larger reads are never served at once: no buffer to take and give back.
     if (
       (request.flags & ~CommandFlag.DF) !== 0 ||
+      request.length > INLINE_READ_MAX ||
       request.offset > size ||
-      request.length > size - request.offset ||
-      request.length > this.#negotiation.export.maximumPayload
+      request.length > size - request.offset
     ) {
       return false
     }
