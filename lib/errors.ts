@@ -40,10 +40,9 @@ export const errnoCode = (e: unknown): string | undefined =>
     : undefined
 
 /** What an engine or system failure means to a client, in errno names every front end can express. */
-export type IoFailure = 'EINVAL' | 'ENOSPC' | 'EPERM' | 'ENOMEM' | 'EIO'
+export type IoFailure = 'ENOSPC' | 'EPERM' | 'ENOMEM' | 'EIO'
 
 export const ioFailure = (e: unknown): IoFailure => {
-  if (e instanceof RangeError) return 'EINVAL'
   switch (errnoCode(e)) {
     case 'ENOSPC':
     case 'EDQUOT':

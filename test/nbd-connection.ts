@@ -161,7 +161,6 @@ t.test('hostile input ends that connection only', async t => {
   const good = await connectGo(socket)
   const hostile: [string, (r: Reader) => void][] = [
     ['bad request magic', r => r.socket.write(Buffer.alloc(28, 0xff))],
-    ['a write over the maximum payload', r => r.socket.write(request(WRITE, 1, 0, 0x7fffffff))],
     ['a disconnect half way through a write payload', r => {
       r.socket.write(Buffer.concat([request(WRITE, 1, 0, 65536), Buffer.alloc(1000)]))
       r.socket.destroy()
@@ -184,6 +183,23 @@ t.test('hostile input ends that connection only', async t => {
   t.same(await good.r.simpleReply(), { error: 0, cookie: 99 }, 'the well-behaved connection is unharmed')
   await good.r.take(512)
   t.ok(logs.some(l => /bad request magic/.test(l)), 'the reason is logged')
+})
+
+t.test('a write over the maximum payload: an error reply, its payload skipped, the next request served', async t => {
+  const { socket, engine } = await serve(t)
+  const { r } = await connectGo(socket)
+  const length = (32 << 20) + 4096
+  r.socket.write(request(WRITE, 1, 0, length))
+  // The payload arrives in pieces, then a request that must be read as one.
+  const piece = Buffer.alloc(1 << 20, 0xee)
+  for (let sent = 0; sent < length; sent += piece.length) {
+    await new Promise<void>(resolve => r.socket.write(piece.subarray(0, Math.min(piece.length, length - sent)), () => resolve()))
+  }
+  r.socket.write(request(READ, 2, 0, 512))
+  t.same(await r.simpleReply(), { error: EINVAL, cookie: 1 }, 'the over-long write is refused')
+  t.same(await r.simpleReply(), { error: 0, cookie: 2 }, 'the next request is served on the same connection')
+  t.notOk((await r.take(512)).equals(Buffer.alloc(512, 0xee)), 'nothing of the skipped payload was written')
+  t.equal(engine.stats().writes, 0)
 })
 
 t.test('an unknown export name with EXPORT_NAME closes; ABORT is acknowledged', async t => {

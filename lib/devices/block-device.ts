@@ -23,8 +23,11 @@ export interface BlockIo {
   readonly inlineWrites?: { readonly inline: number; readonly stalls: number }
   /** Makes every completed write durable. */
   datasync(): Promise<void>
-  /** Makes [position, position+length) read back as zeros. */
-  zero(position: number, length: number): Promise<void>
+  /**
+   * Makes [position, position+length) read back as zeros: a punched hole
+   * where the device allows it, or written zeros (always with `allocate`).
+   */
+  zero(position: number, length: number, options?: { readonly allocate?: boolean }): Promise<void>
   /**
    * Gives the space of [position, position+length) back without writing
    * (a punched hole; it then reads as zeros); false where it cannot.
@@ -243,8 +246,8 @@ export class BlockDevice implements BlockIo {
     return false
   }
 
-  async zero(position: number, length: number): Promise<void> {
-    if (await this.release(position, length)) return
+  async zero(position: number, length: number, { allocate = false } = {}): Promise<void> {
+    if (!allocate && (await this.release(position, length))) return
     const z = zeros()
     while (length > 0) {
       const n = Math.min(length, z.length)

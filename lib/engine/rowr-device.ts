@@ -13,6 +13,7 @@
 // written and made zero on RW (a punched hole where RW allows it). A trimmed
 // range therefore reads back as zeros, never as RO's old data, and RO is
 // untouched.
+import assert from 'node:assert/strict'
 import type { BlockIo } from '../devices/block-device.js'
 import { InFlightList, type InFlight } from './in-flight.js'
 import { SectorMap } from './sector-map.js'
@@ -120,10 +121,12 @@ export class RowrDevice {
     this.#journal = journal
   }
 
+  /** Front ends validate every request; one outside the device here is a bug. */
   #check(offset: number, length: number): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw new RangeError(`request ${offset}+${length} is outside the ${this.size}-byte device`)
-    }
+    assert(
+      Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0 && offset + length <= this.size,
+      `request ${offset}+${length} is outside the ${this.size}-byte device`,
+    )
   }
 
   #alignDown(n: number): number {
@@ -191,8 +194,12 @@ export class RowrDevice {
     }
   }
 
-  /** Makes the range read back as zeros (TRIM and WRITE_ZEROES). */
-  async zero(offset: number, length: number, { fua = false } = {}): Promise<void> {
+  /**
+   * Makes the range read back as zeros (TRIM and WRITE_ZEROES): a punched
+   * hole where RW allows, unless `allocate` asks for zeros that keep their
+   * space (NBD's NO_HOLE).
+   */
+  async zero(offset: number, length: number, { fua = false, allocate = false } = {}): Promise<void> {
     this.#check(offset, length)
     if (length === 0) return
     const end = offset + length
@@ -208,7 +215,7 @@ export class RowrDevice {
       } else {
         if (offset < innerStart) await this.#writeZeroBytes(offset, innerStart - offset)
         if (innerEnd < end) await this.#writeZeroBytes(innerEnd, end - innerEnd)
-        await this.rw.zero(innerStart, innerEnd - innerStart)
+        await this.rw.zero(innerStart, innerEnd - innerStart, { allocate })
       }
       this.#mark(start, alignedEnd)
       if (fua) await this.#makeDurable()

@@ -47,6 +47,16 @@ export class ByteQueue {
     }
   }
 
+  /** Drops the next `n` bytes (the caller checks `length`). */
+  skip(n: number): void {
+    if (n > this.#length) throw new RangeError(`skip(${n}) with ${this.#length} bytes queued`)
+    while (n > 0) {
+      const step = Math.min(n, this.#chunks[0]!.length - this.#head)
+      this.#advance(step)
+      n -= step
+    }
+  }
+
   #advance(n: number): void {
     this.#head += n
     this.#length -= n

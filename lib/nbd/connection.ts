@@ -1,32 +1,21 @@
-// One client connection: greeting, option haggling, then requests handed to
-// the engine concurrently, each answered as soon as it completes.
+// One client connection's socket work: bytes in to the stream decoder,
+// messages out of it to negotiation or the engine, replies back, with
+// corking and backpressure. Framing lives in the decoder, request checks in
+// request-validation.ts; this file only moves bytes and requests.
 //
-// Socket reads land where the connection says (Node's `onread`): the rest of
-// a write payload being received goes straight into its pooled buffer, with
-// no copy and no per-read allocation; everything else lands in the free part
-// of a scratch buffer and is queued as a view of it.
+// Socket reads land where the decoder says (Node's `onread`): the rest of a
+// write payload being received goes straight into its pooled buffer, with no
+// copy and no per-read allocation; everything else lands in the free part of
+// a scratch buffer and is kept as a view of it.
 //
-// Hostile input never costs more than bounded memory: option data and write
-// payloads have caps checked before anything is allocated, reading stops
-// while too much is in flight, and anything that cannot be parsed ends this
-// connection only.
+// Memory per connection is bounded: no message is taken while the requests
+// in flight or their payload bytes are at their limits, or while replies
+// (option replies included) wait for the client to read them; reading stops
+// until then, so at most one more read's worth arrives.
 import { Socket } from 'node:net'
 import { INLINE_READ_MAX, type RowrDevice } from '../engine/rowr-device.js'
-import { ioFailure } from '../errors.js'
-import { BufferPool } from './buffer-pool.js'
-import { ByteQueue } from './byte-queue.js'
-import {
-  BASE_ALLOCATION,
-  CLIENT_FLAGS_LENGTH,
-  Command,
-  CommandFlag,
-  IHAVEOPT,
-  NbdErrno,
-  OPTION_HEADER_LENGTH,
-  REQUEST_HEADER_LENGTH,
-  WrittenState,
-  type NbdErrnoValue,
-} from './constants.js'
+import type { BufferPool } from './buffer-pool.js'
+import { BASE_ALLOCATION, Command, CommandFlag, WrittenState } from './constants.js'
 import { Negotiation, type ExportDescription } from './negotiation.js'
 import {
   blockStatusChunk,
@@ -37,7 +26,9 @@ import {
   structuredError,
   type StatusDescriptor,
 } from './replies.js'
-import { parseRequest, type NbdRequest } from './request.js'
+import type { NbdRequest } from './request.js'
+import { nbdErrnoFor, RequestRefused, validateRequest, type Negotiated } from './request-validation.js'
+import { NbdStreamDecoder, type DecodedMessage } from './stream-decoder.js'
 
 export interface ConnectionLimits {
   /** Largest option data accepted during haggling. */
@@ -59,41 +50,23 @@ export const DEFAULT_LIMITS: ConnectionLimits = {
 
 export type Log = (message: string) => void
 
-/** A request the server refuses, answered with an NBD error. */
-class RequestError extends Error {
-  readonly errno: NbdErrnoValue
-  constructor(errno: NbdErrnoValue, message: string) {
-    super(message)
-    this.errno = errno
-  }
-}
-
-const FLAGS_ALLOWED: Record<number, number> = {
-  [Command.READ]: CommandFlag.DF,
-  [Command.WRITE]: CommandFlag.FUA,
-  [Command.DISC]: 0,
-  [Command.FLUSH]: 0,
-  [Command.TRIM]: CommandFlag.FUA,
-  [Command.CACHE]: 0,
-  [Command.WRITE_ZEROES]: CommandFlag.FUA | CommandFlag.NO_HOLE,
-  [Command.BLOCK_STATUS]: CommandFlag.REQ_ONE,
-}
-
-/** Maps an engine or system failure to the error a client is told. */
-const errnoFor = (e: unknown): NbdErrnoValue => (e instanceof RequestError ? e.errno : NbdErrno[ioFailure(e)])
-
-type Phase = 'flags' | 'options' | 'transmission' | 'disconnecting' | 'closed'
-
 /** Socket reads outside write payloads land in buffers this large... */
 const SCRATCH_BYTES = 64 * 1024
 /** ...and a new one is started when less than this is left. */
 const SCRATCH_MIN_READ = 16 * 1024
 
-/** A write payload being received: its buffer and how much of it has arrived. */
-interface IncomingPayload {
-  readonly data: Buffer
-  filled: number
-}
+/**
+ * How long a closing connection waits for the client to read its last
+ * replies and hang up before it is cut off: a client that neither reads nor
+ * closes must not hold its socket forever.
+ */
+const CLOSE_LINGER_MS = 10_000
+
+/**
+ * open: messages are taken; closing: none are, the requests in flight are
+ * answered, then the server hangs up; closed: the socket is gone.
+ */
+type State = 'open' | 'closing' | 'closed'
 
 /**
  * The handle of a socket that net.Server accepted, paused (`pauseOnConnect`):
@@ -110,22 +83,22 @@ export class NbdConnection {
   readonly #negotiation: Negotiation
   readonly #limits: ConnectionLimits
   readonly #log: Log
-  readonly #queue = new ByteQueue()
-  #phase: Phase = 'flags'
-  #option: { code: number; length: number } | undefined
-  #request: NbdRequest | undefined
+  readonly #pool: BufferPool
+  readonly #decoder: NbdStreamDecoder
+  #state: State = 'open'
+  /** Set once transmission starts: what every request is validated against. */
+  #agreed: Negotiated | undefined
   #inFlight = 0
   #inFlightBytes = 0
   #paused = false
   #corked = false
+  #hungUp = false
+  #linger: NodeJS.Timeout | undefined
   #scratch = Buffer.allocUnsafeSlow(SCRATCH_BYTES)
-  #payload: IncomingPayload | undefined
-  /** Whether the read in progress lands in #payload (else in #scratch). */
-  #readingPayload = false
+  /** The buffer the socket's next read lands in. */
+  #readTarget: Buffer = this.#scratch
   /** Resolves when the socket has closed. */
   readonly closed: Promise<void>
-
-  readonly #pool: BufferPool
 
   /** `accepted` comes from a net.Server listening with `pauseOnConnect`. */
   constructor(
@@ -136,22 +109,26 @@ export class NbdConnection {
     pool: BufferPool,
     limits = DEFAULT_LIMITS,
   ) {
-    const socket = new Socket({
-      handle: (accepted as AcceptedSocket)._handle,
-      onread: { buffer: () => this.#readTarget(), callback: (n: number) => this.#received(n) },
-    } as ConstructorParameters<typeof Socket>[0])
-    this.#socket = socket
     this.#pool = pool
     this.#engine = engine
     this.#negotiation = new Negotiation(exp)
     this.#limits = limits
     this.#log = log
+    this.#decoder = new NbdStreamDecoder(
+      { maxOptionLength: limits.maxOptionLength, maxPayload: exp.maximumPayload },
+      n => pool.acquire(n),
+    )
+    const socket = new Socket({
+      handle: (accepted as AcceptedSocket)._handle,
+      onread: { buffer: () => this.#nextReadTarget(), callback: (n: number) => this.#received(n) },
+    } as ConstructorParameters<typeof Socket>[0])
+    this.#socket = socket
     this.closed = new Promise(resolve => socket.once('close', () => resolve()))
     socket.on('close', () => {
-      this.#phase = 'closed'
-      this.#queue.clear()
-      if (this.#payload) this.#pool.release(this.#payload.data)
-      this.#payload = undefined
+      this.#state = 'closed'
+      clearTimeout(this.#linger)
+      const partial = this.#decoder.abandon()
+      if (partial) this.#pool.release(partial)
       // The accepted socket is the server's count of this connection.
       accepted.destroy()
     })
@@ -164,37 +141,37 @@ export class NbdConnection {
 
   /** Stops taking requests, answers those in flight, then closes. */
   shutdown(): void {
-    if (this.#phase === 'closed') return
-    if (this.#phase !== 'transmission') {
-      this.#socket.destroy()
-      return
-    }
-    this.#phase = 'disconnecting'
-    this.#finishIfIdle()
-  }
-
-  /** Where the next socket read lands: the rest of a payload being received, or scratch. */
-  #readTarget(): Buffer {
-    const p = this.#payload
-    this.#readingPayload = p !== undefined && p.filled < p.data.length
-    return this.#readingPayload ? p!.data.subarray(p!.filled) : this.#scratch
-  }
-
-  #received(n: number): void {
-    if (this.#readingPayload) {
-      this.#payload!.filled += n
-    } else {
-      // The queue keeps a view; the next read goes after it.
-      this.#queue.push(this.#scratch.subarray(0, n))
-      this.#scratch =
-        this.#scratch.length - n >= SCRATCH_MIN_READ ? this.#scratch.subarray(n) : Buffer.allocUnsafeSlow(SCRATCH_BYTES)
-    }
-    this.#pump()
+    if (this.#agreed === undefined) this.#socket.destroy()
+    else this.#close()
   }
 
   /** Closes at once; requests in flight complete but are not answered. */
   destroy(): void {
     this.#socket.destroy()
+  }
+
+  /**
+   * Chooses where the next socket read lands (Node asks before each read):
+   * the rest of a write payload, or scratch. The decoder copies bytes that
+   * land elsewhere than it would now choose, so a choice made before the
+   * stream moved on (while paused) costs a copy, never correctness.
+   */
+  #nextReadTarget(): Buffer {
+    this.#readTarget = (this.#state === 'open' && this.#decoder.payloadSpace) || this.#scratch
+    return this.#readTarget
+  }
+
+  #received(n: number): void {
+    const chunk = this.#readTarget.subarray(0, n)
+    if (this.#readTarget === this.#scratch) {
+      // The decoder may keep a view; the next read goes after it.
+      this.#scratch =
+        this.#scratch.length - n >= SCRATCH_MIN_READ ? this.#scratch.subarray(n) : Buffer.allocUnsafeSlow(SCRATCH_BYTES)
+    }
+    // Once closing, what the client still sends is read only to see its EOF.
+    if (this.#state !== 'open') return
+    this.#decoder.push(chunk)
+    this.#pump()
   }
 
   /** Sends a read reply's header and data; the data goes back to the pool once sent. */
@@ -227,40 +204,33 @@ export class NbdConnection {
 
   #fatal(message: string): void {
     this.#log(`closing connection: ${message}`)
-    this.#phase = 'closed'
-    this.#queue.clear()
+    this.#state = 'closed'
     this.#socket.destroy()
   }
 
+  /**
+   * Whether to stop taking messages: too much in flight, or replies waiting
+   * for the client to read them (option replies as much as request replies,
+   * so that a client that never reads costs bounded memory).
+   */
   #busy(): boolean {
     return (
+      this.#socket.writableNeedDrain ||
       this.#inFlight >= this.#limits.maxInFlight ||
-      this.#inFlightBytes >= this.#limits.maxInFlightBytes ||
-      this.#socket.writableNeedDrain
+      this.#inFlightBytes >= this.#limits.maxInFlightBytes
     )
   }
 
-  /** Parses and dispatches whatever whole messages are queued. */
+  /** Takes whatever whole messages have arrived, until there are none or the connection is busy. */
   #pump(): void {
-    for (;;) {
-      if (this.#phase === 'flags') {
-        if (this.#queue.length < CLIENT_FLAGS_LENGTH) break
-        if (!this.#negotiation.clientFlags(this.#queue.take(CLIENT_FLAGS_LENGTH).readUInt32BE(0))) {
-          this.#fatal('client sent unknown handshake flags')
-          return
-        }
-        this.#phase = 'options'
-      } else if (this.#phase === 'options') {
-        if (!this.#takeOption()) break
-      } else if (this.#phase === 'transmission') {
-        if (this.#busy()) {
-          this.#pause()
-          return
-        }
-        if (!this.#takeRequest()) break
-      } else {
+    while (this.#state === 'open') {
+      if (this.#busy()) {
+        this.#pause()
         return
       }
+      const message = this.#decoder.next()
+      if (message === undefined) break
+      this.#take(message)
     }
     this.#resume()
   }
@@ -273,127 +243,100 @@ export class NbdConnection {
   }
 
   #resume(): void {
-    if (this.#paused && this.#phase !== 'closed') {
+    if (this.#paused && this.#state !== 'closed') {
       this.#paused = false
       this.#socket.resume()
     }
   }
 
-  /** Handles one option if it has fully arrived; false when more is needed. */
-  #takeOption(): boolean {
-    if (!this.#option) {
-      if (this.#queue.length < OPTION_HEADER_LENGTH) return false
-      const h = this.#queue.take(OPTION_HEADER_LENGTH)
-      if (h.readBigUInt64BE(0) !== IHAVEOPT) {
-        this.#fatal('bad option magic')
-        return false
-      }
-      const length = h.readUInt32BE(12)
-      if (length > this.#limits.maxOptionLength) {
-        this.#fatal(`option data of ${length} bytes is over the ${this.#limits.maxOptionLength}-byte limit`)
-        return false
-      }
-      this.#option = { code: h.readUInt32BE(8), length }
+  #take(message: DecodedMessage): void {
+    switch (message.kind) {
+      case 'client-flags':
+        if (!this.#negotiation.clientFlags(message.flags)) this.#fatal('client sent unknown handshake flags')
+        return
+      case 'option':
+        this.#takeOption(message.code, message.data)
+        return
+      case 'request':
+        if (message.request.type === Command.DISC) this.#close()
+        else this.#dispatch(message.request, message.payload)
+        return
+      case 'oversized-write':
+        this.#replyError(message.request, validateRequest(message.request, this.#agreed!))
+        return
+      case 'malformed':
+        this.#fatal(message.message)
+        return
     }
-    if (this.#queue.length < this.#option.length) return false
-    const { code, length } = this.#option
-    this.#option = undefined
-    const outcome = this.#negotiation.option(code, this.#queue.take(length))
-    this.#send(...outcome.replies)
-    if (outcome.next === 'close') {
-      this.#phase = 'closed'
-      this.#socket.end()
-      return false
-    }
-    if (outcome.next === 'transmission') this.#phase = 'transmission'
-    return true
   }
 
-  /** Dispatches one request if it has fully arrived; false when more is needed. */
-  #takeRequest(): boolean {
-    if (!this.#request) {
-      if (this.#queue.length < REQUEST_HEADER_LENGTH) return false
-      try {
-        this.#request = parseRequest(this.#queue.take(REQUEST_HEADER_LENGTH))
-      } catch (e) {
-        this.#fatal((e as Error).message)
-        return false
+  #takeOption(code: number, data: Buffer): void {
+    const outcome = this.#negotiation.option(code, data)
+    this.#send(...outcome.replies)
+    if (outcome.next === 'close') {
+      this.#close()
+    } else if (outcome.next === 'transmission') {
+      const n = this.#negotiation
+      this.#agreed = {
+        size: n.export.size,
+        maximumPayload: n.export.maximumPayload,
+        structuredReplies: n.structuredReplies,
+        metaContexts: n.metaContexts.size,
       }
-      if (this.#request.type === Command.WRITE && this.#request.length > this.#negotiation.export.maximumPayload) {
-        // The payload cannot be skipped safely without buffering it.
-        this.#fatal(
-          `write of ${this.#request.length} bytes is over the ${this.#negotiation.export.maximumPayload}-byte maximum`,
-        )
-        return false
-      }
+      this.#decoder.startTransmission()
     }
-    const request = this.#request
-    let payload: Buffer | undefined
-    if (request.type === Command.WRITE) {
-      payload = this.#takePayload(request.length)
-      if (!payload) return false
-    }
-    this.#request = undefined
-    if (request.type === Command.DISC) {
-      this.#phase = 'disconnecting'
-      this.#finishIfIdle()
-      return false
-    }
-    this.#dispatch(request, payload)
-    return true
   }
 
   /**
-   * A write's payload once all of it has arrived; until then undefined, and
-   * the socket reads the rest straight into place.
+   * Takes no more messages; once the requests in flight are answered, hangs
+   * up. Reading goes on whatever the pause state, so the client's EOF is
+   * seen and the socket closes.
    */
-  #takePayload(length: number): Buffer | undefined {
-    if (!this.#payload) {
-      // All here already (small writes): a view of what was read.
-      if (this.#queue.length >= length) return this.#queue.take(length, this.#pool.acquire.bind(this.#pool))
-      const queued = this.#queue.length
-      this.#payload = { data: this.#pool.acquire(length), filled: queued }
-      this.#queue.takeInto(this.#payload.data, 0, queued)
-    }
-    if (this.#payload.filled < length) return undefined
-    const { data } = this.#payload
-    this.#payload = undefined
-    return data
+  #close(): void {
+    if (this.#state !== 'open') return
+    this.#state = 'closing'
+    const partial = this.#decoder.abandon()
+    if (partial) this.#pool.release(partial)
+    this.#resume()
+    this.#hangUpIfIdle()
+  }
+
+  #hangUpIfIdle(): void {
+    if (this.#state !== 'closing' || this.#inFlight > 0 || this.#hungUp) return
+    this.#hungUp = true
+    this.#socket.end()
+    this.#linger = setTimeout(() => this.#socket.destroy(), CLOSE_LINGER_MS).unref()
   }
 
   #dispatch(request: NbdRequest, payload: Buffer | undefined): void {
-    if (request.type === Command.READ && this.#readAtOnce(request)) return
+    const refused = validateRequest(request, this.#agreed!)
+    if (refused) {
+      if (payload) this.#pool.release(payload)
+      this.#replyError(request, refused)
+      return
+    }
+    if (request.type === Command.READ && request.length <= INLINE_READ_MAX && this.#readAtOnce(request)) return
     const bytes = request.type === Command.READ || request.type === Command.WRITE ? request.length : 0
     this.#inFlight++
     this.#inFlightBytes += bytes
-    this.#handle(request, payload)
+    this.#serve(request, payload)
       .catch(e => this.#replyError(request, e))
       .finally(() => {
         if (payload) this.#pool.release(payload)
         this.#inFlight--
         this.#inFlightBytes -= bytes
-        if (this.#phase === 'disconnecting') this.#finishIfIdle()
+        if (this.#state === 'closing') this.#hangUpIfIdle()
         else if (this.#paused) this.#pump()
       })
   }
 
   /**
-   * Answers a read at once when its bytes are cached and no write overlaps
-   * it (most small reads): no promise and no in-flight entry, which cost
-   * random 4K reads about 5% of their rate. False otherwise, and the usual
-   * path serves the read or reports what is wrong with it.
+   * Answers a small read at once when its bytes are cached and no write
+   * overlaps it (most small reads): no promise and no in-flight entry, which
+   * cost random 4K reads about 5% of their rate. False otherwise, and the
+   * usual path serves it.
    */
   #readAtOnce(request: NbdRequest): boolean {
-    const size = this.#engine.size
-    // Larger reads are never served at once: no buffer to take and give back.
-    if (
-      (request.flags & ~CommandFlag.DF) !== 0 ||
-      request.length > INLINE_READ_MAX ||
-      request.offset > size ||
-      request.length > size - request.offset
-    ) {
-      return false
-    }
     const data = this.#pool.acquire(request.length)
     if (!this.#engine.tryReadInto(data, request.offset)) {
       this.#pool.release(data)
@@ -403,33 +346,11 @@ export class NbdConnection {
     return true
   }
 
-  #finishIfIdle(): void {
-    if (this.#inFlight === 0 && this.#phase === 'disconnecting') {
-      this.#phase = 'closed'
-      this.#socket.end()
-    }
-  }
-
-  #checkRange(request: NbdRequest, errno: NbdErrnoValue = NbdErrno.EINVAL): void {
-    const size = this.#engine.size
-    if (request.offset > size || request.length > size - request.offset) {
-      throw new RequestError(errno, `range ${request.offset}+${request.length} is beyond the ${size}-byte export`)
-    }
-  }
-
-  async #handle(request: NbdRequest, payload: Buffer | undefined): Promise<void> {
-    const allowed = FLAGS_ALLOWED[request.type]
-    if (allowed === undefined) throw new RequestError(NbdErrno.EINVAL, `unknown command ${request.type}`)
-    if ((request.flags & ~allowed) !== 0) {
-      throw new RequestError(NbdErrno.EINVAL, `flags 0x${request.flags.toString(16)} are not valid for command ${request.type}`)
-    }
+  /** Serves a valid request. */
+  async #serve(request: NbdRequest, payload: Buffer | undefined): Promise<void> {
     const fua = (request.flags & CommandFlag.FUA) !== 0
     switch (request.type) {
       case Command.READ: {
-        this.#checkRange(request)
-        if (request.length > this.#negotiation.export.maximumPayload) {
-          throw new RequestError(NbdErrno.EINVAL, `read of ${request.length} bytes is over the maximum payload`)
-        }
         const data = this.#pool.acquire(request.length)
         try {
           await this.#engine.readInto(data, request.offset)
@@ -441,19 +362,21 @@ export class NbdConnection {
         return
       }
       case Command.WRITE:
-        this.#checkRange(request, NbdErrno.ENOSPC)
         await this.#engine.write(request.offset, payload!, { fua })
         break
       case Command.FLUSH:
         await this.#engine.flush()
         break
       case Command.TRIM:
-      case Command.WRITE_ZEROES:
-        this.#checkRange(request, NbdErrno.ENOSPC)
         await this.#engine.zero(request.offset, request.length, { fua })
         break
+      case Command.WRITE_ZEROES:
+        await this.#engine.zero(request.offset, request.length, {
+          fua,
+          allocate: (request.flags & CommandFlag.NO_HOLE) !== 0,
+        })
+        break
       case Command.CACHE:
-        this.#checkRange(request)
         await this.#engine.cache(request.offset, request.length)
         break
       case Command.BLOCK_STATUS:
@@ -477,9 +400,9 @@ export class NbdConnection {
   }
 
   #replyError(request: NbdRequest, e: unknown): void {
-    const errno = errnoFor(e)
+    const errno = nbdErrnoFor(e)
     const message = e instanceof Error ? e.message : String(e)
-    if (!(e instanceof RequestError)) this.#log(`request ${request.type} at ${request.offset}+${request.length} failed: ${message}`)
+    if (!(e instanceof RequestRefused)) this.#log(`request ${request.type} at ${request.offset}+${request.length} failed: ${message}`)
     this.#send(
       this.#negotiation.structuredReplies
         ? structuredError(request.cookie, errno, message)
@@ -489,11 +412,6 @@ export class NbdConnection {
 
   #blockStatus(request: NbdRequest): void {
     const contexts = this.#negotiation.metaContexts
-    if (!this.#negotiation.structuredReplies || contexts.size === 0) {
-      throw new RequestError(NbdErrno.EINVAL, 'no metadata context was selected with NBD_OPT_SET_META_CONTEXT')
-    }
-    this.#checkRange(request)
-    if (request.length === 0) throw new RequestError(NbdErrno.EINVAL, 'block status of an empty range')
     const max = (request.flags & CommandFlag.REQ_ONE) !== 0 ? 1 : this.#limits.maxExtents
     const chunks: Buffer[] = []
     let left = contexts.size
