@@ -113,7 +113,7 @@ export class RowrDaemon {
         if (!persistent) teardown.add('automatic read-write device', () => removeAutoRw(made))
         writeState({ ...base, ...starting })
       }
-      const pair = openDevicePair(o.ro, base.rw, { sectorSize: o.sectorSize })
+      const pair = openDevicePair(o.ro, base.rw, { sectorSize: o.sectorSize, rwMadeToFit: rwAuto })
       teardown.add('devices', () => {
         pair.ro.close()
         pair.rw.close()
