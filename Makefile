@@ -38,7 +38,7 @@ typecheck: node_modules
 
 lint: system-deps
 	shellcheck scripts/*.sh .ci/run
-	shellcheck -s sh boot/*.sh
+	shellcheck -s sh boot/*.sh boot/rc.d/*
 
 test: setup typecheck lint
 	npx tap

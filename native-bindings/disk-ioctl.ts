@@ -65,3 +65,22 @@ export const diskGeometry = (
     sectorSize: le ? sector.readUInt32LE(0) : sector.readUInt32BE(0),
   }
 }
+
+/**
+ * FreeBSD's cache flush and delete pass-through (<sys/disk.h>):
+ * DIOCGFLUSH = _IO('d', 135), DIOCGDELETE = _IOW('d', 136, off_t[2]), with
+ * FreeBSD's IOC_VOID 0x20000000 and IOC_IN 0x80000000.
+ */
+export const FREEBSD_DIOCGFLUSH = 0x20006487
+export const FREEBSD_DIOCGDELETE = 0x80106488
+
+/** BIO_FLUSH to the disk under `fd`; resolves to 0 or the errno. */
+export const diskFlush = (fd: number): Promise<number> => libc().ioctlRetryable(fd, FREEBSD_DIOCGFLUSH, Buffer.alloc(0))
+
+/** BIO_DELETE of a byte range of the disk under `fd`; resolves to 0 or the errno. */
+export const diskDelete = (fd: number, offset: number, length: number): Promise<number> => {
+  const range = Buffer.alloc(16)
+  range.writeBigInt64LE(BigInt(offset), 0)
+  range.writeBigInt64LE(BigInt(length), 8)
+  return libc().ioctlRetryable(fd, FREEBSD_DIOCGDELETE, range)
+}

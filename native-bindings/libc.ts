@@ -45,6 +45,11 @@ export interface Libc {
   setsockopt(fd: number, level: number, name: number, value: Buffer): number
   /** ioctl(2) with a pointer argument; returns -1 and sets errno on failure. */
   ioctl(fd: number, request: number, arg: Buffer): number
+  /**
+   * ioctl(2) on the thread pool, for a request that may be repeated
+   * (a flush, a delete): resolves to 0 or the errno.
+   */
+  ioctlRetryable(fd: number, request: number, arg: Buffer): Promise<number>
   /** fallocate(2) on the thread pool; resolves to its return value. */
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<number>
   /** Whether preadNowait is available (Linux's own libc only). */
@@ -98,6 +103,16 @@ export const libc = (): Libc => {
     close: fd => close(fd),
     setsockopt: (fd, level, name, value) => setsockopt(fd, level, name, value, value.length),
     ioctl: (fd, request, arg) => ioctl(fd, request, arg),
+    ioctlRetryable: (fd, request, arg) =>
+      new Promise<number>((resolve, reject) => {
+        ioctl.async(fd, request, arg, (err: Error | null, res: number) => {
+          if (err) return reject(err)
+          if (res === 0) return resolve(0)
+          // errno does not survive koffi's async call (seen here: 0 after a
+          // failed one), so a failure is asked again on this thread.
+          resolve(ioctl(fd, request, arg) === 0 ? 0 : koffi.errno())
+        })
+      }),
     fallocate: (fd, mode, offset, length) =>
       new Promise<number>((resolve, reject) => {
         if (!fallocate) {

@@ -76,6 +76,11 @@ t.test('CREATE validates like g_gate.c and refuses a name in use', async t => {
   failsWith(t, () => control.destroy('v0', { force: false }), FreeBsdErrno.ENXIO, 'DESTROY of a name that is gone')
   t.equal(control.create({ ...sizes, name: 'v0' }), unit, 'the name and unit are free again')
   control.destroy('v0', { force: false })
+
+  // A long non-ASCII path in the info: more bytes than the 2048-byte field.
+  const info = `geom-rowr /média/${'é€'.repeat(600)}.img + /dev/md0`
+  t.ok(control.create({ ...sizes, name: 'v1', info }) >= 0, 'the info is cut to its field, not refused')
+  control.destroy('v1', { force: false })
 })
 
 t.test('START and DONE: READ, WRITE with ENOMEM growth, EAGAIN, unknown seq, DESTROY', async t => {

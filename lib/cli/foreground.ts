@@ -41,25 +41,28 @@ export const mapOptions = (a: MapArgs): { map?: string; mapOnRw: boolean; force:
 
 /**
  * Starts the device, calls `ready`, and returns once it has been destroyed
- * (exit status 0) or stopped by SIGINT/SIGTERM (128 + the signal's number),
- * flushing either way.
+ * (exit status 0) or stopped by SIGINT, SIGTERM or SIGHUP (128 + the
+ * signal's number), flushing either way. A signal leaves a kernel device
+ * that is open serving (RowrDaemon.signalled).
  */
 export const runInForeground = async (o: DaemonOptions, ready: (daemon: RowrDaemon) => void): Promise<void> => {
   const daemon = await RowrDaemon.start(o)
   let signalled: NodeJS.Signals | undefined
   const onSignal = (signal: NodeJS.Signals): void => {
-    signalled ??= signal
-    o.log(`${signal}: stopping`)
-    daemon.stop({ force: true }).catch(e => o.log(`stopping failed: ${(e as Error).message}`))
+    daemon.signalled(signal).then(
+      stopping => {
+        if (stopping) signalled ??= signal
+      },
+      e => o.log(`${signal}: ${(e as Error).message}`),
+    )
   }
-  process.on('SIGINT', onSignal)
-  process.on('SIGTERM', onSignal)
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP']
+  for (const s of signals) process.on(s, onSignal)
   try {
     ready(daemon)
     await daemon.done
   } finally {
-    process.off('SIGINT', onSignal)
-    process.off('SIGTERM', onSignal)
+    for (const s of signals) process.off(s, onSignal)
   }
   o.log(`${o.name} stopped`)
   if (signalled) process.exitCode = 128 + constants.signals[signalled]

@@ -12,7 +12,7 @@ import { platform } from '../../native-bindings/libc.js'
 import { BlockDevice } from '../devices/block-device.js'
 import { openDevicePair } from '../devices/device-pair.js'
 import { RowrDevice } from '../engine/rowr-device.js'
-import { RowrError } from '../errors.js'
+import { RowrError, isRowrError } from '../errors.js'
 import { NbdServer, exportFor, nbdUri, type Listen } from '../nbd/server.js'
 import { ControlServer, type ControlReply, type ControlRequest } from './control.js'
 import { claimName } from './stale.js'
@@ -58,6 +58,7 @@ export class RowrDaemon {
   readonly #teardown: Teardown
   readonly #provider: GGateFrontEnd | undefined
   readonly #mapFile: MapFile | undefined
+  readonly #log: (message: string) => void
   #job: { readonly name: string; done: number; total: number; readonly abort: AbortController } | undefined
   #stopping: Promise<void> | undefined
   #markDone!: () => void
@@ -72,6 +73,7 @@ export class RowrDaemon {
     teardown: Teardown,
     provider: GGateFrontEnd | undefined,
     mapFile: MapFile | undefined,
+    log: (message: string) => void,
   ) {
     this.state = state
     this.warnings = warnings
@@ -80,6 +82,7 @@ export class RowrDaemon {
     this.#teardown = teardown
     this.#provider = provider
     this.#mapFile = mapFile
+    this.#log = log
   }
 
   static async start(o: DaemonOptions): Promise<RowrDaemon> {
@@ -110,7 +113,7 @@ export class RowrDaemon {
         if (!persistent) teardown.add('automatic read-write device', () => removeAutoRw(made))
         writeState({ ...base, ...starting })
       }
-      const pair = openDevicePair(o.ro, base.rw, { sectorSize: o.sectorSize })
+      const pair = openDevicePair(o.ro, base.rw, { sectorSize: o.sectorSize, rwMadeToFit: rwAuto })
       teardown.add('devices', () => {
         pair.ro.close()
         pair.rw.close()
@@ -179,7 +182,7 @@ export class RowrDaemon {
         attachment,
       }
       writeState(state)
-      daemon = new RowrDaemon(state, warnings, engine, server, teardown, provider, mapFile)
+      daemon = new RowrDaemon(state, warnings, engine, server, teardown, provider, mapFile, o.log)
       o.log(`${o.name} ready: ${state.device ?? state.nbd}`)
       return daemon
     } catch (e) {
@@ -211,6 +214,33 @@ export class RowrDaemon {
     this.#job?.abort.abort()
     this.#stopping ??= this.#teardown.run({ force }).finally(() => this.#markDone())
     return this.#stopping
+  }
+
+  /**
+   * A signal stops the device only while its kernel device is not open. An
+   * open one may hold the root file system (init sends SIGTERM to every
+   * process at shutdown), so it is flushed and kept serving; destroy -f
+   * still forces. Resolves to whether the device is stopping.
+   */
+  async signalled(signal: NodeJS.Signals): Promise<boolean> {
+    if (this.state.device && !this.#stopping) {
+      try {
+        await this.#checkIdle()
+      } catch (e) {
+        if (!(isRowrError(e) && e.code === 'EBUSY')) throw e
+        const { name, device } = this.state
+        try {
+          await this.#engine.flush()
+          this.#log(`${signal}: ${device} is open (mounted?), so ${name} keeps serving it; written data is flushed; geom-rowr destroy -f ${name} stops it anyway`)
+        } catch (flushError) {
+          this.#log(`${signal}: ${device} is open, so ${name} keeps serving it, but the flush failed: ${(flushError as Error).message}`)
+        }
+        return false
+      }
+    }
+    this.#log(`${signal}: stopping`)
+    this.stop({ force: true }).catch(e => this.#log(`stopping failed: ${(e as Error).message}`))
+    return true
   }
 
   /** Why the device counts as in use (mounted, held open, NBD clients), or null. */

@@ -2,6 +2,7 @@
 // size itself, so the mediasize mismatch cannot happen, and removes it on
 // destroy. On FreeBSD it is a swap-backed md(4) device (costing memory only
 // for what is written); elsewhere a sparse file in /var/tmp.
+import { execFileSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { platform } from '../../native-bindings/libc.js'
@@ -9,6 +10,23 @@ import { RowrError, errnoCode } from '../errors.js'
 import { runCommand } from '../run-command.js'
 
 const MD_PATH = /^\/dev\/md(\d+)$/
+
+let pageBytes: number | undefined
+
+/** The kernel's page size (hw.pagesize on FreeBSD). */
+const pageSize = (): number => {
+  if (pageBytes !== undefined) return pageBytes
+  const [command, args] = platform() === 'freebsd' ? ['sysctl', ['-n', 'hw.pagesize']] : ['getconf', ['PAGESIZE']]
+  const n = Number(execFileSync(command, args as string[], { encoding: 'utf8' }).trim())
+  if (!Number.isInteger(n) || n <= 0) throw new RowrError('EPLATFORM', `${command} ${(args as string[]).join(' ')} did not print a page size`)
+  return (pageBytes = n)
+}
+
+/**
+ * A swap-backed md's size for `bytes`: whole pages, as mdconfig demands
+ * (anything else fails EDOM).
+ */
+export const mdBytes = (bytes: number): number => Math.ceil(bytes / pageSize()) * pageSize()
 
 /** Where the sparse file for NAME goes where md(4) is not available. */
 export const autoRwFile = (name: string): string => path.join('/var/tmp', `geom-rowr-${name}.rw`)
@@ -33,9 +51,10 @@ export const makeAutoRw = async (name: string, size: number, { reuse = false } =
     }
     let out: string
     try {
-      out = (await runCommand('mdconfig', ['-a', '-t', 'swap', '-s', `${size}b`])).stdout.trim()
+      // The device keeps RO's size; the md's tail past it is never used.
+      out = (await runCommand('mdconfig', ['-a', '-t', 'swap', '-s', `${mdBytes(size)}b`])).stdout.trim()
     } catch (e) {
-      throw new RowrError('EATTACH', `could not make a swap-backed md of ${size} bytes: ${(e as Error).message}`, { cause: e })
+      throw new RowrError('EATTACH', `could not make a swap-backed md of ${mdBytes(size)} bytes: ${(e as Error).message}`, { cause: e })
     }
     if (!/^md\d+$/.test(out)) throw new RowrError('EATTACH', `mdconfig printed "${out}", not an md device name`)
     return `/dev/${out}`

@@ -1,7 +1,7 @@
 // An open file or disk device: its size, its sector size and whole-range I/O.
 import fs from 'node:fs'
 import { constants } from 'node:os'
-import { diskGeometry } from '../../native-bindings/disk-ioctl.js'
+import { DiskIoctlError, diskDelete, diskFlush, diskGeometry } from '../../native-bindings/disk-ioctl.js'
 import { libc, platform } from '../../native-bindings/libc.js'
 import { RowrError, errnoCode } from '../errors.js'
 import { InlineWrites } from './inline-writes.js'
@@ -30,7 +30,8 @@ export interface BlockIo {
   zero(position: number, length: number, options?: { readonly allocate?: boolean }): Promise<void>
   /**
    * Gives the space of [position, position+length) back without writing
-   * (a punched hole; it then reads as zeros); false where it cannot.
+   * (a punched hole, a BIO_DELETE); false where it cannot. What the range
+   * reads afterwards is unspecified: zero() says when it is zeros.
    */
   release(position: number, length: number): Promise<boolean>
 }
@@ -45,6 +46,10 @@ export interface DeviceIdentity {
 }
 
 const EAGAIN = constants.errno.EAGAIN
+const EOPNOTSUPP = constants.errno.EOPNOTSUPP
+
+/** md(4): a BIO_DELETE frees whole pages and zeroes partial ones (md.c), so the range reads as zeros. */
+const MD_DEVICE = /^\/dev\/md\d+$/
 
 // fallocate(2) modes from <linux/falloc.h>.
 const FALLOC_FL_KEEP_SIZE = 0x01
@@ -84,6 +89,13 @@ export class BlockDevice implements BlockIo {
   readonly identity: DeviceIdentity
   readonly writable: boolean
   #punchHoles: boolean
+  /**
+   * A FreeBSD disk: fdatasync of its vnode sends no BIO_FLUSH, and holes are
+   * made with BIO_DELETE, both by ioctl.
+   */
+  readonly #freebsdDisk: boolean
+  /** Cleared once the disk says it has no write cache to flush (EOPNOTSUPP). */
+  #diskCache: boolean
   /** Cleared once the kernel says non-blocking reads are not supported here. */
   #readNow = libc().canReadNowait
   /**
@@ -114,6 +126,8 @@ export class BlockDevice implements BlockIo {
     this.identity = identity
     this.writable = writable
     this.#punchHoles = writable
+    this.#freebsdDisk = identity.kind === 'disk' && platform() === 'freebsd'
+    this.#diskCache = writable && this.#freebsdDisk
     this.inlineWrites =
       writable && (identity.kind === 'file' || platform() === 'linux') ? new InlineWrites() : undefined
   }
@@ -224,30 +238,49 @@ export class BlockDevice implements BlockIo {
     }
   }
 
-  datasync(): Promise<void> {
-    return new Promise((resolve, reject) =>
+  async datasync(): Promise<void> {
+    await new Promise<void>((resolve, reject) =>
       fs.fdatasync(this.fd, err => (err ? reject(err) : resolve())),
     )
+    if (!this.#diskCache) return
+    const errno = await diskFlush(this.fd)
+    if (errno === EOPNOTSUPP) this.#diskCache = false
+    else if (errno !== 0) throw new DiskIoctlError('DIOCGFLUSH', this.path, errno)
   }
 
   /**
-   * Punches a hole where the file system or disk can (Linux fallocate, which
-   * guarantees zeros on read and gives the space back), else writes zeros.
+   * Punches a hole where the file system or disk can: Linux fallocate, or a
+   * BIO_DELETE on a FreeBSD disk (on a swap-backed md the only way to give
+   * its memory back).
    */
   async release(position: number, length: number): Promise<boolean> {
     if (!this.#punchHoles) return false
     this.#releasing++
-    const rc = await libc()
-      .fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, position, length)
-      .finally(() => this.#releasing--)
-    if (rc === 0) return true
-    // Unsupported here (or a platform without fallocate): stop trying.
-    this.#punchHoles = false
-    return false
+    try {
+      if (this.#freebsdDisk) {
+        const errno = await diskDelete(this.fd, position, length)
+        if (errno === 0) return true
+        if (errno === EOPNOTSUPP) this.#punchHoles = false
+        return false
+      }
+      const rc = await libc().fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, position, length)
+      if (rc === 0) return true
+      // Unsupported here (or a platform without fallocate): stop trying.
+      this.#punchHoles = false
+      return false
+    } finally {
+      this.#releasing--
+    }
   }
 
+  /**
+   * Releases the range where that guarantees zeros on read (a punched hole;
+   * an md's BIO_DELETE; not a disk's TRIM), else writes zeros; always writes
+   * them with `allocate`.
+   */
   async zero(position: number, length: number, { allocate = false } = {}): Promise<void> {
-    if (!allocate && (await this.release(position, length))) return
+    const releaseZeroes = !allocate && (!this.#freebsdDisk || MD_DEVICE.test(this.path))
+    if (releaseZeroes && (await this.release(position, length))) return
     const z = zeros()
     while (length > 0) {
       const n = Math.min(length, z.length)

@@ -2,6 +2,7 @@
 // form a rowr device, made before anything is handed to the engine. On any
 // refusal both devices are closed again.
 import { RowrError } from '../errors.js'
+import { mdBytes } from './auto-rw.js'
 import { BlockDevice } from './block-device.js'
 
 export const MIN_SECTOR_SIZE = 512
@@ -22,6 +23,8 @@ export interface OpenPairOptions {
   readonly sectorSize?: number
   /** How to make a bigger RW, for the mediasize hint. */
   readonly resizeHint?: (rw: string, bytes: number) => string
+  /** RW was made by geom-rowr (RW auto), in whole pages: a tail past RO's size is expected. */
+  readonly rwMadeToFit?: boolean
 }
 
 const isPowerOfTwo = (n: number): boolean => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0
@@ -36,12 +39,13 @@ export const checkSectorSize = (n: number): void => {
 }
 
 /**
- * How to make RW large enough: an md(4) device is recreated with the exact
- * byte size (the original module's advice), anything else is a file to grow.
+ * How to make RW large enough: an md(4) device is recreated with the byte
+ * size (the original module's advice) rounded up to whole pages, anything
+ * else is a file to grow.
  */
 export const resizeHint = (rw: string, bytes: number): string => {
   const md = /^\/dev\/md(\d+)$/.exec(rw)
-  if (md) return `mdconfig -d -u ${md[1]} && mdconfig -a -t swap -s ${bytes}b -u ${md[1]}`
+  if (md) return `mdconfig -d -u ${md[1]} && mdconfig -a -t swap -s ${mdBytes(bytes)}b -u ${md[1]}`
   return `truncate -s ${bytes} ${rw}`
 }
 
@@ -83,7 +87,7 @@ const checkPair = (ro: BlockDevice, rw: BlockDevice, options: OpenPairOptions): 
         `the read-write device must be at least as large: ${hint}`,
     )
   }
-  if (rw.size > ro.size) {
+  if (rw.size > ro.size && !options.rwMadeToFit) {
     warnings.push(
       `${rw.path} is ${rw.size} bytes, larger than ${ro.path} (${ro.size} bytes); ` +
         `only its first ${ro.size} bytes are used`,

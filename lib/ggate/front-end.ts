@@ -56,7 +56,10 @@ export const serveBio = async (engine: RowrDevice, bio: Bio): Promise<number> =>
         return FreeBsdErrno.EOPNOTSUPP
     }
   } catch (e) {
-    return FreeBsdErrno[ioFailure(e)]
+    // GEOM re-issues a bio that fails ENOMEM (g_io_deliver) forever: memory
+    // short in the daemon is an I/O error to the kernel.
+    const failure = ioFailure(e)
+    return FreeBsdErrno[failure === 'ENOMEM' ? 'EIO' : failure]
   }
 }
 

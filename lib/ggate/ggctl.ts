@@ -6,6 +6,7 @@ import { endianness } from 'node:os'
 import { errnoName } from '../../native-bindings/errno.js'
 import {
   FreeBsdErrno,
+  G_GATE_INFOSIZE,
   G_GATE_NAME_MAX,
   G_GATE_VERSION,
   GGateUnit,
@@ -71,6 +72,16 @@ class Struct {
   }
 }
 
+/** The longest prefix of `text` whose UTF-8 fits in `max` bytes, cut between characters. */
+export const fitBytes = (text: string, max: number): string => {
+  const bytes = Buffer.from(text)
+  if (bytes.length <= max) return text
+  let end = max
+  // Back over continuation bytes (10xxxxxx) to the start of the cut character.
+  while (end > 0 && (bytes[end]! & 0xc0) === 0x80) end--
+  return bytes.subarray(0, end).toString()
+}
+
 export interface CreateRequest {
   readonly name: string
   readonly mediaSize: number
@@ -121,7 +132,7 @@ export class GGateControl {
     s.setU32('gctl_maxcount', 0)
     s.setU32('gctl_timeout', 0)
     s.setString('gctl_name', r.name, G_GATE_NAME_MAX)
-    s.setString('gctl_info', r.info.slice(0, 2000), 2048)
+    s.setString('gctl_info', fitBytes(r.info, G_GATE_INFOSIZE - 1), G_GATE_INFOSIZE)
     s.setI32('gctl_unit', GGateUnit.NAME_GIVEN)
     this.#ioctl('CREATE', s, `G_GATE_CMD_CREATE of ${r.name}`)
     return s.i32('gctl_unit')

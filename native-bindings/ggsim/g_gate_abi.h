@@ -92,6 +92,9 @@ struct g_gate_ctl_io {
 /* sys/sys/disk.h: _IOR with FreeBSD's IOC_OUT. */
 #define DIOCGSECTORSIZE 0x40046480UL
 #define DIOCGMEDIASIZE 0x40086481UL
+/* _IO('d', 135) and _IOW('d', 136, off_t[2]), with IOC_VOID and IOC_IN. */
+#define DIOCGFLUSH 0x20006487UL
+#define DIOCGDELETE 0x80106488UL
 
 /*
  * FreeBSD's errno values where they differ from Linux's (1..34 agree):

@@ -15,7 +15,9 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <string.h>
+#include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "g_gate_abi.h"
 #include "ggsim.h"
@@ -25,6 +27,10 @@
 /* <linux/fs.h> */
 #define BLKSSZGET 0x1268UL
 #define BLKGETSIZE64 0x80081272UL
+#define BLKDISCARD 0x1277UL
+
+/* How often each of FreeBSD's disk ioctls reached a block device, for tests. */
+static unsigned long disk_flushes, disk_deletes;
 
 static int (*real_open)(const char *, int, ...);
 static int (*real_ioctl)(int, unsigned long, ...);
@@ -54,7 +60,12 @@ open(const char *path, int flags, ...)
 	return real_open(path, flags, mode);
 }
 
-/* DIOCGMEDIASIZE and DIOCGSECTORSIZE of a Linux block device. */
+/*
+ * FreeBSD's disk ioctls on a Linux block device: the sizes from Linux's,
+ * DIOCGFLUSH as fdatasync (which sends Linux's cache flush; with
+ * GGSIM_DISK_NO_CACHE set it fails EOPNOTSUPP, as on a disk without a write
+ * cache) and DIOCGDELETE as BLKDISCARD.
+ */
 static int
 disk_ioctl(int fd, unsigned long request, void *arg)
 {
@@ -68,11 +79,32 @@ disk_ioctl(int fd, unsigned long request, void *arg)
 	}
 	if (request == DIOCGMEDIASIZE)
 		return real_ioctl(fd, BLKGETSIZE64, arg);
+	if (request == DIOCGFLUSH) {
+		__atomic_add_fetch(&disk_flushes, 1, __ATOMIC_SEQ_CST);
+		if (getenv("GGSIM_DISK_NO_CACHE") != NULL) {
+			errno = EOPNOTSUPP;
+			return -1;
+		}
+		return fdatasync(fd);
+	}
+	if (request == DIOCGDELETE) {
+		const int64_t *range = arg;
+		uint64_t linux_range[2] = { (uint64_t)range[0], (uint64_t)range[1] };
+		__atomic_add_fetch(&disk_deletes, 1, __ATOMIC_SEQ_CST);
+		return real_ioctl(fd, BLKDISCARD, linux_range);
+	}
 	int sectorsize;
 	if (real_ioctl(fd, BLKSSZGET, &sectorsize) != 0)
 		return -1;
 	*(uint32_t *)arg = (uint32_t)sectorsize;
 	return 0;
+}
+
+/* For tests: how many DIOCGFLUSH (0) or DIOCGDELETE (1) calls a block device got. */
+EXPORT unsigned long
+ggsim_disk_calls(int which)
+{
+	return __atomic_load_n(which == 0 ? &disk_flushes : &disk_deletes, __ATOMIC_SEQ_CST);
 }
 
 EXPORT int
@@ -86,7 +118,8 @@ ioctl(int fd, unsigned long request, ...)
 	va_end(ap);
 	if (ggsim_ctl_is(fd))
 		return ggsim_ctl_ioctl(fd, request, arg);
-	if (request == DIOCGMEDIASIZE || request == DIOCGSECTORSIZE)
+	if (request == DIOCGMEDIASIZE || request == DIOCGSECTORSIZE || request == DIOCGFLUSH ||
+	    request == DIOCGDELETE)
 		return disk_ioctl(fd, request, arg);
 	return real_ioctl(fd, request, arg);
 }

@@ -23,11 +23,13 @@ case "$1" in
 esac
 `
 
-const freebsd = (t: Test) => {
+const freebsd = (t: Test, roSize = SIZE) => {
   const dir = shortDir(t)
   const stubs = path.join(dir, 'stubs')
   fs.mkdirSync(stubs)
   fs.writeFileSync(path.join(stubs, 'mdconfig'), MDCONFIG, { mode: 0o755 })
+  // mdconfig's swap mds are whole pages; FreeBSD's page size, as sysctl says it.
+  fs.writeFileSync(path.join(stubs, 'sysctl'), '#!/bin/sh\n[ "$*" = "-n hw.pagesize" ] && echo 4096\n', { mode: 0o755 })
   const calls = path.join(dir, 'calls')
   fs.writeFileSync(calls, '')
   const runDir = path.join(dir, 'run')
@@ -44,7 +46,7 @@ const freebsd = (t: Test) => {
       if (fs.lstatSync(link).isSymbolicLink() && fs.readlinkSync(link).startsWith(dir)) fs.rmSync(link)
     }
   })
-  const ro = makeImage(path.join(dir, 'ro.img'), SIZE)
+  const ro = makeImage(path.join(dir, 'ro.img'), roSize)
   return {
     dir,
     ro,
@@ -96,4 +98,33 @@ t.test('without geom_gate loaded, create says how to load it and leaves nothing 
   t.equal(calls.length, 2, 'the automatic md was made, then detached again')
   t.match(calls[1], /^mdconfig -d -u \d+$/)
   t.notOk(fs.existsSync(`${f.runDir}/fb2`), 'no run state is left')
+})
+
+// An ISO with an odd number of 2048-byte sectors: mdconfig would fail EDOM
+// for its exact size.
+const ODD = SIZE + 2048
+
+t.test('RW auto for a size that is not whole pages: the md is rounded up, the device keeps RO\'s size', async t => {
+  if (!requires(t, { root: true })) return
+  const f = freebsd(t, ODD)
+  const created = await f.cli('create', '--no-attach', 'fb3', f.ro, 'auto')
+  t.equal(created.code, 0, created.stderr)
+  t.same(f.calls(), [`mdconfig -a -t swap -s ${SIZE + 4096}b`], 'whole pages')
+  t.notMatch(created.stderr, /larger than/, 'no warning for the md\'s tail')
+  const status = JSON.parse((await f.cli('status', '--json', 'fb3')).stdout)
+  t.equal(status.mediasize, ODD, 'the device is RO\'s size')
+  t.equal((await f.cli('destroy', 'fb3')).code, 0)
+})
+
+t.test('a RW md too small for RO gets a hint with a size mdconfig accepts', async t => {
+  if (!requires(t, { root: true })) return
+  const f = freebsd(t, ODD)
+  let unit = 950
+  while (fs.existsSync(`/dev/md${unit}`)) unit++
+  const small = makeImage(path.join(f.dir, 'small.img'), SIZE, 'zero')
+  fs.symlinkSync(small, `/dev/md${unit}`)
+  t.teardown(() => fs.rmSync(`/dev/md${unit}`, { force: true }))
+  const r = await f.cli('create', '--no-attach', 'fb4', f.ro, `/dev/md${unit}`)
+  t.equal(r.code, 1)
+  t.match(r.stderr, `mdconfig -d -u ${unit} && mdconfig -a -t swap -s ${SIZE + 4096}b -u ${unit}`)
 })

@@ -1,0 +1,32 @@
+// What the GEOM Gate front end answers the kernel for each engine failure,
+// and the provider info cut to its field.
+import t from 'tap'
+import { serveBio } from '../lib/ggate/front-end.js'
+import { fitBytes } from '../lib/ggate/ggctl.js'
+import type { RowrDevice } from '../lib/engine/rowr-device.js'
+import { BioCmd, FreeBsdErrno } from '../native-bindings/ggate-abi.js'
+
+const failing = (code: string): RowrDevice =>
+  ({
+    write: () => Promise.reject(Object.assign(new Error(`write failed: ${code}`), { code })),
+  }) as unknown as RowrDevice
+
+const write = { cmd: BioCmd.WRITE, offset: 0, length: 512, data: Buffer.alloc(512) }
+
+t.test('an engine failure becomes the errno GEOM acts on; ENOMEM, which GEOM retries forever, becomes EIO', async t => {
+  t.equal(await serveBio(failing('ENOMEM'), write), FreeBsdErrno.EIO)
+  t.equal(await serveBio(failing('ENOSPC'), write), FreeBsdErrno.ENOSPC)
+  t.equal(await serveBio(failing('EROFS'), write), FreeBsdErrno.EPERM)
+  t.equal(await serveBio(failing('EBADF'), write), FreeBsdErrno.EIO)
+})
+
+t.test('the provider info is cut to its field by UTF-8 bytes, between characters', async t => {
+  t.equal(fitBytes('short', 2047), 'short')
+  for (const char of ['é', '€', '𝄞']) {
+    const long = char.repeat(2000)
+    const cut = fitBytes(long, 2047)
+    t.ok(Buffer.byteLength(cut) <= 2047, `${char}: ${Buffer.byteLength(cut)} bytes fit`)
+    t.ok(Buffer.byteLength(cut) > 2047 - Buffer.byteLength(char), `${char}: nothing more than the cut character is lost`)
+    t.ok(long.startsWith(cut), `${char}: a prefix of whole characters`)
+  }
+})
