@@ -44,11 +44,13 @@ export const detach = async (attachment: Attachment, { force }: { force: boolean
 /**
  * Whether something holds the block device exclusively: a mounted file
  * system, a swap area, a device-mapper or md table. An exclusive open fails
- * with EBUSY exactly then.
+ * with EBUSY exactly then. The open runs on the thread pool, never on the
+ * event loop: the first open of a freshly attached nbd device scans it for
+ * partitions, and those reads come back to this process's NBD server.
  */
-export const deviceBusy = (device: string): boolean => {
+export const deviceBusy = async (device: string): Promise<boolean> => {
   try {
-    fs.closeSync(fs.openSync(device, fs.constants.O_RDONLY | fs.constants.O_EXCL))
+    await (await fs.promises.open(device, fs.constants.O_RDONLY | fs.constants.O_EXCL)).close()
     return false
   } catch (e) {
     if (errnoCode(e) === 'EBUSY') return true
