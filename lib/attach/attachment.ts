@@ -24,8 +24,11 @@ export interface AttachOptions {
 /** Where the kernel's nbd driver is loaded (cannot be tested on machines without it). */
 export const nbdModuleLoaded = (): boolean => fs.existsSync('/sys/module/nbd')
 
-/** Largest logical sector size a Linux loop device accepts. */
-export const LOOP_MAX_SECTOR_SIZE = 4096
+/**
+ * Largest logical sector size a Linux block device takes, loop and nbd alike:
+ * the kernel's page size (blk_validate_block_size), 4096 on x86 and most arm64.
+ */
+export const LINUX_MAX_SECTOR_SIZE = 4096
 
 export const attach = (options: AttachOptions): Promise<LoopOverFuseAttachment | NbdModuleAttachment> =>
   nbdModuleLoaded() ? attachNbdModule(options) : attachLoopOverFuse(options)
@@ -60,11 +63,11 @@ export const deviceBusy = async (device: string): Promise<boolean> => {
 }
 
 export const checkAttachable = (sectorSize: number): void => {
-  if (!nbdModuleLoaded() && sectorSize > LOOP_MAX_SECTOR_SIZE) {
+  if (sectorSize > LINUX_MAX_SECTOR_SIZE) {
     throw new RowrError(
       'EATTACH',
-      `a ${sectorSize}-byte sector size is larger than the ${LOOP_MAX_SECTOR_SIZE} bytes a Linux loop device allows; ` +
-        `use --sector-size ${LOOP_MAX_SECTOR_SIZE} or smaller, or --no-attach to serve NBD only`,
+      `a ${sectorSize}-byte sector size is larger than the ${LINUX_MAX_SECTOR_SIZE} bytes a Linux block device allows; ` +
+        `use --sector-size ${LINUX_MAX_SECTOR_SIZE} or smaller, or --no-attach to serve NBD only`,
     )
   }
 }

@@ -129,5 +129,19 @@ check_nothing_left "nothing is left after the cleanup"
 out=$(geom-rowr create k0 "$w/base.img" "$w/rw.img" 2>&1)
 check "the NAME is free again" test -b "$(echo "$out" | tail -n 1)"
 check "destroy k0" geom-rowr destroy k0
+check_nothing_left "nothing is left after k0"
+
+# --- sector sizes: the driver's logical block size, and its page-size limit -------
+out=$(geom-rowr create --sector-size 4096 s0 "$w/base.img" "$w/rw.img" 2>&1)
+dev=$(echo "$out" | tail -n 1)
+check "create with 4096-byte sectors ($dev)" test -b "$dev"
+check "the driver's logical block size is 4096" test "$(cat "$(sysfs_of "$dev")/queue/logical_block_size")" = 4096
+check "destroy s0" geom-rowr destroy s0
+out=$(geom-rowr create --sector-size 8192 s1 "$w/base.img" "$w/rw.img" 2>&1)
+rc=$?
+case "$rc $out" in
+  "1 "*"larger than the 4096 bytes a Linux block device allows"*"--sector-size 4096"*) pass "8192-byte sectors are refused with the limit and the fix" ;;
+  *) fail "8192-byte sectors are refused with the limit and the fix" "exit $rc: $out" ;;
+esac
 check_nothing_left "nothing is left at the end"
 finish
