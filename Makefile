@@ -1,7 +1,7 @@
-# geom-rowr: make (build), make test, make demo.
+# geom-rowr: make (build), make test, make demo, make vmtest.
 SHELL := /bin/bash
 
-.PHONY: all setup system-deps build ggsim typecheck lint test demo bench soak clean
+.PHONY: all setup system-deps build ggsim vmguest typecheck lint test vmtest demo bench soak clean
 
 all: build
 
@@ -38,10 +38,19 @@ typecheck: node_modules
 
 lint: system-deps
 	shellcheck scripts/*.sh .ci/run
-	shellcheck -s sh boot/*.sh boot/rc.d/*
+	shellcheck -s sh boot/*.sh boot/rc.d/* test/vm/guest/*.sh
 
-test: setup typecheck lint
+# The guests test/vm boots under qemu, from Debian's packages and dist/
+# (cached in build/vm/; rebuilt when an input changes).
+vmguest: build
+	scripts/build-vm-guest.sh
+
+test: setup typecheck lint vmguest
 	npx tap
+
+# Only the virtual-machine tests: Linux's nbd driver.
+vmtest: setup vmguest
+	npx tap test/vm
 
 demo: setup
 	scripts/demo.sh

@@ -3,7 +3,9 @@
 # skipping apt entirely when they are all present already.
 set -eu
 
-packages="qemu-utils libnbd-bin fuse3 libfuse3-dev pkg-config e2fsprogs fio nbdkit shellcheck"
+# qemu-system-x86, cpio, kmod (depmod, modprobe), xorriso and libnl-genl-3-200
+# (nbd-client's library) build and boot the guests of test/vm.
+packages="qemu-utils libnbd-bin fuse3 libfuse3-dev pkg-config e2fsprogs fio nbdkit shellcheck qemu-system-x86 cpio kmod xorriso libnl-genl-3-200"
 
 missing=""
 for p in $packages; do

@@ -24,8 +24,11 @@ export interface AttachOptions {
 /** Where the kernel's nbd driver is loaded (cannot be tested on machines without it). */
 export const nbdModuleLoaded = (): boolean => fs.existsSync('/sys/module/nbd')
 
-/** Largest logical sector size a Linux loop device accepts. */
-export const LOOP_MAX_SECTOR_SIZE = 4096
+/**
+ * Largest logical sector size a Linux block device takes, loop and nbd alike:
+ * the kernel's page size (blk_validate_block_size), 4096 on x86 and most arm64.
+ */
+export const LINUX_MAX_SECTOR_SIZE = 4096
 
 export const attach = (options: AttachOptions): Promise<LoopOverFuseAttachment | NbdModuleAttachment> =>
   nbdModuleLoaded() ? attachNbdModule(options) : attachLoopOverFuse(options)
@@ -44,11 +47,13 @@ export const detach = async (attachment: Attachment, { force }: { force: boolean
 /**
  * Whether something holds the block device exclusively: a mounted file
  * system, a swap area, a device-mapper or md table. An exclusive open fails
- * with EBUSY exactly then.
+ * with EBUSY exactly then. The open runs on the thread pool, never on the
+ * event loop: the first open of a freshly attached nbd device scans it for
+ * partitions, and those reads come back to this process's NBD server.
  */
-export const deviceBusy = (device: string): boolean => {
+export const deviceBusy = async (device: string): Promise<boolean> => {
   try {
-    fs.closeSync(fs.openSync(device, fs.constants.O_RDONLY | fs.constants.O_EXCL))
+    await (await fs.promises.open(device, fs.constants.O_RDONLY | fs.constants.O_EXCL)).close()
     return false
   } catch (e) {
     if (errnoCode(e) === 'EBUSY') return true
@@ -58,11 +63,11 @@ export const deviceBusy = (device: string): boolean => {
 }
 
 export const checkAttachable = (sectorSize: number): void => {
-  if (!nbdModuleLoaded() && sectorSize > LOOP_MAX_SECTOR_SIZE) {
+  if (sectorSize > LINUX_MAX_SECTOR_SIZE) {
     throw new RowrError(
       'EATTACH',
-      `a ${sectorSize}-byte sector size is larger than the ${LOOP_MAX_SECTOR_SIZE} bytes a Linux loop device allows; ` +
-        `use --sector-size ${LOOP_MAX_SECTOR_SIZE} or smaller, or --no-attach to serve NBD only`,
+      `a ${sectorSize}-byte sector size is larger than the ${LINUX_MAX_SECTOR_SIZE} bytes a Linux block device allows; ` +
+        `use --sector-size ${LINUX_MAX_SECTOR_SIZE} or smaller, or --no-attach to serve NBD only`,
     )
   }
 }

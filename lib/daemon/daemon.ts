@@ -244,9 +244,9 @@ export class RowrDaemon {
   }
 
   /** Why the device counts as in use (mounted, held open, NBD clients), or null. */
-  #inUse(): string | null {
+  async #inUse(): Promise<string | null> {
     const { name, device } = this.state
-    if (device && deviceBusy(device)) {
+    if (device && (await deviceBusy(device))) {
       return `${name} (${device}) is in use: it is mounted or held open; unmount it (umount ${device})`
     }
     if (!device && this.#server.connections > 0) {
@@ -259,7 +259,7 @@ export class RowrDaemon {
     // GEOM Gate knows whether its provider is open: DESTROY without force
     // either takes it away or fails EBUSY.
     if (this.#provider) return this.#provider.destroy({ force: false })
-    const busy = this.#inUse()
+    const busy = await this.#inUse()
     if (busy) throw new RowrError('EBUSY', `${busy} or use destroy -f`)
   }
 
@@ -298,7 +298,7 @@ export class RowrDaemon {
         if (!request.force) {
           const busy = this.#provider
             ? `geom-rowr cannot tell whether GEOM Gate provider ${this.state.device} is open; unmount it`
-            : this.#inUse()
+            : await this.#inUse()
           if (busy) throw new RowrError('EBUSY', `${busy}, or use revert -f (its users then see RO's data under their feet)`)
         }
         return { ok: true, ...(await this.#runJob('revert', revert)) }

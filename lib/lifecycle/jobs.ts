@@ -88,8 +88,8 @@ const openRoForCommit = (ro: string): BlockDevice => {
   }
 }
 
-const checkNotInUse = (ro: BlockDevice): void => {
-  if (ro.identity.kind === 'disk' && deviceBusy(ro.path)) {
+const checkNotInUse = async (ro: BlockDevice): Promise<void> => {
+  if (ro.identity.kind === 'disk' && (await deviceBusy(ro.path))) {
     throw new RowrError('EBUSY', `${ro.path} is in use elsewhere (mounted or held open exclusively); release it before committing into it`)
   }
 }
@@ -104,7 +104,7 @@ export const commit = async (ctx: JobContext): Promise<CommitSummary> => {
   const { engine } = ctx
   const roWritable = openRoForCommit(ctx.ro)
   try {
-    checkNotInUse(roWritable)
+    await checkNotInUse(roWritable)
     if (roWritable.size < engine.size) throw new RowrError('EMEDIASIZE', `${ctx.ro} is smaller than the device`)
     return await engine.exclusive(async () => {
       await engine.flush()

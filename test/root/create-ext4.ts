@@ -171,14 +171,14 @@ t.test('RW that cannot be written is refused, with nothing left', async t => {
   t.same(leftovers(dir), [])
 })
 
-t.test('create refuses a sector size a loop device cannot take', async t => {
+t.test('create refuses a sector size a Linux block device cannot take', async t => {
   if (!requires(t, NEEDS)) return
   const { dir, runDir, cli } = workdir(t)
   const base = makeImage(path.join(dir, 'ro.img'), 1 << 20)
   const rw = makeImage(path.join(dir, 'rw.img'), 1 << 20, 'zero')
   const r = await cli('create', '--sector-size', '8192', 'big0', base, rw)
   t.equal(r.code, 1)
-  t.match(r.stderr, /larger than the 4096 bytes a Linux loop device allows; use --sector-size 4096 or smaller, or --no-attach/)
+  t.match(r.stderr, /larger than the 4096 bytes a Linux block device allows; use --sector-size 4096 or smaller, or --no-attach/)
   t.same(fs.readdirSync(runDir).filter(n => !n.endsWith('.log')), [])
 })
 
