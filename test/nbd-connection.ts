@@ -202,6 +202,25 @@ t.test('a write over the maximum payload: an error reply, its payload skipped, t
   t.equal(engine.stats().writes, 0)
 })
 
+t.test('DISC sent while the server is paused at its limits: every reply, then the server closes', async t => {
+  const { socket, server } = await serve(t)
+  const { r } = await connectGo(socket)
+  r.socket.pause()
+  const burst: Buffer[] = []
+  for (let i = 0; i < 128; i++) burst.push(request(READ, i + 1, 0, SIZE))
+  burst.push(request(DISC, 999, 0, 0))
+  r.socket.write(Buffer.concat(burst))
+  // The client reads its replies a second late: the server is paused by then.
+  await new Promise(resolve => setTimeout(resolve, 1000))
+  r.socket.resume()
+  for (let i = 0; i < 128; i++) {
+    t.equal((await r.simpleReply()).error, 0)
+    await r.take(SIZE)
+  }
+  t.ok(await r.closed(), 'the server hung up')
+  t.ok(await waitUntil(() => server.connections === 0), 'the connection is gone')
+})
+
 t.test('an unknown export name with EXPORT_NAME closes; ABORT is acknowledged', async t => {
   const { socket } = await serve(t)
   const r = await connect(socket)
