@@ -178,12 +178,18 @@ t.test('random streams, cut and paused at random points, give exactly their mess
   }
 })
 
-t.test('a payload is read in place when the bytes land where the decoder asked', async t => {
+/** A decoder past client flags and NBD_OPT_GO. */
+const inTransmission = (): NbdStreamDecoder => {
   const decoder = new NbdStreamDecoder({ maxOptionLength: MAX_OPTION, maxPayload: MAX_PAYLOAD }, n => Buffer.alloc(n))
   decoder.push(Buffer.concat([bytes.u32(3), option(OPT_GO, Buffer.alloc(6))]))
   decoder.next()
   decoder.next()
   decoder.startTransmission()
+  return decoder
+}
+
+t.test('a payload is read in place when the bytes land where the decoder asked', async t => {
+  const decoder = inTransmission()
   decoder.push(Buffer.concat([request(Cmd.WRITE, 1, 0, 4096), Buffer.alloc(100, 1)]))
   t.equal(decoder.next(), undefined, 'the payload is not all here')
   const space = decoder.payloadSpace!
@@ -198,11 +204,7 @@ t.test('a payload is read in place when the bytes land where the decoder asked',
 })
 
 t.test('an over-long write is skipped as it arrives, never buffered', async t => {
-  const decoder = new NbdStreamDecoder({ maxOptionLength: MAX_OPTION, maxPayload: MAX_PAYLOAD }, n => Buffer.alloc(n))
-  decoder.push(Buffer.concat([bytes.u32(3), option(OPT_GO, Buffer.alloc(6))]))
-  decoder.next()
-  decoder.next()
-  decoder.startTransmission()
+  const decoder = inTransmission()
   const length = 64 * MAX_PAYLOAD
   decoder.push(request(Cmd.WRITE, 1, 0, length))
   t.equal(decoder.next()?.kind, 'oversized-write')
