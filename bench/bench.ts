@@ -4,12 +4,18 @@
 //
 //   node dist/bench/bench.js [--reps 3] [--runtime 10] [--size-mib 1024]
 //        [--only TEXT] [--work DIR] [--long] [--json FILE]
+//        [--baseline CHECKOUT] [--peers NAME,NAME]
+//
+// --baseline adds geom-rowr built in another checkout (an earlier commit) as
+// one more server in the same alternating runs: a change's before/after.
+// --peers keeps only the named servers (geom-rowr, nbdkit-cow, qemu-nbd,
+// nbdkit-file, baseline).
 import { execFileSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { SectorMap } from '../lib/engine/sector-map.js'
-import { PEERS, peakRss, rss, type Peer } from './peers.js'
+import { PEERS, geomRowr, geomRowrBaseline, peakRss, rss, type Peer } from './peers.js'
 import { WORKLOADS, type BenchContext, type Workload } from './workloads.js'
 
 const { values: opts } = parseArgs({
@@ -21,10 +27,18 @@ const { values: opts } = parseArgs({
     work: { type: 'string', default: '/var/tmp/geom-rowr-bench' },
     long: { type: 'boolean', default: false },
     json: { type: 'string', default: 'bench/results/latest.json' },
+    baseline: { type: 'string' },
+    peers: { type: 'string' },
   },
 })
 
 const reps = Number(opts.reps)
+const allPeers: Peer[] = [...PEERS, ...(opts.baseline ? [geomRowrBaseline(opts.baseline)] : [])]
+const wanted = opts.peers?.split(',').map(n => n.trim())
+const chosen: Peer[] = wanted
+  ? allPeers.filter(p => wanted.some(n => (n === 'baseline' ? p.kind === 'baseline' : p.name.startsWith(n))))
+  : allPeers
+if (!chosen.length) throw new Error(`--peers ${opts.peers}: none of ${allPeers.map(p => p.name).join(', ')}`)
 const ctx: BenchContext = { work: opts.work!, runtime: Number(opts.runtime), size: Number(opts['size-mib']) * 2 ** 20 }
 fs.mkdirSync(ctx.work, { recursive: true })
 
@@ -90,7 +104,7 @@ const runOne = async (w: Workload, peer: Peer, base: string, rep: number): Promi
 
 /** RSS of geom-rowr at 10 s and at the end of a 60 s random-write run. */
 const rssGrowth = async (base: string): Promise<{ at10s: number; at60s: number }> => {
-  const running = await PEERS[0]!.start(ctx.work, base)
+  const running = await geomRowr.start(ctx.work, base)
   try {
     const { runFio } = await import('./fio.js')
     const fio = runFio([{ name: 'long', uri: running.uri, job: { rw: 'randrw', bs: '64k', iodepth: 32, runtime: 60 } }])
@@ -125,7 +139,7 @@ const main = async (): Promise<void> => {
   for (const w of workloads) {
     log(`\n${w.name}`)
     cacheBases(b)
-    const peers = PEERS.filter(p => p.kind !== 'reference' || w.withReference)
+    const peers = chosen.filter(p => p.kind !== 'reference' || w.withReference)
     for (let rep = 0; rep < reps; rep++) {
       // Alternate the order so no server always runs first or last.
       const order = rep % 2 === 0 ? peers : [...peers].reverse()
@@ -136,7 +150,7 @@ const main = async (): Promise<void> => {
   const table: Record<string, Record<string, { median: number; min: number; max: number; peakRssMiB: number }>> = {}
   for (const w of workloads) {
     table[w.name] = {}
-    for (const peer of PEERS) {
+    for (const peer of chosen) {
       const mine = samples.filter(s => s.workload === w.name && s.peer === peer.name)
       if (!mine.length) continue
       const values = mine.map(s => s.value)
@@ -150,22 +164,29 @@ const main = async (): Promise<void> => {
   }
 
   const lines: string[] = []
-  lines.push(`\n${'workload'.padEnd(58)} ${PEERS.map(p => p.name.padStart(24)).join('')}  vs best cow peer`)
+  const baseline = chosen.find(p => p.kind === 'baseline')
+  lines.push(
+    `\n${'workload'.padEnd(58)} ${chosen.map(p => p.name.padStart(24)).join('')}  vs best cow peer${baseline ? `  vs ${baseline.name}` : ''}`,
+  )
   for (const w of workloads) {
     const row = table[w.name]!
-    const cells = PEERS.map(p => {
+    const cells = chosen.map(p => {
       const r = row[p.name]
       if (!r) return '-'.padStart(24)
       const digits = w.unit === 'IOPS' ? 0 : w.unit === 'MB/s' ? 0 : 2
       return `${r.median.toFixed(digits)} (${r.min.toFixed(digits)}-${r.max.toFixed(digits)})`.padStart(24)
     })
     const mine = row['geom-rowr']?.median
-    const cow = PEERS.filter(p => p.kind === 'cow')
+    const cow = chosen.filter(p => p.kind === 'cow')
       .map(p => row[p.name]?.median)
       .filter((v): v is number => v !== undefined)
     const best = w.higherIsBetter ? Math.max(...cow) : Math.min(...cow)
-    const ratio = mine === undefined ? NaN : w.higherIsBetter ? mine / best : best / mine
-    lines.push(`${`${w.name} [${w.unit}]`.padEnd(58)} ${cells.join('')}  ${ratio.toFixed(2)}x`)
+    const ratio = mine === undefined || !cow.length ? NaN : w.higherIsBetter ? mine / best : best / mine
+    const before = baseline && row[baseline.name]?.median
+    const change = mine === undefined || !before ? NaN : w.higherIsBetter ? mine / before : before / mine
+    lines.push(
+      `${`${w.name} [${w.unit}]`.padEnd(58)} ${cells.join('')}  ${ratio.toFixed(2).padStart(14)}x${baseline ? `${change.toFixed(3).padStart(20)}x` : ''}`,
+    )
   }
   const rowr = (name: string) => table[name]?.['geom-rowr']?.median
   const ref = (name: string) => table[name]?.['nbdkit-file (no cow)']?.median
@@ -204,6 +225,8 @@ const main = async (): Promise<void> => {
         date: new Date().toISOString(),
         machine: { cpus: (await import('node:os')).cpus().length, node: process.version },
         options: { reps, runtime: ctx.runtime, size: ctx.size },
+        commit: execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim(),
+        peers: chosen.map(p => ({ name: p.name, kind: p.kind })),
         samples,
         table,
         rssGrowth: growth,

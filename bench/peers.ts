@@ -2,7 +2,7 @@
 // (nbdkit's cow filter, qemu-nbd on a qcow2 overlay), plus a reference with
 // no copy-on-write at all (nbdkit's file plugin on a plain copy). Each start
 // gets a fresh overlay, so every run begins with nothing written.
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -12,8 +12,12 @@ const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../bin/g
 
 export interface Peer {
   readonly name: string
-  /** Copy-on-write peers are what geom-rowr must beat; the reference only informs. */
-  readonly kind: 'rowr' | 'cow' | 'reference'
+  /**
+   * Copy-on-write peers are what geom-rowr must beat; the reference only
+   * informs; a baseline is geom-rowr built from an earlier commit, for a
+   * change's before/after run.
+   */
+  readonly kind: 'rowr' | 'cow' | 'reference' | 'baseline'
   start(work: string, base: string): Promise<RunningPeer>
 }
 
@@ -50,18 +54,38 @@ const launch = async (what: string, file: string, args: string[], socket: string
   }
 }
 
-export const geomRowr: Peer = {
-  name: 'geom-rowr',
-  kind: 'rowr',
+/** geom-rowr as the compiled CLI at `cliPath` serves it. */
+export const geomRowrAt = (name: string, kind: 'rowr' | 'baseline', cliPath: string): Peer => ({
+  name,
+  kind,
   start: async (work, base) => {
-    const rw = path.join(work, 'rowr-rw.img')
+    const slug = name.replace(/[^a-z0-9]+/gi, '-')
+    const rw = path.join(work, `${slug}-rw.img`)
     fs.rmSync(rw, { force: true })
     fs.writeFileSync(rw, '')
     fs.truncateSync(rw, fs.statSync(base).size)
-    const socket = path.join(work, 'rowr.sock')
+    const socket = path.join(work, `${slug}.sock`)
     // As the daemon runs in production (create starts it with these flags).
-    return launch('geom-rowr', process.execPath, [...DAEMON_NODE_FLAGS, cli, 'serve', '--name', 'bench', '--socket', socket, base, rw], socket, [rw])
+    return launch(name, process.execPath, [...DAEMON_NODE_FLAGS, cliPath, 'serve', '--name', 'bench', '--socket', socket, base, rw], socket, [rw])
   },
+})
+
+export const geomRowr = geomRowrAt('geom-rowr', 'rowr', cli)
+
+/**
+ * geom-rowr of another checkout (its dist/ built), named by its commit:
+ * the "before" of a before/after run.
+ */
+export const geomRowrBaseline = (checkout: string): Peer => {
+  const cliPath = path.resolve(checkout, 'dist/bin/geom-rowr.js')
+  if (!fs.existsSync(cliPath)) throw new Error(`${checkout}: no ${cliPath}; build that checkout first (make build)`)
+  let label = path.basename(checkout)
+  try {
+    label = execFileSync('git', ['-C', checkout, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim()
+  } catch {
+    // Not a git checkout: its folder name is the label.
+  }
+  return geomRowrAt(`geom-rowr@${label}`, 'baseline', cliPath)
 }
 
 export const nbdkitCow: Peer = {
@@ -80,7 +104,6 @@ export const qemuNbd: Peer = {
   start: async (work, base) => {
     const overlay = path.join(work, 'overlay.qcow2')
     fs.rmSync(overlay, { force: true })
-    const { execFileSync } = await import('node:child_process')
     execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'raw', overlay])
     const socket = path.join(work, 'qemu-nbd.sock')
     // writeback cache and thread aio: the fastest of qemu-nbd's settings

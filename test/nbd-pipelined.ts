@@ -8,23 +8,13 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
 import { makeImage, shortDir, startServe } from './fixtures/helpers.js'
+import { prng } from './fixtures/prng.js'
 import { BLOCK, Cmd, Flag, IntegrityModel, PipelinedClient } from './fixtures/pipelined-client.js'
 
 const SIZE = 8 << 20
 const BLOCKS = SIZE / BLOCK
 const OPS = Number(process.env.GEOM_ROWR_PIPELINED_OPS ?? 2500)
 const IN_FLIGHT = 300
-
-const prng = (seed: number) => {
-  let s = seed >>> 0
-  return (): number => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let x = s
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 const where = (uri: string): string | { host: string; port: number } => {
   const unix = /socket=(.*)$/.exec(uri)

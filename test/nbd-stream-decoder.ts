@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto'
 import t from 'tap'
 import { NbdStreamDecoder, type DecodedMessage } from '../lib/nbd/stream-decoder.js'
 import { bytes, Cmd, option, request } from './fixtures/nbd-client.js'
+import { prng as seededRandom } from './fixtures/prng.js'
 
 const MAX_PAYLOAD = 64 * 1024
 const MAX_OPTION = 4096
@@ -14,16 +15,9 @@ const OPT_GO = 7
 const NO_HOLE = 1 << 1
 const FUA = 1 << 0
 
-/** A small seeded generator, so a failure names the stream that caused it. */
+/** Seeded, so a failure names the stream that caused it. */
 const prng = (seed: number) => {
-  let s = seed >>> 0
-  const next = (): number => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let x = s
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
+  const next = seededRandom(seed)
   return { next, int: (lo: number, hi: number): number => lo + Math.floor(next() * (hi - lo + 1)) }
 }
 
