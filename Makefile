@@ -1,5 +1,5 @@
 # geom-rowr: make (build), make test, make demo, make vmtest.
-SHELL := /bin/bash
+SHELL := /bin/sh
 
 .PHONY: all setup system-deps build ggsim vmguest typecheck lint test vmtest demo bench soak clean
 
