@@ -43,7 +43,12 @@ t.test('usage errors exit 2 and say what is wrong', async t => {
   const { cli, ro, rw } = setup(t)
   const cases: [string[], RegExp][] = [
     [[], /give a command/],
-    [['frobnicate'], /Unknown argument|Unknown command/],
+    [['frobnicate'], /unknown command frobnicate; the commands are create, serve/],
+    [['create', 'q', ro, rw, 'extra'], /create: unexpected argument extra/],
+    // An undeclared option would take NAME as its value; it is named instead.
+    [['create', '--hydrate', 'q', ro, rw], /create: unknown option --hydrate/],
+    [['status', '-x'], /status: unknown option -x/],
+    [['serve', '--port', 'abc', ro, rw], /--port abc is not a TCP port/],
     [['create', 'rowr0'], /Not enough non-option arguments/],
     [['create', 'bad name', ro, rw], /invalid device name "bad name"/],
     [['create', '--sector-size', '1000', 'r0', ro, rw], /sector size 1000 is invalid/],
@@ -58,7 +63,31 @@ t.test('usage errors exit 2 and say what is wrong', async t => {
   }
   const help = await cli('--help')
   t.equal(help.code, 0)
-  t.match(help.stdout, /create \[options\] <name> <ro> <rw>/)
+  t.match(help.stdout, /create <name> <ro> <rw>/)
+  const version = await cli('--version')
+  t.equal(version.code, 0)
+  const pkg = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+  t.equal(version.stdout, `geom-rowr ${pkg.version}\n`, "--version prints the package's version")
+})
+
+t.test('destroy takes several names; list --json is what status --json gives', async t => {
+  const { run, cli, ro, rw, dir } = setup(t)
+  const rw2 = makeImage(path.join(dir, 'rw2.img'), SIZE, 'zero')
+  t.equal((await cli('create', '--no-attach', 'd1', ro, rw)).code, 0)
+  t.equal((await cli('create', '--no-attach', 'd2', ro, rw2)).code, 0)
+  const listed = JSON.parse((await cli('list', '--json')).stdout) as { name: string }[]
+  const statuses = JSON.parse((await cli('status', '--json')).stdout) as { name: string }[]
+  t.same(listed.map(s => s.name).sort(), ['d1', 'd2'])
+  t.same(
+    listed.map(s => s.name),
+    statuses.map(s => s.name),
+    'the same devices as status --json',
+  )
+  const partly = await cli('destroy', 'd1', 'nothere', 'd2')
+  t.equal(partly.code, 1, 'a name that fails makes the command fail')
+  t.match(partly.stderr, /no device named nothere/)
+  t.match(partly.stderr, /not destroyed: nothere/)
+  t.same(names(run), [], 'but the others were destroyed')
 })
 
 t.test('refusals exit 1 with the devices named, and leave nothing behind', async t => {

@@ -22,9 +22,16 @@ const probeAll = async (): Promise<{ name: string; probe: Probe }[]> => {
   return out
 }
 
-export const list = async (): Promise<void> => {
+export const list = async ({ json }: { json: boolean }): Promise<void> => {
+  const probes = await probeAll()
+  if (json) {
+    // Devices still starting or not answering have no status to give.
+    const statuses = probes.flatMap(({ probe: p }) => (p.kind === 'running' ? [p.status] : []))
+    process.stdout.write(JSON.stringify(statuses, null, 2) + '\n')
+    return
+  }
   const rows = [['NAME', 'DEVICE', 'MEDIASIZE', 'RO', 'RW']]
-  for (const { name, probe: p } of await probeAll()) {
+  for (const { name, probe: p } of probes) {
     if (p.kind === 'starting') rows.push([name, '(starting)', '-', '-', '-'])
     else if (p.kind === 'running' || p.kind === 'unresponsive') {
       const s = p.state

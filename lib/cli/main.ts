@@ -1,5 +1,6 @@
 // The geom-rowr command line: arguments checked and normalised once, then
 // handed to one verb. Exit status: 0 success, 1 failure, 2 usage error.
+import fs from 'node:fs'
 import yargs, { type Argv } from 'yargs'
 import { checkSectorSize } from '../devices/device-pair.js'
 import { checkName } from '../daemon/run-state.js'
@@ -61,6 +62,48 @@ const targetOptions = (y: Argv, force: string): Argv =>
       return true
     })
 
+/**
+ * An option nobody declared takes the next word as its value (`create
+ * --hydrate NAME RO RW` would lose NAME), and yargs would then complain
+ * about the positionals instead: undeclared options are named first, before
+ * yargs validates anything.
+ */
+const rejectUnknownOptions =
+  (args: readonly string[], command: string, y: Argv) =>
+  (): void => {
+      // getOptions is yargs's, though its types leave it out.
+      const o = (y as unknown as { getOptions(): { key: Record<string, unknown>; alias: Record<string, string[]> } }).getOptions()
+      const known = new Set([...Object.keys(o.key), ...Object.values(o.alias).flat(), 'help', 'h'])
+      for (const a of args) {
+        if (a === '--') break
+        if (!a.startsWith('-') || a === '-') continue
+        const name = a.replace(/^--?/, '').split('=')[0]!
+        const unknown = a.startsWith('--')
+          ? !known.has(name) && !(name.startsWith('no-') && known.has(name.slice(3)))
+          : [...name].some(c => !known.has(c))
+        if (unknown) throw new UsageError(`${command}: unknown option ${a.split('=')[0]}`)
+      }
+    }
+
+/** A TCP port, from the word the user typed. */
+const parsePort = (value: string): number => {
+  const port = /^\d+$/.test(value) ? Number(value) : NaN
+  if (!(port >= 0 && port <= 65535)) throw new UsageError(`--port ${value} is not a TCP port (0..65535)`)
+  return port
+}
+
+/** The version in geom-rowr's package.json, the nearest one above this module (compiled or not). */
+const packageVersion = (): string => {
+  for (let dir = new URL('.', import.meta.url); ; dir = new URL('..', dir)) {
+    const file = new URL('package.json', dir)
+    if (fs.existsSync(file)) {
+      const pkg = JSON.parse(fs.readFileSync(file, 'utf8')) as { name?: string; version: string }
+      if (pkg.name === 'geom-rowr') return pkg.version
+    }
+    if (dir.pathname === '/') throw new Error('geom-rowr: no package.json of geom-rowr above this program')
+  }
+}
+
 const checked = <T>(check: () => T): T => {
   try {
     return check()
@@ -75,12 +118,21 @@ const checkCommon = (argv: { name?: string; 'sector-size'?: number }): true => {
   return true
 }
 
-const build = (args: string[]): Argv =>
-  yargs(args)
+const COMMANDS = 'create, serve, destroy, list, status, diff, revert, commit or export'
+
+const build = (args: string[]): Argv => {
+  /**
+   * The chosen command's check for undeclared options: run before the
+   * command's middleware and, when yargs finds the command line wrong, before
+   * its own complaint, so an option that swallowed a word is what is named.
+   */
+  let undeclaredOptions: (() => void) | undefined
+  const strictly = (command: string, y: Argv): (() => void) => (undeclaredOptions = rejectUnknownOptions(args, command, y))
+  return yargs(args)
     .scriptName('geom-rowr')
     .usage('$0 <command> [options]\n\nMake a read-only block device writable: reads come from RO until a sector is written, then from RW.')
     .command(
-      'create [options] <name> <ro> <rw>',
+      'create <name> <ro> <rw>',
       'combine RO and RW into a new device NAME and print its path',
       y =>
         y
@@ -100,11 +152,12 @@ const build = (args: string[]): Argv =>
           })
           .options(mapOptions)
           .option('daemon-child', { type: 'boolean', hidden: true, default: false })
+          .middleware(strictly('create', y), true)
           .check(argv => checkMap(argv) && checkCommon(argv)),
       argv => create(argv as unknown as CreateArgs),
     )
     .command(
-      'serve [options] <ro> <rw>',
+      'serve <ro> <rw>',
       'serve RO+RW over NBD in the foreground, without a kernel device',
       y =>
         y
@@ -112,53 +165,70 @@ const build = (args: string[]): Argv =>
           .positional('rw', { type: 'string', demandOption: true })
           .option('name', { type: 'string', describe: 'device and export name (default: the first free rowrN)' })
           .option('socket', { type: 'string', describe: 'Unix socket path (default: in the run directory)' })
-          .option('port', { type: 'number', describe: 'serve over TCP on this port instead of a Unix socket' })
+          .option('port', { type: 'string', describe: 'serve over TCP on this port instead of a Unix socket' })
           .option('bind', { type: 'string', default: '127.0.0.1', describe: 'TCP address to bind with --port' })
           .option('sector-size', sectorSizeOption)
           .option('verbose', { alias: 'v', type: 'boolean', default: false, describe: 'log connections and errors' })
           .options(mapOptions)
           .conflicts('socket', 'port')
+          .middleware(strictly('serve', y), true)
           .check(argv => {
             checkMap(argv)
-            if (argv.port !== undefined && (!Number.isInteger(argv.port) || argv.port < 0 || argv.port > 65535)) {
-              throw new UsageError(`--port ${argv.port} is not a TCP port (0..65535)`)
-            }
+            if (argv.port !== undefined) parsePort(argv.port)
             return checkCommon(argv)
           }),
-      argv => serve(argv as unknown as Parameters<typeof serve>[0]),
+      argv =>
+        serve({ ...argv, port: argv.port === undefined ? undefined : parsePort(argv.port) } as unknown as Parameters<typeof serve>[0]),
     )
     .command(
-      'destroy [options] <name>',
-      'flush and tear down device NAME',
+      'destroy <names..>',
+      'flush and tear down each device NAME, in order',
       y =>
         y
-          .positional('name', { type: 'string', demandOption: true })
-          .option('force', { alias: 'f', type: 'boolean', default: false, describe: 'even while mounted or open' }),
-      argv => destroy(argv as unknown as Parameters<typeof destroy>[0]),
+          .positional('names', { type: 'string', array: true, demandOption: true, describe: 'one or more device names' })
+          .option('force', { alias: 'f', type: 'boolean', default: false, describe: 'even while mounted or open' })
+          .middleware(strictly('destroy', y), true)
+          .check(argv => {
+            for (const name of argv.names) checked(() => checkName(String(name)))
+            return true
+          }),
+      argv => destroyAll(argv.names.map(String), argv.force),
     )
-    .command('list', 'list the devices', y => y, () => list())
+    .command(
+      'list',
+      'list the devices',
+      y =>
+        y
+          .option('json', { type: 'boolean', default: false, describe: "print an array of the objects 'status --json NAME' prints" })
+          .middleware(strictly('list', y), true),
+      argv => list({ json: argv.json }),
+    )
     .command(
       'status [name]',
       'show devices with their statistics',
-      y => y.positional('name', { type: 'string' }).option('json', { type: 'boolean', default: false }),
+      y =>
+        y
+          .positional('name', { type: 'string' })
+          .option('json', { type: 'boolean', default: false })
+          .middleware(strictly('status', y), true),
       argv => status(argv as unknown as Parameters<typeof status>[0]),
     )
     .command(
       'diff [name]',
       'list the written ranges (byte offsets and lengths)',
-      y => targetOptions(y.positional('name', { type: 'string' }), 'resume a stopped device\'s map whose fingerprints do not match'),
+      y => targetOptions(y.positional('name', { type: 'string' }), 'resume a stopped device\'s map whose fingerprints do not match').middleware(strictly('diff', y), true),
       argv => diff(argv as unknown as TargetArgs),
     )
     .command(
       'revert [name]',
       'forget every write: the device reads as RO again',
-      y => targetOptions(y.positional('name', { type: 'string' }), 'even while the device is open (or: accept a map whose fingerprints do not match)'),
+      y => targetOptions(y.positional('name', { type: 'string' }), 'even while the device is open (or: accept a map whose fingerprints do not match)').middleware(strictly('revert', y), true),
       argv => revert(argv as unknown as TargetArgs),
     )
     .command(
       'commit [name]',
       'copy the written sectors into RO (the one command that writes RO), then empty the map',
-      y => targetOptions(y.positional('name', { type: 'string' }), 'accept a stopped device\'s map whose fingerprints do not match'),
+      y => targetOptions(y.positional('name', { type: 'string' }), 'accept a stopped device\'s map whose fingerprints do not match').middleware(strictly('commit', y), true),
       argv => commit(argv as unknown as TargetArgs),
     )
     .command(
@@ -177,26 +247,51 @@ const build = (args: string[]): Argv =>
               else Object.assign(argv, { file: argv.first })
             }, true),
           'accept a stopped device\'s map whose fingerprints do not match',
-        ),
+        ).middleware(strictly('export', y), true),
       argv => exportCommand(argv as unknown as TargetArgs & { file: string }),
     )
-    .demandCommand(1, 'give a command: create, serve, destroy, list, status, diff, revert, commit or export')
+    .demandCommand(1, `give a command: ${COMMANDS}`)
     .strict()
     .help()
     .alias('h', 'help')
-    .version(false)
+    .version('version', 'print the version', `geom-rowr ${packageVersion()}`)
     .wrap(Math.min(100, process.stdout.columns || 100))
     .exitProcess(false)
+    .fail((message: string | null, error: Error | undefined) => {
+      // A handler's own failure passes through; anything yargs found wrong
+      // with the command line (including our checks) is a usage error. Either
+      // way this must throw, or yargs goes on to run the handler.
+      if (error && !(error instanceof UsageError) && error.name !== 'YError') throw error
+      undeclaredOptions?.()
+      const text = message ?? error?.message ?? 'usage error'
+      // What strict mode calls unknown, once every option is declared, is a
+      // word past the command's positional arguments.
+      const extra = /^Unknown arguments?: (.*)$/.exec(text)
+      if (!extra) throw new UsageError(text)
+      // No command's builder ran: the first word names no command.
+      if (!undeclaredOptions) throw new UsageError(`unknown command ${String(args[0])}; the commands are ${COMMANDS}`)
+      throw new UsageError(`${String(args[0])}: unexpected argument${extra[1]!.includes(',') ? 's' : ''} ${extra[1]}`)
+    })
+}
+
+/** Each NAME in turn; one that fails does not keep the others from being destroyed. */
+const destroyAll = async (names: string[], force: boolean): Promise<void> => {
+  const failed: string[] = []
+  for (const name of names) {
+    try {
+      await destroy({ name, force })
+    } catch (e) {
+      if (names.length === 1) throw e
+      process.stderr.write(`geom-rowr: ${(e as Error).message}\n`)
+      failed.push(name)
+    }
+  }
+  if (failed.length) throw new Error(`not destroyed: ${failed.join(', ')}`)
+}
 
 /** Runs the command line; resolves to the exit status. */
 export const main = async (args: string[]): Promise<number> => {
-  const parser = build(args).fail((message: string | null, error: Error | undefined) => {
-    // A handler's own failure passes through; anything yargs found wrong
-    // with the command line (including our checks) is a usage error. Either
-    // way this must throw, or yargs goes on to run the handler.
-    if (error && !(error instanceof UsageError) && error.name !== 'YError') throw error
-    throw new UsageError(message ?? error?.message ?? 'usage error')
-  })
+  const parser = build(args)
   try {
     await parser.parseAsync()
   } catch (e) {
