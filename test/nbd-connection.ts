@@ -19,7 +19,8 @@ const serve = async (t: Test) => {
   makeImage(roPath, SIZE, 'zero')
   const pattern = Buffer.alloc(SIZE)
   for (let i = 0; i < SIZE; i++) pattern[i] = i % 251
-  const fd = BlockDevice.open(makeImage(path.join(dir, 'rw.img'), SIZE, 'zero'), { writable: true })
+  const rwPath = makeImage(path.join(dir, 'rw.img'), SIZE, 'zero')
+  const fd = BlockDevice.open(rwPath, { writable: true })
   fs.writeFileSync(roPath, pattern)
   const ro = BlockDevice.open(roPath, { writable: false })
   const engine = new RowrDevice({ ro, rw: fd, size: SIZE, sectorSize: 512 })
@@ -34,7 +35,7 @@ const serve = async (t: Test) => {
     fd.close()
     fs.rmSync(path.dirname(socket), { recursive: true, force: true })
   })
-  return { socket, server, engine, pattern, logs }
+  return { socket, server, engine, pattern, logs, rwPath }
 }
 
 t.test('simple replies: write, read back, flush, trim, zero, cache', async t => {
@@ -61,6 +62,25 @@ t.test('simple replies: write, read back, flush, trim, zero, cache', async t => 
   t.same(await r.take(4096), Buffer.alloc(4096), 'trimmed range reads zeros')
   r.socket.write(request(DISC, 9, 0, 0))
   t.ok(await r.closed(), 'DISC closes the connection')
+})
+
+t.test('WRITE_ZEROES with NO_HOLE leaves zeros allocated on RW; without it, RW gets a hole', async t => {
+  const { socket, rwPath } = await serve(t)
+  const { r } = await connectGo(socket)
+  const chunk = 64 * 1024
+  r.socket.write(Buffer.concat([request(WRITE, 1, 0, 2 * chunk), Buffer.alloc(2 * chunk, 0x77)]))
+  t.equal((await r.simpleReply()).error, 0)
+  const written = fs.statSync(rwPath).blocks * 512
+  t.ok(written >= 2 * chunk, 'both chunks are allocated on RW')
+  r.socket.write(request(WRITE_ZEROES, 2, 0, chunk, 1 << 1))
+  t.equal((await r.simpleReply()).error, 0)
+  t.equal(fs.statSync(rwPath).blocks * 512, written, 'NO_HOLE: nothing was deallocated')
+  r.socket.write(request(WRITE_ZEROES, 3, chunk, chunk))
+  t.equal((await r.simpleReply()).error, 0)
+  t.ok(fs.statSync(rwPath).blocks * 512 <= written - chunk, 'without NO_HOLE the range became a hole')
+  r.socket.write(request(READ, 4, 0, 2 * chunk))
+  t.equal((await r.simpleReply()).error, 0)
+  t.same(await r.take(2 * chunk), Buffer.alloc(2 * chunk), 'both read as zeros')
 })
 
 t.test('structured replies: OFFSET_DATA, error chunks with messages, NONE', async t => {
