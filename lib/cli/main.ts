@@ -8,6 +8,7 @@ import { destroy } from './destroy.js'
 import { list, status } from './list.js'
 import { commit, diff, exportCommand, revert, type TargetArgs } from './lifecycle.js'
 import { serve } from './serve.js'
+import { reset } from './reset.js'
 
 export const EXIT_FAILURE = 1
 export const EXIT_USAGE = 2
@@ -144,6 +145,12 @@ const build = (args: string[]): Argv =>
       argv => status(argv as unknown as Parameters<typeof status>[0]),
     )
     .command(
+      'reset <name>',
+      'clear the statistics and I/O error counts of device NAME: a degraded device is ok again',
+      y => y.positional('name', { type: 'string', demandOption: true }).check(argv => checkCommon(argv)),
+      argv => reset(argv as unknown as Parameters<typeof reset>[0]),
+    )
+    .command(
       'diff [name]',
       'list the written ranges (byte offsets and lengths)',
       y => targetOptions(y.positional('name', { type: 'string' }), 'resume a stopped device\'s map whose fingerprints do not match'),
@@ -180,7 +187,7 @@ const build = (args: string[]): Argv =>
         ),
       argv => exportCommand(argv as unknown as TargetArgs & { file: string }),
     )
-    .demandCommand(1, 'give a command: create, serve, destroy, list, status, diff, revert, commit or export')
+    .demandCommand(1, 'give a command: create, serve, destroy, list, status, reset, diff, revert, commit or export')
     .strict()
     .help()
     .alias('h', 'help')
