@@ -47,19 +47,25 @@ type Status = Record<string, unknown> & {
 const jobLine = (j: { name: string; done: number; total: number }): string =>
   `${j.name}, ${human(j.done)} of ${human(j.total)}`
 
+/** A daemon started by an older geom-rowr does not count errors. */
+const stateLine = (s: Status): string => {
+  const errors = s.errors as IoErrorCounts | undefined
+  if (errors === undefined) return `unknown: the daemon of ${s.name} (pid ${String(s.pid)}) predates error counting`
+  const state = healthLine(errors)
+  return errors.last === null ? state : `${state}; geom-rowr reset ${s.name} clears it`
+}
+
 const describe = (s: Status): string => {
   const st = s.stats
   const mediasize = Number(s.mediasize)
   const written = Number(s.writtenBytes)
-  const errors = s.errors as IoErrorCounts
-  const state = healthLine(errors)
   const lines: [string, string][] = [
-    ['state', errors.last === null ? state : `${state}; geom-rowr reset ${s.name} clears it`],
+    ['state', stateLine(s)],
     ['device', String(s.device ?? '(none: NBD only)')],
     ['nbd', String(s.nbd)],
     ['ro', `${String(s.ro)} (opened read-only)`],
     ['rw', s.rwAuto ? `${describeAutoRw(String(s.rw), mediasize, s.map !== null)}, made by geom-rowr` : String(s.rw)],
-    ['rw allocated', `${Number(s.rwAllocated)} (${human(Number(s.rwAllocated))}) on RW itself`],
+    ...(s.rwAllocated === undefined ? [] : [['rw allocated', `${Number(s.rwAllocated)} (${human(Number(s.rwAllocated))}) on RW itself`] as [string, string]]),
     ['map', s.map === null ? 'in memory only (lost on destroy)' : s.map === 'rw' ? `in RW's tail (${String(s.mapUuid)})` : `${String(s.map)} (${String(s.mapUuid)})`],
     ['mediasize', `${mediasize} (${human(mediasize)})`],
     ['sectorsize', String(s.sectorsize)],
