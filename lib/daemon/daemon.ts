@@ -333,6 +333,7 @@ export class RowrDaemon {
       case 'reset': {
         const cleared = this.#engine.errors.counts()
         this.#engine.reset()
+        this.#provider?.resetStats()
         this.#health.errorLog.reset()
         this.#log(`reset: statistics and error counts cleared (${cleared.rwWrite + cleared.rwRead + cleared.roRead} I/O error(s))`)
         return { ok: true, cleared }
