@@ -125,7 +125,7 @@ t.test('create --no-attach, list, status, destroy', async t => {
   const all = JSON.parse((await cli('status', '--json')).stdout)
   t.ok(Array.isArray(all) && all.length === 1, 'an array without a NAME')
   const text = await cli('status')
-  t.match(text.stdout, /rowr7\n\s+device:\s+\(none: NBD only\)/)
+  t.match(text.stdout, /rowr7\n\s+state:\s+ok\n\s+device:\s+\(none: NBD only\)/)
 
   const client = await connectGo(`${run}/rowr7/nbd.sock`)
   client.r.socket.write(Buffer.concat([request(Cmd.WRITE, 1, 0, 4096), Buffer.alloc(4096, 7)]))

@@ -5,6 +5,8 @@ import { cleanupStale, probe, type Probe } from '../daemon/stale.js'
 import { RowrError } from '../errors.js'
 import { noSuchDevice } from './destroy.js'
 import { warn } from './foreground.js'
+import { human } from '../units.js'
+import { healthLine, type IoErrorCounts } from '../engine/io-errors.js'
 
 export interface StatusArgs {
   readonly name?: string
@@ -49,29 +51,28 @@ type Status = Record<string, unknown> & {
   stats: Record<string, number>
 }
 
-const human = (bytes: number): string => {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB']
-  let v = bytes
-  let u = 0
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024
-    u++
-  }
-  return u === 0 ? `${bytes} B` : `${v.toFixed(1)} ${units[u]}`
-}
-
 const jobLine = (j: { name: string; done: number; total: number }): string =>
   `${j.name}, ${human(j.done)} of ${human(j.total)}`
+
+/** A daemon started by an older geom-rowr does not count errors. */
+const stateLine = (s: Status): string => {
+  const errors = s.errors as IoErrorCounts | undefined
+  if (errors === undefined) return `unknown: the daemon of ${s.name} (pid ${String(s.pid)}) predates error counting`
+  const state = healthLine(errors)
+  return errors.last === null ? state : `${state}; geom-rowr reset ${s.name} clears it`
+}
 
 const describe = (s: Status): string => {
   const st = s.stats
   const mediasize = Number(s.mediasize)
   const written = Number(s.writtenBytes)
   const lines: [string, string][] = [
+    ['state', stateLine(s)],
     ['device', String(s.device ?? '(none: NBD only)')],
     ['nbd', String(s.nbd)],
     ['ro', `${String(s.ro)} (opened read-only)`],
     ['rw', s.rwAuto ? `${describeAutoRw(String(s.rw), mediasize, s.map !== null)}, made by geom-rowr` : String(s.rw)],
+    ...(s.rwAllocated === undefined ? [] : [['rw allocated', `${Number(s.rwAllocated)} (${human(Number(s.rwAllocated))}) on RW itself`] as [string, string]]),
     ['map', s.map === null ? 'in memory only (lost on destroy)' : s.map === 'rw' ? `in RW's tail (${String(s.mapUuid)})` : `${String(s.map)} (${String(s.mapUuid)})`],
     ['mediasize', `${mediasize} (${human(mediasize)})`],
     ['sectorsize', String(s.sectorsize)],

@@ -9,6 +9,7 @@ import { destroy } from './destroy.js'
 import { list, status } from './list.js'
 import { commit, diff, exportCommand, revert, type TargetArgs } from './lifecycle.js'
 import { serve } from './serve.js'
+import { reset } from './reset.js'
 
 export const EXIT_FAILURE = 1
 export const EXIT_USAGE = 2
@@ -118,7 +119,7 @@ const checkCommon = (argv: { name?: string; 'sector-size'?: number }): true => {
   return true
 }
 
-const COMMANDS = 'create, serve, destroy, list, status, diff, revert, commit or export'
+const COMMANDS = 'create, serve, destroy, list, status, reset, diff, revert, commit or export'
 
 const build = (args: string[]): Argv => {
   /**
@@ -212,6 +213,16 @@ const build = (args: string[]): Argv => {
           .option('json', { type: 'boolean', default: false })
           .middleware(strictly('status', y), true),
       argv => status(argv as unknown as Parameters<typeof status>[0]),
+    )
+    .command(
+      'reset <name>',
+      'clear the statistics and I/O error counts of device NAME: a degraded device is ok again',
+      y =>
+        y
+          .positional('name', { type: 'string', demandOption: true })
+          .middleware(strictly('reset', y), true)
+          .check(argv => checkCommon(argv)),
+      argv => reset(argv as unknown as Parameters<typeof reset>[0]),
     )
     .command(
       'diff [name]',

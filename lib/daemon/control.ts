@@ -11,6 +11,8 @@ export type ControlRequest =
   | { readonly cmd: 'revert'; readonly force: boolean }
   | { readonly cmd: 'commit' }
   | { readonly cmd: 'export'; readonly file: string }
+  /** Clears the statistics and the error counts: the device is ok again. */
+  | { readonly cmd: 'reset' }
   /** Stops the running job at its next safe point. */
   | { readonly cmd: 'cancel' }
 
@@ -77,6 +79,7 @@ const isRequest = (v: unknown): v is ControlRequest => {
     case 'diff':
     case 'commit':
     case 'cancel':
+    case 'reset':
       return true
     case 'destroy':
     case 'revert':

@@ -15,6 +15,8 @@ import { RowrDevice } from '../engine/rowr-device.js'
 import { RowrError, isRowrError } from '../errors.js'
 import { NbdServer, exportFor, nbdUri, type Listen } from '../nbd/server.js'
 import { ControlServer, type ControlReply, type ControlRequest } from './control.js'
+import { IoErrorLog } from './error-log.js'
+import { allocatedBytes, rwSpaceWarning } from '../devices/rw-space.js'
 import { claimName } from './stale.js'
 import { release, statePaths, writeState, type DeviceState } from './run-state.js'
 import { Teardown } from './teardown.js'
@@ -50,6 +52,12 @@ const sizeOf = (ro: string): number => {
   }
 }
 
+/** What status needs to show the device's health, and reset to clear it. */
+interface Health {
+  readonly rw: BlockDevice
+  readonly errorLog: IoErrorLog
+}
+
 export class RowrDaemon {
   readonly state: DeviceState
   readonly warnings: readonly string[]
@@ -59,6 +67,7 @@ export class RowrDaemon {
   readonly #provider: GGateFrontEnd | undefined
   readonly #mapFile: MapFile | undefined
   readonly #log: (message: string) => void
+  readonly #health: Health
   #job: { readonly name: string; done: number; total: number; readonly abort: AbortController } | undefined
   #stopping: Promise<void> | undefined
   #markDone!: () => void
@@ -74,6 +83,7 @@ export class RowrDaemon {
     provider: GGateFrontEnd | undefined,
     mapFile: MapFile | undefined,
     log: (message: string) => void,
+    health: Health,
   ) {
     this.state = state
     this.warnings = warnings
@@ -83,6 +93,7 @@ export class RowrDaemon {
     this.#provider = provider
     this.#mapFile = mapFile
     this.#log = log
+    this.#health = health
   }
 
   static async start(o: DaemonOptions): Promise<RowrDaemon> {
@@ -123,6 +134,11 @@ export class RowrDaemon {
       for (const w of pair.warnings) o.log(`warning: ${w}`)
 
       const warnings = [...pair.warnings]
+      const space = rwSpaceWarning(pair.rw, pair.mediaSize)
+      if (space) {
+        o.log(`warning: ${space}`)
+        warnings.push(space)
+      }
       let mapFile: MapFile | undefined
       const map = new SectorMap(pair.mediaSize / pair.sectorSize)
       if (persistent) {
@@ -136,7 +152,11 @@ export class RowrDaemon {
         if (opened.resumed) o.log(`resumed ${placement.describe}: ${map.writtenSectors * pair.sectorSize} bytes written earlier`)
         mapFile = opened.file
       }
+      // Added before the engine's flush, so that it runs after it (teardown runs in reverse).
+      const errorLog = new IoErrorLog(o.name, o.log)
+      teardown.add('error log', () => errorLog.close())
       const engine = new RowrDevice({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal: mapFile })
+      engine.errors.onError = e => errorLog.report(e)
       teardown.add('pending writes', async () => {
         await engine.drain()
         await engine.flush()
@@ -182,7 +202,7 @@ export class RowrDaemon {
         attachment,
       }
       writeState(state)
-      daemon = new RowrDaemon(state, warnings, engine, server, teardown, provider, mapFile, o.log)
+      daemon = new RowrDaemon(state, warnings, engine, server, teardown, provider, mapFile, o.log, { rw: pair.rw, errorLog })
       o.log(`${o.name} ready: ${state.device ?? state.nbd}`)
       return daemon
     } catch (e) {
@@ -196,6 +216,9 @@ export class RowrDaemon {
     const { attachment: _attachment, phase: _phase, ...state } = this.state
     return {
       ...state,
+      health: this.#engine.errors.health,
+      errors: this.#engine.errors.counts(),
+      rwAllocated: allocatedBytes(this.#health.rw),
       writtenBytes: stats.writtenBytes,
       connections: this.#server.connections,
       stats,
@@ -307,6 +330,14 @@ export class RowrDaemon {
         return { ok: true, ...(await this.#runJob('commit', commit)) }
       case 'export':
         return { ok: true, ...(await this.#runJob('export', ctx => exportImage(ctx, request.file))) }
+      case 'reset': {
+        const cleared = this.#engine.errors.counts()
+        this.#engine.reset()
+        this.#provider?.resetStats()
+        this.#health.errorLog.reset()
+        this.#log(`reset: statistics and error counts cleared (${cleared.rwWrite + cleared.rwRead + cleared.roRead} I/O error(s))`)
+        return { ok: true, cleared }
+      }
       case 'cancel':
         this.#job?.abort.abort()
         return { ok: true, cancelled: this.#job?.name ?? null }

@@ -16,6 +16,7 @@
 import assert from 'node:assert/strict'
 import type { BlockIo } from '../devices/block-device.js'
 import { InFlightList, type InFlight } from './in-flight.js'
+import { DeviceIoError, IoErrors, type IoOp } from './io-errors.js'
 import { SectorMap } from './sector-map.js'
 
 /**
@@ -93,18 +94,26 @@ export class RowrDevice {
   readonly rw: BlockIo
   readonly map: SectorMap
   readonly #inFlight = new InFlightList()
-  readonly #stats = {
-    reads: 0,
-    readBytesFromRo: 0,
-    readBytesFromRw: 0,
-    splitReads: 0,
-    writes: 0,
-    writeBytes: 0,
-    partialSectorWrites: 0,
-    zeroes: 0,
-    zeroBytes: 0,
-    flushes: 0,
-    caches: 0,
+  /** I/O errors of RO and RW, until reset(): the device's health. */
+  readonly errors = new IoErrors()
+  readonly #stats = this.#zeroStats()
+  /** Counters kept outside the engine, as they stood at the last reset(). */
+  #since = { overlapWaits: 0, inlineWrites: 0, writeStalls: 0 }
+
+  #zeroStats() {
+    return {
+      reads: 0,
+      readBytesFromRo: 0,
+      readBytesFromRw: 0,
+      splitReads: 0,
+      writes: 0,
+      writeBytes: 0,
+      partialSectorWrites: 0,
+      zeroes: 0,
+      zeroBytes: 0,
+      flushes: 0,
+      caches: 0,
+    }
   }
 
   readonly #journal: MapJournal | undefined
@@ -144,6 +153,8 @@ export class RowrDevice {
     try {
       this.#stats.reads++
       await this.#readRuns(buf, 0, buf.length, offset)
+    } catch (e) {
+      throw this.#readFailed(offset, e)
     } finally {
       this.#inFlight.leave(request)
     }
@@ -215,7 +226,11 @@ export class RowrDevice {
       } else {
         if (offset < innerStart) await this.#writeZeroBytes(offset, innerStart - offset)
         if (innerEnd < end) await this.#writeZeroBytes(innerEnd, end - innerEnd)
-        await this.rw.zero(innerStart, innerEnd - innerStart, { allocate })
+        try {
+          await this.rw.zero(innerStart, innerEnd - innerStart, { allocate })
+        } catch (e) {
+          throw this.#failed('rw', 'write', innerStart, e)
+        }
       }
       this.#mark(start, alignedEnd)
       if (fua) await this.#makeDurable()
@@ -262,7 +277,32 @@ export class RowrDevice {
   }
 
   #makeDurable(): Promise<void> {
-    return this.#journal ? this.#journal.commit(() => this.rw.datasync()) : this.rw.datasync()
+    return this.#journal ? this.#journal.commit(this.#syncRw) : this.#syncRw()
+  }
+
+  readonly #syncRw = async (): Promise<void> => {
+    try {
+      await this.rw.datasync()
+    } catch (e) {
+      throw this.#failed('rw', 'flush', 0, e)
+    }
+  }
+
+  /** Counts a failure of RO or RW and names it; the caller throws what this returns. */
+  #failed(device: 'ro' | 'rw', op: IoOp, offset: number, e: unknown): DeviceIoError {
+    const error = new DeviceIoError(device, device === 'ro' ? this.ro.path : this.rw.path, op, offset, e)
+    this.errors.record(error)
+    return error
+  }
+
+  /**
+   * A read from `offset` failed. A read of several runs names its device
+   * itself (#readRuns); a read of one run is named here, off the hot path:
+   * the caller still holds the range, so the map says which device it was.
+   */
+  #readFailed(offset: number, e: unknown): unknown {
+    if (e instanceof DeviceIoError || e instanceof assert.AssertionError) return e
+    return this.#failed(this.map.isWritten(Math.floor(offset / this.sectorSize)) ? 'rw' : 'ro', 'read', offset, e)
   }
 
   /** Pulls the range into the page cache of whichever device serves it. */
@@ -275,6 +315,8 @@ export class RowrDevice {
       const request = await this.#enter(pos, pos + n, false)
       try {
         await this.#readRuns(scratch, 0, n, pos)
+      } catch (e) {
+        throw this.#readFailed(pos, e)
       } finally {
         this.#inFlight.leave(request)
       }
@@ -296,15 +338,35 @@ export class RowrDevice {
   }
 
   stats(): RowrStats {
+    const outside = this.#outsideCounts()
     return {
       ...this.#stats,
-      overlapWaits: this.#inFlight.waits,
-      inlineWrites: this.rw.inlineWrites?.inline ?? 0,
-      writeStalls: this.rw.inlineWrites?.stalls ?? 0,
+      overlapWaits: outside.overlapWaits - this.#since.overlapWaits,
+      inlineWrites: outside.inlineWrites - this.#since.inlineWrites,
+      writeStalls: outside.writeStalls - this.#since.writeStalls,
       writtenSectors: this.map.writtenSectors,
       writtenBytes: this.map.writtenSectors * this.sectorSize,
       mapBytes: this.map.memoryBytes,
     }
+  }
+
+  #outsideCounts() {
+    return {
+      overlapWaits: this.#inFlight.waits,
+      inlineWrites: this.rw.inlineWrites?.inline ?? 0,
+      writeStalls: this.rw.inlineWrites?.stalls ?? 0,
+    }
+  }
+
+  /**
+   * Clears the statistics and the error counts (geom-rowr reset), as
+   * gunion's reset clears its statistics. What is written stays: that is
+   * the map, not a statistic.
+   */
+  reset(): void {
+    Object.assign(this.#stats, this.#zeroStats())
+    this.#since = this.#outsideCounts()
+    this.errors.reset()
   }
 
   #enter(start: number, end: number, exclusive: boolean): InFlight | Promise<InFlight> {
@@ -331,16 +393,34 @@ export class RowrDevice {
 
   /** Reads a range run by run, each run from the device that holds it. */
   #readRuns(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
+    // One run, the common case, goes out as it is: its caller names a
+    // failure (#readFailed). Several runs are each named here, as
+    // Promise.all would not say which one failed.
+    let first: Promise<void> | undefined
+    let firstPos = 0
     const reads: Promise<void>[] = []
     this.#forEachRun(offset, length, (written, pos, n) => {
       if (written) this.#stats.readBytesFromRw += n
       else this.#stats.readBytesFromRo += n
-      reads.push((written ? this.rw : this.ro).read(buf, bufOffset + pos - offset, n, pos))
+      const read = (written ? this.rw : this.ro).read(buf, bufOffset + pos - offset, n, pos)
+      if (first === undefined) {
+        first = read
+        firstPos = pos
+      } else {
+        if (reads.length === 0) reads.push(this.#named(first, firstPos))
+        reads.push(this.#named(read, pos))
+      }
       return true
     })
-    if (reads.length === 1) return reads[0]!
+    if (reads.length === 0) return first!
     this.#stats.splitReads++
     return Promise.all(reads).then(() => undefined)
+  }
+
+  #named(read: Promise<void>, pos: number): Promise<void> {
+    return read.catch((e: unknown) => {
+      throw this.#readFailed(pos, e)
+    })
   }
 
   /**
@@ -351,7 +431,11 @@ export class RowrDevice {
   async #writeSpan(offset: number, data: Buffer): Promise<void> {
     const end = offset + data.length
     if (offset % this.sectorSize === 0 && end % this.sectorSize === 0) {
-      await this.rw.write(data, 0, data.length, offset)
+      try {
+        await this.rw.write(data, 0, data.length, offset)
+      } catch (e) {
+        throw this.#failed('rw', 'write', offset, e)
+      }
       return
     }
     this.#stats.partialSectorWrites++
@@ -359,16 +443,29 @@ export class RowrDevice {
     const alignedEnd = this.#alignUp(end)
     const whole = Buffer.allocUnsafe(alignedEnd - start)
     if (alignedEnd - start === this.sectorSize) {
-      await this.#readRuns(whole, 0, this.sectorSize, start)
+      await this.#readEdge(whole, 0, start)
     } else {
-      if (start < offset) await this.#readRuns(whole, 0, this.sectorSize, start)
+      if (start < offset) await this.#readEdge(whole, 0, start)
       if (end < alignedEnd) {
         const last = alignedEnd - this.sectorSize
-        await this.#readRuns(whole, last - start, this.sectorSize, last)
+        await this.#readEdge(whole, last - start, last)
       }
     }
     data.copy(whole, offset - start)
-    await this.rw.write(whole, 0, whole.length, start)
+    try {
+      await this.rw.write(whole, 0, whole.length, start)
+    } catch (e) {
+      throw this.#failed('rw', 'write', start, e)
+    }
+  }
+
+  /** Reads the edge sector at `offset` for a read-modify-write. */
+  async #readEdge(whole: Buffer, at: number, offset: number): Promise<void> {
+    try {
+      await this.#readRuns(whole, at, this.sectorSize, offset)
+    } catch (e) {
+      throw this.#readFailed(offset, e)
+    }
   }
 
   #writeZeroBytes(offset: number, length: number): Promise<void> {

@@ -206,6 +206,14 @@ export class GGateFrontEnd {
   stats(): GGateStats {
     return { unit: this.unit, workers: this.#workers.size, bios: { ...this.#bios }, failed: this.#failed, bufferGrows: this.#bufferGrows, peakInFlight: this.#peakInFlight }
   }
+
+  /** Clears the counters (geom-rowr reset); bios in flight stay counted as in flight. */
+  resetStats(): void {
+    for (const k of Object.keys(this.#bios) as (keyof GGateStats['bios'])[]) this.#bios[k] = 0
+    this.#failed = 0
+    this.#bufferGrows = 0
+    this.#peakInFlight = this.#inFlight
+  }
 }
 
 const openControl = (): GGateControl => {

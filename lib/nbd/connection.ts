@@ -14,6 +14,7 @@
 // until then, so at most one more read's worth arrives.
 import { Socket } from 'node:net'
 import { INLINE_READ_MAX, type RowrDevice } from '../engine/rowr-device.js'
+import { DeviceIoError } from '../engine/io-errors.js'
 import type { BufferPool } from './buffer-pool.js'
 import { BASE_ALLOCATION, Command, CommandFlag, WrittenState } from './constants.js'
 import { Negotiation, type ExportDescription } from './negotiation.js'
@@ -402,7 +403,11 @@ export class NbdConnection {
   #replyError(request: NbdRequest, e: unknown): void {
     const errno = nbdErrnoFor(e)
     const message = e instanceof Error ? e.message : String(e)
-    if (!(e instanceof RequestRefused)) this.#log(`request ${request.type} at ${request.offset}+${request.length} failed: ${message}`)
+    // A device's I/O error is counted and logged, at a bounded rate, by the
+    // engine's owner (lib/daemon/error-log.ts): a full RW fails every write.
+    if (!(e instanceof RequestRefused) && !(e instanceof DeviceIoError)) {
+      this.#log(`request ${request.type} at ${request.offset}+${request.length} failed: ${message}`)
+    }
     this.#send(
       this.#negotiation.structuredReplies
         ? structuredError(request.cookie, errno, message)

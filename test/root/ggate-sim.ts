@@ -93,6 +93,9 @@ t.test('the original module\'s procedure through GEOM Gate: ext4 on the provider
   t.match(s, { device: provider, ggate: { failed: 0 } })
   t.ok(s.ggate.bios.write > 0 && s.ggate.bios.read > 0 && s.ggate.bios.flush > 0, `bios came through GEOM Gate: ${JSON.stringify(s.ggate.bios)}`)
   t.ok(s.writtenBytes >= 3 << 20, 'the changes are on RW')
+  t.equal((await rowr('reset', 'rowr0')).code, 0, 'reset')
+  const cleared = await status(rowr, 'rowr0')
+  t.match(cleared, { health: 'ok', writtenBytes: s.writtenBytes, ggate: { failed: 0, bufferGrows: 0, bios: { read: 0, write: 0, flush: 0 } } }, 'reset clears the GEOM Gate counters too')
 
   // The kernel's FUSE release may land just after losetup -d: poll.
   let destroyed = await rowr('destroy', 'rowr0')
