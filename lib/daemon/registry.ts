@@ -1,7 +1,7 @@
 // Who uses which device: each running device records the RO, RW and map it
 // claimed (by identity: st_rdev for a disk, st_dev and st_ino for a file) in
 // claims.json beside its state, and every new claim is checked against the
-// others and recorded under one lock in the run directory. This is what
+// others and recorded under one lock, on the run directory itself. This is what
 // keeps geom-rowr devices apart where the kernel cannot (a disk RO is opened
 // without an exclusive claim so that it can be shared; on FreeBSD user space
 // has no exclusive open at all), and it lets a refusal name the device.
@@ -70,16 +70,16 @@ const LOCK_POLL_MS = 10
 
 /**
  * Runs `fn` (synchronous: nothing else runs while it holds the lock) under
- * the run directory's registry lock. With `create` false and no run
- * directory, no device can be running: `fn` runs without the lock.
+ * the registry's lock: a lock on the run directory, so that no lock file is
+ * left there. With `create` false and no run directory, no device can be
+ * running: `fn` runs without the lock.
  */
 export const withRegistryLock = <T>(fn: () => T, { create }: { create: boolean }): T => {
   const dir = runDir()
   if (create) fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
-  const file = path.join(dir, 'registry.lock')
   let fd: number
   try {
-    fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600)
+    fd = fs.openSync(dir, fs.constants.O_RDONLY)
   } catch (e) {
     if (!create && errnoCode(e) === 'ENOENT') return fn()
     throw e
@@ -92,7 +92,7 @@ export const withRegistryLock = <T>(fn: () => T, { create }: { create: boolean }
       got = tryLock(fd, 'exclusive')
     }
     if (got === 'conflict') {
-      throw new RowrError('EBUSY', `another geom-rowr process has held ${file} for over ${LOCK_WAIT_MS / 1000} s; see which with: fuser -v ${file}`)
+      throw new RowrError('EBUSY', `another geom-rowr process has held the lock on ${dir} for over ${LOCK_WAIT_MS / 1000} s; see which with: fuser -v ${dir}`)
     }
     return fn()
   } finally {
