@@ -127,21 +127,24 @@ const identityOf = (fd: number): DeviceIdentity => {
 const sameIdentity = (a: DeviceIdentity, b: DeviceIdentity): boolean =>
   a.kind === b.kind && (a.kind === 'file' ? a.dev === b.dev && a.ino === b.ino : a.rdev === b.rdev)
 
-/** Takes one device: the kernel's view, then an exclusive open or a lock. */
+const replaced = (t: ClaimTarget): RowrError =>
+  new RowrError('EINUSE', `${t.path} was replaced by another file while it was being opened; run this again`)
+
+/** Takes one device: the registry (which names the holder), then the kernel's view, then an exclusive open or a lock. */
 const claimOne = (t: ClaimTarget, claimant: Claimant): Held => {
+  const st = fs.statSync(t.path)
+  const identity: DeviceIdentity = { kind: st.isFile() ? 'file' : 'disk', dev: st.dev, ino: st.ino, rdev: st.rdev }
+  if (t.identity && !sameIdentity(identity, t.identity)) throw replaced(t)
+  const key = claimKey(identity)
+  for (const h of holdersOf(key, 'name' in claimant ? claimant.name : undefined)) {
+    if (conflicts(t.role, h.role)) throw registryRefusal(t, h, claimant)
+  }
   const linux = platform() === 'linux'
-  const exclusiveOpen = linux && t.role !== 'ro' && t.identity?.kind === 'disk'
+  if (linux) checkKernelUsers(t, identity)
+  const exclusiveOpen = linux && t.role !== 'ro' && identity.kind === 'disk'
   const fd = exclusiveOpen ? openExclusive(t) : fs.openSync(t.path, fs.constants.O_RDONLY)
   try {
-    const identity = identityOf(fd)
-    if (t.identity && !sameIdentity(identity, t.identity)) {
-      throw new RowrError('EINUSE', `${t.path} was replaced by another file while it was being opened; run this again`)
-    }
-    const key = claimKey(identity)
-    for (const h of holdersOf(key, 'name' in claimant ? claimant.name : undefined)) {
-      if (conflicts(t.role, h.role)) throw registryRefusal(t, h, claimant)
-    }
-    if (linux) checkKernelUsers(t, identity)
+    if (!sameIdentity(identityOf(fd), identity)) throw replaced(t)
     if (identity.kind === 'file' && tryLock(fd, t.role === 'ro' ? 'shared' : 'exclusive') === 'conflict') {
       throw t.role === 'ro'
         ? new RowrError(
