@@ -12,6 +12,7 @@ export type RowrErrorCode =
   | 'EINUSE' // NAME is taken by a running device
   | 'ENONAME' // no device of that NAME
   | 'EBUSY' // the device is open or mounted
+  | 'ENOTCONFIRMED' // commit without -y, and no terminal to ask on (or the answer was no)
   | 'EATTACH' // the kernel block device could not be attached
   | 'EDAEMON' // the daemon did not start or did not answer
   | 'EPLATFORM' // not possible on this platform

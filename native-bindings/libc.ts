@@ -60,11 +60,22 @@ export interface Libc {
    * the data is not cached). Only where canReadNowait.
    */
   preadNowait(fd: number, buf: Buffer, offset: number, length: number, position: number): number
+  /**
+   * flock(2): an advisory lock on the open file description; returns -1
+   * and sets errno on failure (EWOULDBLOCK with LOCK_NB while another holds
+   * a conflicting one).
+   */
+  flock(fd: number, operation: number): number
   /** The address of a Buffer's bytes, for pointers inside structs. */
   address(buf: Buffer): bigint
   /** The errno left by the last synchronous call on this thread. */
   errno(): number
 }
+
+/** flock(2)'s operations: the same numbers on Linux and FreeBSD. */
+export const LOCK_SH = 1
+export const LOCK_EX = 2
+export const LOCK_NB = 4
 
 /** <linux/fs.h>: return EAGAIN instead of blocking. */
 const RWF_NOWAIT = 0x08
@@ -83,6 +94,7 @@ export const libc = (): Libc => {
   const open = lib.func('int open(const char *path, int flags, int mode)')
   const close = lib.func('int close(int fd)')
   const setsockopt = lib.func('int setsockopt(int fd, int level, int name, void *value, uint32_t length)')
+  const flock = lib.func('int flock(int fd, int operation)')
   let fallocate: KoffiFunction | undefined
   let preadv2: KoffiFunction | undefined
   if (platform() === 'linux' && !process.env.GEOM_ROWR_LIBC) {
@@ -133,6 +145,7 @@ export const libc = (): Libc => {
       iovecWords[2 + low] = length
       return preadv2(fd, iovec, 1, position, RWF_NOWAIT)
     },
+    flock: (fd, operation) => flock(fd, operation),
     address: buf => koffi.address(buf),
     errno: () => koffi.errno(),
   }

@@ -116,7 +116,7 @@ t.test('commit folds the writes into RO, empties the map, and resumes; offline t
   if (!requires(t, NEEDS)) return
   const s = setup(t)
   await s.write(await s.create('c0'))
-  const committed = await s.g('commit', 'c0')
+  const committed = await s.g('commit', '-y', 'c0')
   t.equal(committed.code, 0, committed.stderr)
   t.match(committed.stdout, 'c0: committed 75264 bytes into RO; the map is empty')
   t.ok(fs.readFileSync(s.ro).equals(s.expected()), 'RO now holds the writes')
@@ -126,7 +126,7 @@ t.test('commit folds the writes into RO, empties the map, and resumes; offline t
   t.equal(again.code, 0, `the map resumes with the new RO: ${again.stderr}`)
   await run('qemu-io', ['-f', 'raw', again.stdout.trim(), '-c', 'write -P 0x55 8192 4096', '-c', 'flush'])
   t.equal((await s.g('destroy', 'c0')).code, 0)
-  const offline = await s.g('commit', '--json', ...s.offline)
+  const offline = await s.g('commit', '-y', '--json', ...s.offline)
   t.equal(offline.code, 0, offline.stderr)
   t.same(JSON.parse(offline.stdout), { committedBytes: 4096, released: true })
   const image = s.expected()
@@ -139,14 +139,14 @@ t.test('refusals: commit into a .uzip, a map for other devices, two writers', as
   const s = setup(t)
   const uzip = path.join(s.dir, 'system.uzip')
   fs.copyFileSync(s.ro, uzip)
-  const r = await s.g('commit', '--ro', uzip, '--rw', s.rw, '--map', path.join(s.dir, 'u.map'))
+  const r = await s.g('commit', '-y', '--ro', uzip, '--rw', s.rw, '--map', path.join(s.dir, 'u.map'))
   t.equal(r.code, 1)
   t.match(r.stderr, 'is a geom_uzip image, which cannot be written; use geom-rowr export to make a new image instead')
 
   await s.write(await s.create('x0'))
   const twice = await s.g('diff', ...s.offline)
   t.equal(twice.code, 1)
-  t.match(twice.stderr, `${s.rw} belongs to running device x0; give NAME (x0) instead of --ro/--rw`)
+  t.match(twice.stderr, `${s.rw} belongs to running device x0 as its RW; give NAME (x0) instead of --ro/--rw`)
   t.equal((await s.g('destroy', 'x0')).code, 0)
 
   const other = makeImage(path.join(s.dir, 'other.img'), SIZE)
@@ -233,7 +233,7 @@ t.test('an interrupted commit leaves the device as it was, resumes, and finishes
   t.ok(view.equals(data), 'the device shows the same data')
   await resumed.close()
 
-  const finished = await s.g('commit', '--json', ...s.offline)
+  const finished = await s.g('commit', '-y', '--json', ...s.offline)
   t.equal(finished.code, 0, finished.stderr)
   t.equal(JSON.parse(finished.stdout).committedBytes, 3 << 20)
   const image = fs.readFileSync(s.ro)

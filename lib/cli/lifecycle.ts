@@ -3,6 +3,7 @@
 // job runs here). Long jobs draw progress on a terminal and stop cleanly on
 // Ctrl-C; --json prints the summary for scripts.
 import path from 'node:path'
+import readline from 'node:readline/promises'
 import { callControl, type ControlRequest } from '../daemon/control.js'
 import { statePaths } from '../daemon/run-state.js'
 import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
@@ -10,8 +11,10 @@ import { RowrError } from '../errors.js'
 import {
   commit as commitJob,
   exportImage,
+  planCommit,
   revert as revertJob,
   writtenRanges,
+  type CommitPlan,
   type CommitSummary,
   type ExportSummary,
   type JobContext,
@@ -100,7 +103,14 @@ const runJob = async <T extends object>(
     const abort = new AbortController()
     stop = () => abort.abort()
     try {
-      return await job({ engine: device.engine, mapFile: device.mapFile, ro: target.ro, signal: abort.signal, progress: bar.update })
+      return await job({
+        engine: device.engine,
+        mapFile: device.mapFile,
+        ro: target.ro,
+        claims: device.claims,
+        signal: abort.signal,
+        progress: bar.update,
+      })
     } catch (e) {
       if (interrupted && (e as { code?: string }).code === 'ECANCELED') return interruptedBy((e as Error).message)
       throw e
@@ -141,8 +151,58 @@ export const revert = async (a: TargetArgs): Promise<void> => {
   print(a, s, `${label(a)}: reverted: ${s.revertedBytes} bytes of writes forgotten${s.released ? '; their space on RW was released' : ''}`)
 }
 
-export const commit = async (a: TargetArgs): Promise<void> => {
-  const s = await runJob<CommitSummary>(a, 'commit', { cmd: 'commit' }, commitJob)
+export interface CommitArgs extends TargetArgs {
+  readonly yes: boolean
+  readonly 'dry-run': boolean
+}
+
+/** Asks on the terminal; true for y or yes. */
+const confirm = async (question: string): Promise<boolean> => {
+  const rl = readline.createInterface({ input: process.stdin, output: process.stderr })
+  try {
+    return /^y(es)?$/i.test((await rl.question(question)).trim())
+  } finally {
+    rl.close()
+  }
+}
+
+const printPlan = (a: TargetArgs, plan: CommitPlan): void => {
+  if (a.json) {
+    print(a, plan, '')
+    return
+  }
+  process.stdout.write(plan.ranges.map(r => `${r.offset} ${r.length}\n`).join(''))
+  warn(`${label(a)}: commit --dry-run: would write ${plan.bytes} bytes in ${plan.ranges.length} range(s) into ${plan.ro}; nothing was written`)
+}
+
+/**
+ * commit overwrites RO, which cannot be undone: on a terminal it shows what
+ * it would write and asks first (unless -y); without one it needs -y.
+ * --dry-run makes every check and prints the ranges, writing nothing.
+ */
+export const commit = async (a: CommitArgs): Promise<void> => {
+  const plan = (): Promise<CommitPlan | undefined> =>
+    runJob<CommitPlan>(a, 'commit --dry-run', { cmd: 'commit', force: a.force, dryRun: true }, planCommit)
+  if (a['dry-run']) {
+    const p = await plan()
+    if (p) printPlan(a, p)
+    return
+  }
+  if (!a.yes) {
+    if (!process.stdin.isTTY || !process.stderr.isTTY) {
+      throw new RowrError(
+        'ENOTCONFIRMED',
+        `${label(a)}: commit overwrites RO with the device's writes, which cannot be undone, so it asks first, and there is no terminal to ask on: ` +
+          'give -y (--yes) to commit without asking, or --dry-run to see what it would write',
+      )
+    }
+    const p = await plan()
+    if (!p) return
+    if (p.bytes > 0 && !(await confirm(`geom-rowr: ${label(a)}: overwrite ${p.ro} with ${p.bytes} bytes in ${p.ranges.length} range(s)? This cannot be undone. [y/N] `))) {
+      throw new RowrError('ENOTCONFIRMED', `${label(a)}: not committed; nothing was written`)
+    }
+  }
+  const s = await runJob<CommitSummary>(a, 'commit', { cmd: 'commit', force: a.force, dryRun: false }, commitJob)
   if (!s) return
   print(a, s, `${label(a)}: committed ${s.committedBytes} bytes into RO; the map is empty${s.released ? ' and RW\'s space was released' : ''}`)
 }

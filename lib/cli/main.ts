@@ -7,7 +7,7 @@ import { checkName } from '../daemon/run-state.js'
 import { create, type CreateArgs } from './create.js'
 import { destroy } from './destroy.js'
 import { list, status } from './list.js'
-import { commit, diff, exportCommand, revert, type TargetArgs } from './lifecycle.js'
+import { commit, diff, exportCommand, revert, type CommitArgs, type TargetArgs } from './lifecycle.js'
 import { serve } from './serve.js'
 import { reset } from './reset.js'
 
@@ -239,8 +239,15 @@ const build = (args: string[]): Argv => {
     .command(
       'commit [name]',
       'copy the written sectors into RO (the one command that writes RO), then empty the map',
-      y => targetOptions(y.positional('name', { type: 'string' }), 'accept a stopped device\'s map whose fingerprints do not match').middleware(strictly('commit', y), true),
-      argv => commit(argv as unknown as TargetArgs),
+      y =>
+        targetOptions(
+          y
+            .positional('name', { type: 'string' })
+            .option('yes', { alias: 'y', type: 'boolean', default: false, describe: 'do not ask for confirmation (needed without a terminal)' })
+            .option('dry-run', { type: 'boolean', default: false, describe: 'make every check and print the ranges it would write; write nothing' }),
+          'even while the device is open (or: accept a stopped device\'s map whose fingerprints do not match)',
+        ).middleware(strictly('commit', y), true),
+      argv => commit(argv as unknown as CommitArgs),
     )
     .command(
       'export <first> [second]',

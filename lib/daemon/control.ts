@@ -9,7 +9,8 @@ export type ControlRequest =
   | { readonly cmd: 'destroy'; readonly force: boolean }
   | { readonly cmd: 'diff' }
   | { readonly cmd: 'revert'; readonly force: boolean }
-  | { readonly cmd: 'commit' }
+  /** dryRun: every check, and the ranges it would write, without writing. */
+  | { readonly cmd: 'commit'; readonly force: boolean; readonly dryRun: boolean }
   | { readonly cmd: 'export'; readonly file: string }
   /** Clears the statistics and the error counts: the device is ok again. */
   | { readonly cmd: 'reset' }
@@ -77,10 +78,11 @@ const isRequest = (v: unknown): v is ControlRequest => {
   switch (v.cmd) {
     case 'status':
     case 'diff':
-    case 'commit':
     case 'cancel':
     case 'reset':
       return true
+    case 'commit':
+      return 'force' in v && typeof v.force === 'boolean' && 'dryRun' in v && typeof v.dryRun === 'boolean'
     case 'destroy':
     case 'revert':
       return 'force' in v && typeof v.force === 'boolean'

@@ -6,7 +6,7 @@ import { makeAutoRw, removeAutoRw } from '../devices/auto-rw.js'
 import { GGateFrontEnd } from '../ggate/front-end.js'
 import { SectorMap } from '../engine/sector-map.js'
 import { MapFile } from '../persist/map-file.js'
-import { commit, exportImage, revert, writtenRanges, type JobContext } from '../lifecycle/jobs.js'
+import { commit, exportImage, planCommit, revert, writtenRanges, type JobContext } from '../lifecycle/jobs.js'
 import { mapOnRw, openMapFile } from '../persist/map-store.js'
 import { platform } from '../../native-bindings/libc.js'
 import { BlockDevice } from '../devices/block-device.js'
@@ -17,6 +17,7 @@ import { NbdServer, exportFor, nbdUri, type Listen } from '../nbd/server.js'
 import { ControlServer, type ControlReply, type ControlRequest } from './control.js'
 import { IoErrorLog } from './error-log.js'
 import { allocatedBytes, rwSpaceWarning } from '../devices/rw-space.js'
+import { DeviceClaims } from './claims.js'
 import { claimName } from './stale.js'
 import { release, statePaths, writeState, type DeviceState } from './run-state.js'
 import { Teardown } from './teardown.js'
@@ -61,6 +62,7 @@ interface Health {
 export class RowrDaemon {
   readonly state: DeviceState
   readonly warnings: readonly string[]
+  readonly #claims: DeviceClaims
   readonly #engine: RowrDevice
   readonly #server: NbdServer
   readonly #teardown: Teardown
@@ -77,6 +79,7 @@ export class RowrDaemon {
   private constructor(
     state: DeviceState,
     warnings: readonly string[],
+    claims: DeviceClaims,
     engine: RowrDevice,
     server: NbdServer,
     teardown: Teardown,
@@ -87,6 +90,7 @@ export class RowrDaemon {
   ) {
     this.state = state
     this.warnings = warnings
+    this.#claims = claims
     this.#engine = engine
     this.#server = server
     this.#teardown = teardown
@@ -129,6 +133,14 @@ export class RowrDaemon {
         pair.ro.close()
         pair.rw.close()
       })
+      const claims = DeviceClaims.claim(
+        [
+          { role: 'ro', path: o.ro, identity: pair.ro.identity },
+          { role: 'rw', path: base.rw, identity: pair.rw.identity },
+        ],
+        { name: o.name },
+      )
+      teardown.add('claims', () => claims.release())
       const ggate = o.attach && platform() === 'freebsd'
       if (o.attach && !ggate) checkAttachable(pair.sectorSize)
       for (const w of pair.warnings) o.log(`warning: ${w}`)
@@ -146,6 +158,7 @@ export class RowrDaemon {
           ? mapOnRw(pair.rw, pair.mediaSize, pair.sectorSize)
           : openMapFile(o.map!, pair.mediaSize, pair.sectorSize)
         teardown.add('map', () => placement.close())
+        if (!o.mapOnRw) claims.add([{ role: 'map', path: o.map! }])
         const opened = await MapFile.open({ ...placement, ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, force: o.force ?? false })
         for (const w of opened.warnings) o.log(`warning: ${w}`)
         warnings.push(...opened.warnings)
@@ -202,7 +215,7 @@ export class RowrDaemon {
         attachment,
       }
       writeState(state)
-      daemon = new RowrDaemon(state, warnings, engine, server, teardown, provider, mapFile, o.log, { rw: pair.rw, errorLog })
+      daemon = new RowrDaemon(state, warnings, claims, engine, server, teardown, provider, mapFile, o.log, { rw: pair.rw, errorLog })
       o.log(`${o.name} ready: ${state.device ?? state.nbd}`)
       return daemon
     } catch (e) {
@@ -286,6 +299,14 @@ export class RowrDaemon {
     if (busy) throw new RowrError('EBUSY', `${busy} or use destroy -f`)
   }
 
+  /** Refuses a job that changes what the device shows, or what RO holds, while the device is open. */
+  async #checkNotOpen(force: string): Promise<void> {
+    const busy = this.#provider
+      ? `geom-rowr cannot tell whether GEOM Gate provider ${this.state.device} is open; unmount it`
+      : await this.#inUse()
+    if (busy) throw new RowrError('EBUSY', `${busy}, or use ${force}`)
+  }
+
   /** Runs one lifecycle job at a time, with its progress visible in status. */
   async #runJob<T>(name: string, job: (ctx: JobContext) => Promise<T>): Promise<T> {
     if (this.#job) throw new RowrError('EBUSY', `${this.state.name} is busy with ${this.#job.name}; wait for it or cancel it`)
@@ -297,6 +318,7 @@ export class RowrDaemon {
         engine: this.#engine,
         mapFile: this.#mapFile,
         ro: this.state.ro,
+        claims: this.#claims,
         signal: abort.signal,
         progress: (done, total) => {
           running.done = done
@@ -318,15 +340,12 @@ export class RowrDaemon {
       case 'diff':
         return { ok: true, ranges: writtenRanges(this.#engine) }
       case 'revert': {
-        if (!request.force) {
-          const busy = this.#provider
-            ? `geom-rowr cannot tell whether GEOM Gate provider ${this.state.device} is open; unmount it`
-            : await this.#inUse()
-          if (busy) throw new RowrError('EBUSY', `${busy}, or use revert -f (its users then see RO's data under their feet)`)
-        }
+        if (!request.force) await this.#checkNotOpen('revert -f (its users then see RO\'s data under their feet)')
         return { ok: true, ...(await this.#runJob('revert', revert)) }
       }
       case 'commit':
+        if (!request.force) await this.#checkNotOpen('commit -f (it then commits what the file system has written so far, which may be half an update)')
+        if (request.dryRun) return { ok: true, ...(await this.#runJob('commit --dry-run', planCommit)) }
         return { ok: true, ...(await this.#runJob('commit', commit)) }
       case 'export':
         return { ok: true, ...(await this.#runJob('export', ctx => exportImage(ctx, request.file))) }

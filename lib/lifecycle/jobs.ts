@@ -9,6 +9,7 @@ import type { RowrDevice } from '../engine/rowr-device.js'
 import { RowrError, errnoCode } from '../errors.js'
 import type { MapFile } from '../persist/map-file.js'
 import { roFingerprint } from '../persist/fingerprint.js'
+import type { DeviceClaims } from '../daemon/claims.js'
 
 export interface WrittenRange {
   readonly offset: number
@@ -21,6 +22,8 @@ export interface JobContext {
   readonly mapFile: MapFile | undefined
   /** RO's path, for commit to open it for writing. */
   readonly ro: string
+  /** The device's claims on RO, RW and map: commit takes RO alone through them. */
+  readonly claims?: DeviceClaims
   readonly progress: (done: number, total: number) => void
   readonly signal: AbortSignal
 }
@@ -94,19 +97,51 @@ const checkNotInUse = async (ro: BlockDevice): Promise<void> => {
   }
 }
 
+export interface CommitPlan {
+  readonly dryRun: true
+  /** The RO commit would write. */
+  readonly ro: string
+  readonly bytes: number
+  readonly ranges: WrittenRange[]
+}
+
+/**
+ * Opens RO for writing with every check commit makes, and takes it alone
+ * (no other device may read it meanwhile); `work` runs with it.
+ */
+const withRoForCommit = async <T>(ctx: JobContext, work: (ro: BlockDevice) => Promise<T>): Promise<T> => {
+  const roWritable = openRoForCommit(ctx.ro)
+  try {
+    await checkNotInUse(roWritable)
+    if (roWritable.size < ctx.engine.size) throw new RowrError('EMEDIASIZE', `${ctx.ro} is smaller than the device`)
+    const giveBack = ctx.claims?.holdRoForCommit()
+    try {
+      return await work(roWritable)
+    } finally {
+      giveBack?.()
+    }
+  } finally {
+    roWritable.close()
+  }
+}
+
+/** What commit would write, after every check it makes; writes nothing. */
+export const planCommit = (ctx: JobContext): Promise<CommitPlan> =>
+  withRoForCommit(ctx, async () => {
+    const ranges = writtenRanges(ctx.engine)
+    return { dryRun: true, ro: ctx.ro, bytes: ranges.reduce((sum, r) => sum + r.length, 0), ranges }
+  })
+
 /**
  * Folds the written sectors into RO (the one job that writes RO), then
  * empties the map. The device shows the same data throughout: requests wait
  * while it runs. Interrupted, the map still describes RW, which still holds
  * everything; running commit again finishes it.
  */
-export const commit = async (ctx: JobContext): Promise<CommitSummary> => {
-  const { engine } = ctx
-  const roWritable = openRoForCommit(ctx.ro)
-  try {
-    await checkNotInUse(roWritable)
-    if (roWritable.size < engine.size) throw new RowrError('EMEDIASIZE', `${ctx.ro} is smaller than the device`)
-    return await engine.exclusive(async () => {
+export const commit = (ctx: JobContext): Promise<CommitSummary> =>
+  withRoForCommit(ctx, roWritable => {
+    const { engine } = ctx
+    return engine.exclusive(async () => {
       await engine.flush()
       await ctx.mapFile?.startCommit()
       const ranges = writtenRanges(engine)
@@ -129,10 +164,7 @@ export const commit = async (ctx: JobContext): Promise<CommitSummary> => {
       const released = await engine.rw.release(0, engine.size)
       return { committedBytes: total, released }
     })
-  } finally {
-    roWritable.close()
-  }
-}
+  })
 
 export interface ExportSummary {
   readonly file: string

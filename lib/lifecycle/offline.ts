@@ -4,8 +4,7 @@ import { openDevicePair } from '../devices/device-pair.js'
 import { BlockDevice } from '../devices/block-device.js'
 import { RowrDevice } from '../engine/rowr-device.js'
 import { SectorMap } from '../engine/sector-map.js'
-import { RowrError } from '../errors.js'
-import { listNames, readState } from '../daemon/run-state.js'
+import { DeviceClaims } from '../daemon/claims.js'
 import { MapFile } from '../persist/map-file.js'
 import { mapOnRw, mapOnRwBase, openMapFile, type MapPlacement } from '../persist/map-store.js'
 
@@ -21,36 +20,43 @@ export interface OfflineTarget {
 export interface OfflineDevice {
   readonly engine: RowrDevice
   readonly mapFile: MapFile
+  /** RO, RW and map, held as a running device holds them. */
+  readonly claims: DeviceClaims
   readonly warnings: readonly string[]
   /** Flushes, marks the map clean and closes everything. */
   close(): Promise<void>
 }
 
-/** Two writers on one RW would corrupt it: a running device keeps its devices to itself. */
-const checkNotRunning = (t: OfflineTarget): void => {
-  for (const name of listNames()) {
-    const s = readState(name)
-    if (s && (s.rw === t.rw || (t.map !== undefined && s.map === t.map))) {
-      throw new RowrError('EINUSE', `${t.rw} belongs to running device ${name}; give NAME (${name}) instead of --ro/--rw, or destroy it first`)
-    }
-  }
-}
-
+/**
+ * Opens the stopped device. Two writers on one RW or map would corrupt it:
+ * they are claimed as a running device claims them, so a running device's
+ * (or another command's) are refused.
+ */
 export const openOffline = async (t: OfflineTarget): Promise<OfflineDevice> => {
-  checkNotRunning(t)
   // The map knows its sector size; the devices' own may be smaller.
   const sectorSize = await mapSectorSize(t)
   const pair = openDevicePair(t.ro, t.rw, sectorSize ? { sectorSize } : {})
   let placement: MapPlacement | undefined
+  let claims: DeviceClaims | undefined
   try {
+    claims = DeviceClaims.claim(
+      [
+        { role: 'ro', path: t.ro, identity: pair.ro.identity },
+        { role: 'rw', path: t.rw, identity: pair.rw.identity },
+      ],
+      { offline: true },
+    )
     placement = t.mapOnRw ? mapOnRw(pair.rw, pair.mediaSize, pair.sectorSize) : openMapFile(t.map!, pair.mediaSize, pair.sectorSize)
+    if (!t.mapOnRw) claims.add([{ role: 'map', path: t.map! }])
     const map = new SectorMap(pair.mediaSize / pair.sectorSize)
     const opened = await MapFile.open({ ...placement, ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, force: t.force })
     const engine = new RowrDevice({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal: opened.file })
     const store = placement
+    const held = claims
     return {
       engine,
       mapFile: opened.file,
+      claims: held,
       warnings: [...pair.warnings, ...opened.warnings],
       close: async () => {
         try {
@@ -60,6 +66,7 @@ export const openOffline = async (t: OfflineTarget): Promise<OfflineDevice> => {
           store.close()
           pair.ro.close()
           pair.rw.close()
+          held.release()
         }
       },
     }
@@ -67,6 +74,7 @@ export const openOffline = async (t: OfflineTarget): Promise<OfflineDevice> => {
     placement?.close()
     pair.ro.close()
     pair.rw.close()
+    claims?.release()
     throw e
   }
 }
