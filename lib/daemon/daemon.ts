@@ -2,6 +2,7 @@
 // on request, a kernel block device; started in that order and stopped in
 // reverse.
 import { attach, checkAttachable, detach, deviceBusy, type Attachment } from '../attach/attachment.js'
+import { reconnectNbdModule } from '../attach/nbd-module.js'
 import { makeAutoRw, removeAutoRw } from '../devices/auto-rw.js'
 import { GGateFrontEnd } from '../ggate/front-end.js'
 import { SectorMap } from '../engine/sector-map.js'
@@ -15,7 +16,7 @@ import { RowrDevice } from '../engine/rowr-device.js'
 import { RowrError, isRowrError } from '../errors.js'
 import { NbdServer, exportFor, nbdUri, type Listen } from '../nbd/server.js'
 import { ControlServer, type ControlReply, type ControlRequest } from './control.js'
-import { claimName } from './stale.js'
+import { claimName, type Waiting } from './stale.js'
 import { release, statePaths, writeState, type DeviceState } from './run-state.js'
 import { Teardown } from './teardown.js'
 
@@ -38,6 +39,19 @@ export interface DaemonOptions {
   /** Where NBD listens; a Unix socket in the run directory by default. */
   readonly listen?: Listen
   readonly log: (message: string) => void
+}
+
+/** What differs between `o` and the devices a waiting kernel device was made of, or null. */
+const differsFrom = (o: DaemonOptions, s: Waiting['state']): string | null => {
+  const map = o.mapOnRw ? 'rw' : (o.map ?? null)
+  const differences = [
+    ...(o.attach ? [] : ['--no-attach']),
+    ...(o.ro === s.ro ? [] : [`RO ${o.ro}, not ${s.ro}`]),
+    ...((o.rw === 'auto' ? s.rwAuto : !s.rwAuto && o.rw === s.rw) ? [] : [`RW ${o.rw}, not ${s.rwAuto ? 'auto' : s.rw}`]),
+    ...(map === s.map ? [] : [`map ${map ?? '(none)'}, not ${s.map}`]),
+    ...(o.sectorSize === undefined || o.sectorSize === s.sectorsize ? [] : [`sector size ${o.sectorSize}, not ${s.sectorsize}`]),
+  ]
+  return differences.length ? differences.join('; ') : null
 }
 
 /** RO's size, for an automatic RW of exactly that size. */
@@ -88,8 +102,12 @@ export class RowrDaemon {
   static async start(o: DaemonOptions): Promise<RowrDaemon> {
     const teardown = new Teardown(o.log)
     const paths = statePaths(o.name)
-    await claimName(o.name, o.log)
-    teardown.add('run state', () => release(o.name))
+    // A device whose daemon died and that waits for a new one is taken over:
+    // until this daemon serves it, a failed start leaves its state as it was.
+    const waiting = await claimName(o.name, o.log, s => differsFrom(o, s))
+    let serving = false
+    teardown.add('run state', () => (waiting && !serving ? writeState(waiting) : release(o.name)))
+    if (waiting) o.log(`taking over ${waiting.attachment.device} from daemon pid ${waiting.pid}, which is gone`)
     try {
       const rwAuto = o.rw === 'auto'
       const persistent = o.map !== undefined || o.mapOnRw === true
@@ -102,7 +120,9 @@ export class RowrDaemon {
         map: o.mapOnRw ? 'rw' : (o.map ?? null),
         created: new Date().toISOString(),
       }
-      const starting = { phase: 'starting' as const, mediasize: 0, sectorsize: 0, device: null, nbd: '', attachment: null }
+      // The kernel device a waiting state names stays named, so that a crash
+      // of this daemon while it starts leaves the device waiting still.
+      const starting = { phase: 'starting' as const, mediasize: 0, sectorsize: 0, device: null, nbd: '', attachment: waiting?.attachment ?? null }
       // With RW 'auto' the state says 'auto' until the device exists, then
       // names it, so that cleanup after a crash knows what to remove.
       writeState({ ...base, ...starting })
@@ -168,7 +188,9 @@ export class RowrDaemon {
         attachment = p.attachment
         teardown.add('GEOM Gate provider', () => p.destroy({ force: true }))
       } else if (o.attach) {
-        const a = await attach({ name: o.name, nbdSocket: paths.nbd, mountDir: paths.mount, sectorSize: pair.sectorSize, log: o.log })
+        const options = { name: o.name, nbdSocket: paths.nbd, mountDir: paths.mount, sectorSize: pair.sectorSize, persistent, log: o.log }
+        const a = waiting ? await reconnectNbdModule(waiting.attachment, { ...options, mediaSize: pair.mediaSize }) : await attach(options)
+        serving = true
         attachment = a
         teardown.add('kernel block device', ({ force }) => detach(a, { force }))
       }
