@@ -1,8 +1,10 @@
 // A running rowr device: devices, engine, NBD server, control socket and,
 // on request, a kernel block device; started in that order and stopped in
 // reverse.
-import { attach, checkAttachable, detach, deviceBusy, type Attachment } from '../attach/attachment.js'
+import fs from 'node:fs'
+import { attach, checkAttachable, detach, deviceBusy, nbdModuleLoaded, type Attachment } from '../attach/attachment.js'
 import { reconnectNbdModule } from '../attach/nbd-module.js'
+import { TakeoverLog, readTakeoverLog } from '../persist/takeover-log.js'
 import { makeAutoRw, removeAutoRw } from '../devices/auto-rw.js'
 import { GGateFrontEnd } from '../ggate/front-end.js'
 import { SectorMap } from '../engine/sector-map.js'
@@ -107,7 +109,11 @@ export class RowrDaemon {
     const waiting = await claimName(o.name, o.log, s => differsFrom(o, s))
     let serving = false
     teardown.add('run state', () => (waiting && !serving ? writeState(waiting) : release(o.name)))
-    if (waiting) o.log(`taking over ${waiting.attachment.device} from daemon pid ${waiting.pid}, which is gone`)
+    if (waiting) {
+      o.log(`taking over ${waiting.attachment.device} from daemon pid ${waiting.pid}, which is gone`)
+      // Its sockets are left over, with nobody listening.
+      for (const p of [paths.nbd, paths.control]) fs.rmSync(p, { force: true })
+    }
     try {
       const rwAuto = o.rw === 'auto'
       const persistent = o.map !== undefined || o.mapOnRw === true
@@ -156,7 +162,26 @@ export class RowrDaemon {
         if (opened.resumed) o.log(`resumed ${placement.describe}: ${map.writtenSectors * pair.sectorSize} bytes written earlier`)
         mapFile = opened.file
       }
-      const engine = new RowrDevice({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal: mapFile })
+      // Only a kernel nbd device outlives its daemon (nbd-module.ts): then
+      // what was marked since the last flush is logged for a successor, and
+      // a successor takes a dead daemon's log over first.
+      let journal: TakeoverLog | MapFile | undefined = mapFile
+      let recovered = 0
+      if (mapFile && o.attach && platform() === 'linux' && nbdModuleLoaded()) {
+        if (waiting) {
+          for (const [first, count] of readTakeoverLog(paths.dir)) {
+            if (first + count > map.sectors) continue
+            if (map.setRange(first, count) > 0) mapFile.marked(first, count)
+            recovered += count
+          }
+          o.log(`marked again ${recovered} sectors that daemon pid ${waiting.pid} wrote after its last flush`)
+        }
+        const log = new TakeoverLog(paths.dir, mapFile)
+        teardown.add('takeover log', () => log.close())
+        journal = log
+      }
+      const engine = new RowrDevice({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal })
+      if (recovered > 0) await engine.flush()
       teardown.add('pending writes', async () => {
         await engine.drain()
         await engine.flush()

@@ -1,5 +1,5 @@
 // Linux's nbd driver, for real: a Debian 12 kernel under qemu runs
-// test/vm/guest/nbd-driver.sh, which attaches through nbd-client (the path
+// test/vm/guest/nbd-driver.sh, which attaches over netlink (the path
 // geom-rowr takes wherever the nbd module is loaded): the original module's
 // procedure on ext4, destroy -f while mounted, and a SIGKILLed daemon of a
 // device without a map cleaned up by the next list.

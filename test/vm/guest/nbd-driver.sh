@@ -1,5 +1,5 @@
 #!/bin/sh
-# Inside the guest, through the kernel's nbd driver (nbd-client): the
+# Inside the guest, through the kernel's nbd driver (geom-rowr's own netlink attach): the
 # original module's test procedure on ext4, destroy -f while mounted, and a
 # SIGKILLed daemon of a device without a map cleaned up by the next list.
 # Debian's static busybox runs its own applets before PATH: e2fsprogs is
@@ -13,7 +13,7 @@ mkdir -p "$w/tree/lua" "$w/mnt"
 # The device's nbd number, for its sysfs directory.
 sysfs_of() { echo "/sys/block/${1#/dev/}"; }
 
-# Lists what is left of ours: a connected nbd device, a daemon or nbd-client
+# Lists what is left of ours: a connected nbd device, a daemon or an nbd-client
 # process, run state (logs aside), a mount under $w.
 leftovers() {
   for b in /sys/block/nbd*; do
