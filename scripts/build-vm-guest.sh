@@ -139,7 +139,7 @@ base_root "$stage"
 install_project "$stage"
 install -m 755 test/vm/guest/init.sh "$stage/init"
 mkdir -p "$stage/vmtest"
-install -m 755 test/vm/guest/nbd-driver.sh test/vm/guest/nbd-crash.sh test/vm/guest/report.sh "$stage/vmtest/"
+install -m 755 test/vm/guest/nbd-driver.sh test/vm/guest/nbd-crash.sh test/vm/guest/nbd-common.sh test/vm/guest/report.sh "$stage/vmtest/"
 cpio_of "$stage" "$out/nbd.cpio"
 
 rm -rf "$stage"

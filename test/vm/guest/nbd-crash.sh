@@ -7,32 +7,9 @@
 # cleanly and leaves nothing.
 # shellcheck source=test/vm/guest/report.sh
 . /vmtest/report.sh
-run=/run/geom-rowr
-w=/tmp/w
+# shellcheck source=test/vm/guest/nbd-common.sh
+. /vmtest/nbd-common.sh
 mkdir -p "$w/tree" "$w/mnt"
-
-sysfs_of() { echo "/sys/block/${1#/dev/}"; }
-
-leftovers() {
-  for b in /sys/block/nbd*; do
-    [ -e "$b/pid" ] && echo "connected ${b##*/}"
-  done
-  for p in /proc/[0-9]*; do
-    cmd=$( (tr '\0' ' ' <"$p/cmdline") 2>/dev/null) || continue
-    case $cmd in *geom-rowr.js*) echo "process ${p#/proc/}: $cmd" ;; esac
-  done
-  for f in "$run"/*; do
-    case $f in "$run/*"|*.log) ;; *) echo "run state $f" ;; esac
-  done
-  grep " $w" /proc/mounts | sed 's/^/mount /'
-}
-
-check_nothing_left() {
-  left=$(leftovers)
-  if [ -z "$left" ]; then pass "$1"; else fail "$1" "$left"; fi
-}
-
-json() { node -e 'const s = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); console.log(eval(process.argv[2]))' "$1" "$2"; }
 
 # kill_daemon NAME: SIGKILL NAME's daemon and wait until it is gone.
 kill_daemon() {
