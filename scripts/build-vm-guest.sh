@@ -2,7 +2,7 @@
 # Builds the guests that test/vm boots under qemu, from Debian's packages and
 # this project, into build/vm/ (nothing is installed on the host):
 #   vmlinuz       Debian 12's current 6.1 kernel (the linux-image-amd64 metapackage's)
-#   nbd.cpio      an initramfs with busybox, the kernel modules, node, nbd-client,
+#   nbd.cpio      an initramfs with busybox, the kernel modules, node,
 #                 e2fsprogs and geom-rowr (dist/ and its production node_modules);
 #                 /init runs the scenario named by the kernel argument vmtest=NAME
 #   live.cpio     an initramfs with busybox, the modules and boot/linux/rowr-live.sh
@@ -25,7 +25,7 @@ if [ -z "$kernel_pkg" ]; then
   kernel_pkg=$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-image-6\.[0-9.]*-[0-9]*-amd64\)$/\1/p' | head -n 1)
 fi
 kver=${kernel_pkg#linux-image-}
-debs="$kernel_pkg busybox-static nbd-client"
+debs="$kernel_pkg busybox-static"
 
 # Downloaded once per package name; a stale package list is refreshed once.
 for pkg in $debs; do
@@ -137,11 +137,9 @@ cpio_of() {
 stage=$out/stage-nbd
 base_root "$stage"
 install_project "$stage"
-cp "$pkgroot/sbin/nbd-client" "$stage/usr/sbin/nbd-client"
-copy_libs "$stage" "$pkgroot/sbin/nbd-client"
 install -m 755 test/vm/guest/init.sh "$stage/init"
 mkdir -p "$stage/vmtest"
-install -m 755 test/vm/guest/nbd-driver.sh test/vm/guest/report.sh "$stage/vmtest/"
+install -m 755 test/vm/guest/nbd-driver.sh test/vm/guest/nbd-crash.sh test/vm/guest/nbd-common.sh test/vm/guest/report.sh "$stage/vmtest/"
 cpio_of "$stage" "$out/nbd.cpio"
 
 rm -rf "$stage"

@@ -1,6 +1,6 @@
 // Kernel block devices over the engine, and taking them away again. On
 // Linux the NBD export is attached in one of two ways: the kernel's nbd
-// module through nbd-client where it is loaded, otherwise nbdfuse shows the
+// module where it is loaded (configured over netlink), otherwise nbdfuse shows the
 // export as a file and a loop device sits on that file. On FreeBSD the
 // device is a GEOM Gate provider (lib/ggate), which the daemon starts itself;
 // here it is only taken away after a daemon died.
@@ -18,6 +18,8 @@ export interface AttachOptions {
   /** An empty directory for the FUSE mount. */
   readonly mountDir: string
   readonly sectorSize: number
+  /** The device keeps a map: a new daemon can take over from one that died (nbd driver only). */
+  readonly persistent: boolean
   readonly log: (message: string) => void
 }
 

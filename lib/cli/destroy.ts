@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import { waitFor } from '../run-command.js'
 import { callControl } from '../daemon/control.js'
 import { processAlive, statePaths } from '../daemon/run-state.js'
-import { cleanupStale, probe } from '../daemon/stale.js'
+import { cleanupStale, probe, waitingMessage } from '../daemon/stale.js'
 import { RowrError } from '../errors.js'
 import { warn } from './foreground.js'
 
@@ -35,6 +35,11 @@ export const destroy = async ({ name, force }: DestroyArgs): Promise<void> => {
       throw new RowrError('EBUSY', `${name} is still being created; try again in a moment`)
     case 'stale':
       await cleanupStale(name, l, warn)
+      return
+    case 'waiting':
+      // Giving up loses what the kernel holds for the daemon: only on -f.
+      if (!force) throw new RowrError('EBUSY', waitingMessage(l))
+      await cleanupStale(name, { kind: 'stale', state: l.state, reason: `${l.reason}, and destroy -f gave up waiting for a new one` }, warn)
       return
     case 'unresponsive': {
       if (!force) {

@@ -1,7 +1,7 @@
 // geom-rowr list and status.
 import { listNames } from '../daemon/run-state.js'
 import { describeAutoRw } from '../devices/auto-rw.js'
-import { cleanupStale, probe, type Probe } from '../daemon/stale.js'
+import { cleanupStale, probe, waitingMessage, type Probe } from '../daemon/stale.js'
 import { RowrError } from '../errors.js'
 import { noSuchDevice } from './destroy.js'
 import { warn } from './foreground.js'
@@ -35,7 +35,11 @@ export const list = async ({ json }: { json: boolean }): Promise<void> => {
   const rows = [['NAME', 'DEVICE', 'MEDIASIZE', 'RO', 'RW']]
   for (const { name, probe: p } of probes) {
     if (p.kind === 'starting') rows.push([name, '(starting)', '-', '-', '-'])
-    else if (p.kind === 'running' || p.kind === 'unresponsive') {
+    else if (p.kind === 'waiting') {
+      const s = p.state
+      rows.push([name, `${s.attachment.device} (waiting for its daemon)`, String(s.mediasize), s.ro, s.rw])
+      warn(waitingMessage(p))
+    } else if (p.kind === 'running' || p.kind === 'unresponsive') {
       const s = p.state
       const device = p.kind === 'unresponsive' ? '(not answering)' : (s.device ?? s.nbd)
       rows.push([name, device, String(s.mediasize), s.ro, s.rw])
@@ -97,6 +101,7 @@ export const runningStatus = async (name: string): Promise<Record<string, unknow
   if (p.kind === 'stale') await cleanupStale(name, p, warn)
   if (p.kind === 'absent' || p.kind === 'stale') throw noSuchDevice(name)
   if (p.kind === 'starting') throw new RowrError('EBUSY', `${name} is still being created; try again in a moment`)
+  if (p.kind === 'waiting') throw new RowrError('EDAEMON', waitingMessage(p))
   if (p.kind === 'unresponsive') {
     throw new RowrError(
       'EDAEMON',

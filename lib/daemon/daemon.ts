@@ -1,7 +1,10 @@
 // A running rowr device: devices, engine, NBD server, control socket and,
 // on request, a kernel block device; started in that order and stopped in
 // reverse.
-import { attach, checkAttachable, detach, deviceBusy, type Attachment } from '../attach/attachment.js'
+import fs from 'node:fs'
+import { attach, checkAttachable, detach, deviceBusy, nbdModuleLoaded, type Attachment } from '../attach/attachment.js'
+import { reconnectNbdModule } from '../attach/nbd-module.js'
+import { TakeoverLog, readTakeoverLog } from '../persist/takeover-log.js'
 import { makeAutoRw, removeAutoRw } from '../devices/auto-rw.js'
 import { GGateFrontEnd } from '../ggate/front-end.js'
 import { SectorMap } from '../engine/sector-map.js'
@@ -18,7 +21,7 @@ import { ControlServer, type ControlReply, type ControlRequest } from './control
 import { IoErrorLog } from './error-log.js'
 import { allocatedBytes, rwSpaceWarning } from '../devices/rw-space.js'
 import { DeviceClaims } from './claims.js'
-import { claimName } from './stale.js'
+import { claimName, type Waiting } from './stale.js'
 import { release, statePaths, writeState, type DeviceState } from './run-state.js'
 import { Teardown } from './teardown.js'
 
@@ -41,6 +44,19 @@ export interface DaemonOptions {
   /** Where NBD listens; a Unix socket in the run directory by default. */
   readonly listen?: Listen
   readonly log: (message: string) => void
+}
+
+/** What differs between `o` and the devices a waiting kernel device was made of, or null. */
+const differsFrom = (o: DaemonOptions, s: Waiting['state']): string | null => {
+  const map = o.mapOnRw ? 'rw' : (o.map ?? null)
+  const differences = [
+    ...(o.attach ? [] : ['--no-attach']),
+    ...(o.ro === s.ro ? [] : [`RO ${o.ro}, not ${s.ro}`]),
+    ...((o.rw === 'auto' ? s.rwAuto : !s.rwAuto && o.rw === s.rw) ? [] : [`RW ${o.rw}, not ${s.rwAuto ? 'auto' : s.rw}`]),
+    ...(map === s.map ? [] : [`map ${map ?? '(none)'}, not ${s.map}`]),
+    ...(o.sectorSize === undefined || o.sectorSize === s.sectorsize ? [] : [`sector size ${o.sectorSize}, not ${s.sectorsize}`]),
+  ]
+  return differences.length ? differences.join('; ') : null
 }
 
 /** RO's size, for an automatic RW of exactly that size. */
@@ -103,8 +119,16 @@ export class RowrDaemon {
   static async start(o: DaemonOptions): Promise<RowrDaemon> {
     const teardown = new Teardown(o.log)
     const paths = statePaths(o.name)
-    await claimName(o.name, o.log)
-    teardown.add('run state', () => release(o.name))
+    // A device whose daemon died and that waits for a new one is taken over:
+    // until this daemon serves it, a failed start leaves its state as it was.
+    const waiting = await claimName(o.name, o.log, s => differsFrom(o, s))
+    let serving = false
+    teardown.add('run state', () => (waiting && !serving ? writeState(waiting) : release(o.name)))
+    if (waiting) {
+      o.log(`taking over ${waiting.attachment.device} from daemon pid ${waiting.pid}, which is gone`)
+      // Its sockets are left over, with nobody listening.
+      for (const p of [paths.nbd, paths.control]) fs.rmSync(p, { force: true })
+    }
     try {
       const rwAuto = o.rw === 'auto'
       const persistent = o.map !== undefined || o.mapOnRw === true
@@ -117,7 +141,9 @@ export class RowrDaemon {
         map: o.mapOnRw ? 'rw' : (o.map ?? null),
         created: new Date().toISOString(),
       }
-      const starting = { phase: 'starting' as const, mediasize: 0, sectorsize: 0, device: null, nbd: '', attachment: null }
+      // The kernel device a waiting state names stays named, so that a crash
+      // of this daemon while it starts leaves the device waiting still.
+      const starting = { phase: 'starting' as const, mediasize: 0, sectorsize: 0, device: null, nbd: '', attachment: waiting?.attachment ?? null }
       // With RW 'auto' the state says 'auto' until the device exists, then
       // names it, so that cleanup after a crash knows what to remove.
       writeState({ ...base, ...starting })
@@ -168,8 +194,27 @@ export class RowrDaemon {
       // Added before the engine's flush, so that it runs after it (teardown runs in reverse).
       const errorLog = new IoErrorLog(o.name, o.log)
       teardown.add('error log', () => errorLog.close())
-      const engine = new RowrDevice({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal: mapFile })
+      // Only a kernel nbd device outlives its daemon (nbd-module.ts): then
+      // what was marked since the last flush is logged for a successor, and
+      // a successor takes a dead daemon's log over first.
+      let journal: TakeoverLog | MapFile | undefined = mapFile
+      let recovered = 0
+      if (mapFile && o.attach && platform() === 'linux' && nbdModuleLoaded()) {
+        if (waiting) {
+          for (const [first, count] of readTakeoverLog(paths.dir)) {
+            if (first + count > map.sectors) continue
+            if (map.setRange(first, count) > 0) mapFile.marked(first, count)
+            recovered += count
+          }
+          o.log(`marked again ${recovered} sectors that daemon pid ${waiting.pid} wrote after its last flush`)
+        }
+        const log = new TakeoverLog(paths.dir, mapFile)
+        teardown.add('takeover log', () => log.close())
+        journal = log
+      }
+      const engine = new RowrDevice({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal })
       engine.errors.onError = e => errorLog.report(e)
+      if (recovered > 0) await engine.flush()
       teardown.add('pending writes', async () => {
         await engine.drain()
         await engine.flush()
@@ -201,7 +246,9 @@ export class RowrDaemon {
         attachment = p.attachment
         teardown.add('GEOM Gate provider', () => p.destroy({ force: true }))
       } else if (o.attach) {
-        const a = await attach({ name: o.name, nbdSocket: paths.nbd, mountDir: paths.mount, sectorSize: pair.sectorSize, log: o.log })
+        const options = { name: o.name, nbdSocket: paths.nbd, mountDir: paths.mount, sectorSize: pair.sectorSize, persistent, log: o.log }
+        const a = waiting ? await reconnectNbdModule(waiting.attachment, { ...options, mediaSize: pair.mediaSize }) : await attach(options)
+        serving = true
         attachment = a
         teardown.add('kernel block device', ({ force }) => detach(a, { force }))
       }

@@ -4,6 +4,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { detach, type Attachment } from '../attach/attachment.js'
 import { fuseMounted } from '../attach/loop-over-fuse.js'
+import { nbdConfigured, type NbdModuleAttachment } from '../attach/nbd-module.js'
 import { autoRwFile, removeAutoRw } from '../devices/auto-rw.js'
 import { RowrError, isRowrError } from '../errors.js'
 import { callControl, type ControlReply } from './control.js'
@@ -16,6 +17,34 @@ export type Probe =
   | Exclude<Liveness, { kind: 'running' }>
   | (Extract<Liveness, { kind: 'running' }> & { readonly status: Record<string, unknown> })
   | { readonly kind: 'unresponsive'; readonly state: DeviceState }
+  | Waiting
+
+/**
+ * A device with a map whose daemon died while the kernel's nbd driver keeps
+ * its device configured: the kernel holds its I/O for a new daemon
+ * (geom-rowr create of the same NAME, devices and map) to take over.
+ */
+export interface Waiting {
+  readonly kind: 'waiting'
+  readonly state: DeviceState & { readonly attachment: NbdModuleAttachment; readonly map: string }
+  readonly reason: string
+}
+
+const waitingFor = async (l: Extract<Liveness, { kind: 'stale' }>): Promise<Waiting | undefined> => {
+  const s = l.state
+  if (!s || s.map === null || s.attachment?.kind !== 'nbd') return undefined
+  const attachment = s.attachment
+  if (!(await nbdConfigured(attachment))) return undefined
+  return { kind: 'waiting', state: { ...s, attachment, map: s.map }, reason: l.reason }
+}
+
+/** The command that starts a new daemon for a waiting device. */
+export const restartCommand = (s: Waiting['state']): string =>
+  ['geom-rowr create', ...(s.map === 'rw' ? ['--map-on-rw'] : ['--map', s.map]), `--sector-size ${s.sectorsize}`, s.name, s.ro, s.rwAuto ? 'auto' : s.rw].join(' ')
+
+export const waitingMessage = (w: Waiting): string =>
+  `${w.state.name}: ${w.reason}, and ${w.state.attachment.device} waits for a new one (its I/O is held, nothing is lost); ` +
+  `start one with: ${restartCommand(w.state)}; or give up on the device (its users get I/O errors): geom-rowr destroy -f ${w.state.name}`
 
 /**
  * Liveness, with a running daemon also asked for its status. One whose
@@ -24,6 +53,7 @@ export type Probe =
  */
 export const probe = async (name: string): Promise<Probe> => {
   const l = liveness(name)
+  if (l.kind === 'stale') return (await waitingFor(l)) ?? l
   if (l.kind !== 'running') return l
   let reply: ControlReply
   try {
@@ -81,14 +111,28 @@ export const clearStale = async (name: string, log: (message: string) => void): 
   if (l.kind === 'stale') await cleanupStale(name, l, log)
 }
 
-/** Takes NAME for a new device, first clearing what a dead daemon left. */
-export const claimName = async (name: string, log: (message: string) => void): Promise<void> => {
+/**
+ * Takes NAME for a new device, first clearing what a dead daemon left. A
+ * device waiting for a new daemon is taken over when `sameAs` finds nothing
+ * different about it (it returns what differs, or null): its old state is
+ * returned then, and NAME's directory is this daemon's from there on.
+ */
+export const claimName = async (
+  name: string,
+  log: (message: string) => void,
+  sameAs: (state: Waiting['state']) => string | null,
+): Promise<Waiting['state'] | undefined> => {
   checkName(name)
-  if (claim(name)) return
+  if (claim(name)) return undefined
   const l = await probe(name)
   if (l.kind === 'stale') {
     await cleanupStale(name, l, log)
-    if (claim(name)) return
+    if (claim(name)) return undefined
+  }
+  if (l.kind === 'waiting') {
+    const differs = sameAs(l.state)
+    if (differs === null) return l.state
+    throw new RowrError('EINUSE', `${waitingMessage(l)} (this create differs: ${differs})`)
   }
   if (l.kind === 'unresponsive') {
     throw new RowrError(

@@ -1,41 +1,14 @@
 #!/bin/sh
-# Inside the guest, through the kernel's nbd driver (nbd-client): the
+# Inside the guest, through the kernel's nbd driver (geom-rowr's own netlink attach): the
 # original module's test procedure on ext4, destroy -f while mounted, and a
 # SIGKILLed daemon of a device without a map cleaned up by the next list.
 # Debian's static busybox runs its own applets before PATH: e2fsprogs is
 # called by its full path.
 # shellcheck source=test/vm/guest/report.sh
 . /vmtest/report.sh
-run=/run/geom-rowr
-w=/tmp/w
+# shellcheck source=test/vm/guest/nbd-common.sh
+. /vmtest/nbd-common.sh
 mkdir -p "$w/tree/lua" "$w/mnt"
-
-# The device's nbd number, for its sysfs directory.
-sysfs_of() { echo "/sys/block/${1#/dev/}"; }
-
-# Lists what is left of ours: a connected nbd device, a daemon or nbd-client
-# process, run state (logs aside), a mount under $w.
-leftovers() {
-  for b in /sys/block/nbd*; do
-    [ -e "$b/pid" ] && echo "connected ${b##*/} (pid $(cat "$b/pid"))"
-  done
-  for p in /proc/[0-9]*; do
-    cmd=$( (tr '\0' ' ' <"$p/cmdline") 2>/dev/null) || continue
-    case $cmd in *geom-rowr.js*|*nbd-client*) echo "process ${p#/proc/}: $cmd" ;; esac
-  done
-  for f in "$run"/*; do
-    case $f in "$run/*"|*.log) ;; *) echo "run state $f" ;; esac
-  done
-  grep " $w" /proc/mounts | sed 's/^/mount /'
-}
-
-check_nothing_left() {
-  left=$(leftovers)
-  if [ -z "$left" ]; then pass "$1"; else fail "$1" "$left"; fi
-}
-
-# json FILE EXPRESSION: EXPRESSION of the parsed JSON object s, printed.
-json() { node -e 'const s = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); console.log(eval(process.argv[2]))' "$1" "$2"; }
 
 # --- the module's procedure ---------------------------------------------------
 cp -r /opt/geom-rowr/dist "$w/tree/dist"

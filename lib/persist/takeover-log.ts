@@ -1,0 +1,82 @@
+// What a daemon that dies must leave its successor: the sectors it marked
+// written since the map was last made durable. The map reaches its file only
+// on FLUSH, but the kernel device of a dead daemon stays mounted and has been
+// told those writes completed; their data is on RW (the write reached the
+// kernel before the reply), only their map bits would be lost. So each newly
+// marked range is appended to a log in the run directory before the reply,
+// and a daemon taking the device over marks them again first.
+//
+// Two files alternate: a commit starts a new one and removes the old one once
+// the map holds everything in it. The log matters only while this boot's page
+// cache stands (a kernel device waiting for a daemon means it does), so it is
+// never synced; a crash of the machine makes it moot.
+import fs from 'node:fs'
+import path from 'node:path'
+import type { MapJournal } from '../engine/rowr-device.js'
+
+const RECORD_BYTES = 16
+const PREFIX = 'marked-since-flush.'
+
+const logPath = (dir: string, generation: number): string => path.join(dir, `${PREFIX}${generation}`)
+
+const generations = (dir: string): number[] =>
+  fs
+    .readdirSync(dir)
+    .filter(f => f.startsWith(PREFIX) && /^\d+$/.test(f.slice(PREFIX.length)))
+    .map(f => Number(f.slice(PREFIX.length)))
+    .sort((a, b) => a - b)
+
+/** The ranges a dead daemon's logs in `dir` hold, as [first sector, count]. */
+export const readTakeoverLog = (dir: string): [number, number][] => {
+  const out: [number, number][] = []
+  for (const g of generations(dir)) {
+    const b = fs.readFileSync(logPath(dir, g))
+    // A record cut short by the crash was never acknowledged to anyone.
+    for (let at = 0; at + RECORD_BYTES <= b.length; at += RECORD_BYTES) {
+      out.push([Number(b.readBigUInt64LE(at)), Number(b.readBigUInt64LE(at + 8))])
+    }
+  }
+  return out
+}
+
+export const removeTakeoverLog = (dir: string): void => {
+  for (const g of generations(dir)) fs.rmSync(logPath(dir, g), { force: true })
+}
+
+/** A MapJournal that logs every newly marked range before passing it on. */
+export class TakeoverLog implements MapJournal {
+  readonly #dir: string
+  readonly #inner: MapJournal
+  #generation: number
+  #fd: number
+  readonly #record = Buffer.alloc(RECORD_BYTES)
+
+  /** Starts after the logs already in `dir`, which stay until the first commit covers them. */
+  constructor(dir: string, inner: MapJournal) {
+    this.#dir = dir
+    this.#inner = inner
+    this.#generation = (generations(dir).at(-1) ?? -1) + 1
+    this.#fd = fs.openSync(logPath(dir, this.#generation), 'a', 0o600)
+  }
+
+  marked(start: number, count: number): void {
+    this.#record.writeBigUInt64LE(BigInt(start), 0)
+    this.#record.writeBigUInt64LE(BigInt(count), 8)
+    fs.writeSync(this.#fd, this.#record)
+    this.#inner.marked(start, count)
+  }
+
+  async commit(syncRw: () => Promise<void>): Promise<void> {
+    // Ranges marked from here on may miss this commit: they go to a new file.
+    const covered = this.#generation
+    fs.closeSync(this.#fd)
+    this.#generation++
+    this.#fd = fs.openSync(logPath(this.#dir, this.#generation), 'a', 0o600)
+    await this.#inner.commit(syncRw)
+    for (const g of generations(this.#dir)) if (g <= covered) fs.rmSync(logPath(this.#dir, g), { force: true })
+  }
+
+  close(): void {
+    fs.closeSync(this.#fd)
+  }
+}

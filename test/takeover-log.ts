@@ -1,0 +1,66 @@
+// The log a daemon leaves its successor: every range marked since the map's
+// last commit is there after a crash (the object simply dropped, its file
+// never closed), and a commit removes only what it covered.
+import fs from 'node:fs'
+import t from 'tap'
+import type { MapJournal } from '../lib/engine/rowr-device.js'
+import { TakeoverLog, readTakeoverLog, removeTakeoverLog } from '../lib/persist/takeover-log.js'
+
+/** A journal that records calls and lets a test decide when a commit ends. */
+const fakeJournal = () => {
+  const marked: [number, number][] = []
+  let release: (() => void) | undefined
+  const journal: MapJournal = {
+    marked: (start, count) => void marked.push([start, count]),
+    commit: () => new Promise<void>(resolve => (release = resolve)),
+  }
+  return { journal, marked, finishCommit: () => release?.() }
+}
+
+t.test('ranges marked since the last commit are in the log after a crash', async t => {
+  const dir = t.testdir()
+  const f = fakeJournal()
+  const log = new TakeoverLog(dir, f.journal)
+  log.marked(0, 8)
+  log.marked(2 ** 40, 1)
+  t.same(f.marked, [[0, 8], [2 ** 40, 1]], 'passed on to the map')
+  t.same(readTakeoverLog(dir), [[0, 8], [2 ** 40, 1]], 'and on disk before marked() returns')
+})
+
+t.test('a commit removes what it covered and keeps what was marked while it ran', async t => {
+  const dir = t.testdir()
+  const f = fakeJournal()
+  const log = new TakeoverLog(dir, f.journal)
+  log.marked(10, 2)
+  const committing = log.commit(async () => undefined)
+  log.marked(20, 3)
+  t.same(readTakeoverLog(dir), [[10, 2], [20, 3]], 'both while the commit runs')
+  f.finishCommit()
+  await committing
+  t.same(readTakeoverLog(dir), [[20, 3]], 'only the range the commit may have missed')
+  log.close()
+})
+
+t.test('a failed commit keeps the log', async t => {
+  const dir = t.testdir()
+  const log = new TakeoverLog(dir, { marked: () => undefined, commit: () => Promise.reject(new Error('EIO')) })
+  log.marked(1, 1)
+  await t.rejects(log.commit(async () => undefined))
+  t.same(readTakeoverLog(dir), [[1, 1]])
+  log.close()
+})
+
+t.test("a successor starts after the dead daemon's logs and its first commit removes them", async t => {
+  const dir = t.testdir()
+  new TakeoverLog(dir, fakeJournal().journal).marked(5, 5)
+  // A record cut short by the crash: never acknowledged, ignored.
+  fs.appendFileSync(`${dir}/marked-since-flush.0`, Buffer.alloc(7))
+  t.same(readTakeoverLog(dir), [[5, 5]])
+  const log = new TakeoverLog(dir, { marked: () => undefined, commit: async () => undefined })
+  t.same(readTakeoverLog(dir), [[5, 5]], 'the old log stays until a commit covers it')
+  await log.commit(async () => undefined)
+  t.same(readTakeoverLog(dir), [], 'gone after the first commit')
+  log.close()
+  removeTakeoverLog(dir)
+  t.same(fs.readdirSync(dir), [])
+})
