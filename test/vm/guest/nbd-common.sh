@@ -29,3 +29,23 @@ check_nothing_left() {
 
 # json FILE EXPRESSION: EXPRESSION of the parsed JSON object s, printed.
 json() { node -e 'const s = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); console.log(eval(process.argv[2]))' "$1" "$2"; }
+
+# create_or_finish NAME WHAT ARGS...: runs geom-rowr create ARGS, sets dev to
+# the device it printed and passes WHAT; if it printed no nbd device, fails
+# WHAT with its output and the daemon's log, and ends the scenario.
+create_or_finish() {
+  name=$1
+  what=$2
+  shift 2
+  out=$(geom-rowr create "$@" 2>&1)
+  dev=$(echo "$out" | tail -n 1)
+  case $dev in
+    /dev/nbd[0-9]*) pass "$what ($dev)" ;;
+    *)
+      fail "$what" "$out"
+      cat "$run/$name.log" 2>/dev/null
+      finish
+      exit
+      ;;
+  esac
+}

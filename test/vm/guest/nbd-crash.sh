@@ -29,17 +29,7 @@ head -c 3145728 /dev/urandom >"$w/a.bin"
 head -c 4194304 /dev/urandom >"$w/b.bin"
 
 # --- a daemon SIGKILLed under a mounted ext4 -----------------------------------
-out=$(geom-rowr create --map "$w/c0.map" c0 "$w/base.img" "$w/rw.img" 2>&1)
-dev=$(echo "$out" | tail -n 1)
-case $dev in
-  /dev/nbd[0-9]*) pass "create --map prints the nbd device ($dev)" ;;
-  *)
-    fail "create --map prints the nbd device" "$out"
-    cat "$run/c0.log" 2>/dev/null
-    finish
-    exit
-    ;;
-esac
+create_or_finish c0 "create --map prints the nbd device" --map "$w/c0.map" c0 "$w/base.img" "$w/rw.img"
 check "mount $dev" mount -t ext4 "$dev" "$w/mnt"
 check "write a file and sync" sh -c "cp '$w/a.bin' '$w/mnt/a.bin' && sync"
 kill_daemon c0

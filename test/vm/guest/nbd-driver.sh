@@ -18,17 +18,7 @@ echo pxe >"$w/tree/pxeboot"
 base_sum=$(sha256sum <"$w/base.img")
 truncate -s 64M "$w/rw.img"
 
-out=$(geom-rowr create rowr0 "$w/base.img" "$w/rw.img" 2>&1)
-dev=$(echo "$out" | tail -n 1)
-case $dev in
-  /dev/nbd[0-9]*) pass "create prints the nbd device ($dev)" ;;
-  *)
-    fail "create prints the nbd device" "$out"
-    cat "$run/rowr0.log" 2>/dev/null
-    finish
-    exit
-    ;;
-esac
+create_or_finish rowr0 "create prints the nbd device" rowr0 "$w/base.img" "$w/rw.img"
 check "the device is connected to the kernel" test -e "$(sysfs_of "$dev")/pid"
 check "mount $dev" mount -t ext4 "$dev" "$w/mnt"
 check "the read-only image's files are there" cmp /opt/geom-rowr/dist/lib/engine/sector-map.js "$w/mnt/dist/lib/engine/sector-map.js"
