@@ -20,17 +20,17 @@ setup: system-deps build ggsim
 
 # The ggctl simulator (test-only): GEOM Gate's kernel side in a shared
 # library that geom-rowr loads in place of libc (GEOM_ROWR_LIBC).
-GGSIM_SOURCES := $(wildcard native-bindings/ggsim/*.c)
-GGSIM_HEADERS := $(wildcard native-bindings/ggsim/*.h)
+GGSIM_SOURCES := $(wildcard test/ggsim/*.c)
+GGSIM_HEADERS := $(wildcard test/ggsim/*.h)
 GGSIM_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -fPIC -fvisibility=hidden
 
 ggsim: build/ggsim.so
 
-build/ggsim/%.o: native-bindings/ggsim/%.c $(GGSIM_HEADERS)
+build/ggsim/%.o: test/ggsim/%.c $(GGSIM_HEADERS)
 	@mkdir -p build/ggsim
 	cc $(GGSIM_CFLAGS) $(if $(filter fuse-export,$*),$$(pkg-config --cflags fuse3)) -c -o $@ $<
 
-build/ggsim.so: $(patsubst native-bindings/ggsim/%.c,build/ggsim/%.o,$(GGSIM_SOURCES))
+build/ggsim.so: $(patsubst test/ggsim/%.c,build/ggsim/%.o,$(GGSIM_SOURCES))
 	cc -shared -o $@ $^ $$(pkg-config --libs fuse3) -ldl
 
 typecheck: node_modules

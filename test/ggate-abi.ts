@@ -35,7 +35,7 @@ t.test('koffi layouts and ioctl numbers match the C compiler', async t => {
   if (!requires(t, { tools: ['cc'] })) return
   const dir = t.testdir()
   const exe = path.join(dir, 'ggate-layout')
-  execFileSync('cc', ['-std=c99', '-Wall', '-Werror', '-I', path.join(repoRoot, 'native-bindings/ggsim'), '-o', exe, path.join(repoRoot, 'test/fixtures/ggate-layout.c')])
+  execFileSync('cc', ['-std=c99', '-Wall', '-Werror', '-I', path.join(repoRoot, 'test/ggsim'), '-o', exe, path.join(repoRoot, 'test/fixtures/ggate-layout.c')])
   const c = JSON.parse(execFileSync(exe, { encoding: 'utf8' }))
   const abi = ggateAbi()
   for (const [name, fields] of Object.entries(GGATE_STRUCTS) as [GGateStructName, readonly (readonly [string, string])[]][]) {
