@@ -1,7 +1,7 @@
 # geom-rowr: make (build), make test, make demo, make vmtest.
 SHELL := /bin/sh
 
-.PHONY: all setup system-deps build ggsim vmguest typecheck lint test vmtest demo bench soak clean
+.PHONY: all setup system-deps build install uninstall ggsim vmguest typecheck lint test vmtest demo bench soak clean
 
 all: build
 
@@ -17,6 +17,24 @@ build: node_modules
 	chmod +x dist/bin/geom-rowr.js
 
 setup: system-deps build ggsim
+
+# geom-rowr on PATH: the compiled program and its runtime dependencies in
+# $(LIBDIR), the command a link in $(BINDIR), the man page in $(MANDIR).
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib/geom-rowr
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man/man8
+
+install: build
+	rm -rf $(DESTDIR)$(LIBDIR)
+	mkdir -p $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)
+	cp -R dist boot docs package.json package-lock.json $(DESTDIR)$(LIBDIR)/
+	cd $(DESTDIR)$(LIBDIR) && npm ci --omit=dev --no-audit --no-fund --ignore-scripts
+	ln -sf $(LIBDIR)/dist/bin/geom-rowr.js $(DESTDIR)$(BINDIR)/geom-rowr
+	cp geom-rowr.8 $(DESTDIR)$(MANDIR)/geom-rowr.8
+
+uninstall:
+	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR)/geom-rowr $(DESTDIR)$(MANDIR)/geom-rowr.8
 
 # The ggctl simulator (test-only): GEOM Gate's kernel side in a shared
 # library that geom-rowr loads in place of libc (GEOM_ROWR_LIBC).
@@ -52,7 +70,7 @@ test: setup typecheck lint vmguest
 vmtest: setup vmguest
 	npx tap test/vm
 
-demo: setup
+demo: setup install
 	scripts/demo.sh
 
 clean:

@@ -4,7 +4,8 @@
 set -eu
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-rowr="node $here/dist/bin/geom-rowr.js"
+# make install put it on PATH (make demo runs it first).
+rowr=geom-rowr
 work=$(mktemp -d /tmp/geom-rowr-demo.XXXXXX)
 name=demo$$
 device=""
