@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import type { DaemonOptions } from '../daemon/daemon.js'
-import { runDir, statePaths } from '../daemon/run-state.js'
+import { cappedLogWriter, openDaemonLog, removeDaemonLog } from '../daemon/daemon-log.js'
 import { clearStale } from '../daemon/stale.js'
 import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
 import { RowrError } from '../errors.js'
@@ -57,7 +57,7 @@ export const create = async (a: CreateArgs): Promise<void> => {
     ...mapOptions(a),
   }
   if (a['daemon-child']) {
-    await runDaemonChild({ ...options, log: stderrLog(a.name, true) })
+    await runDaemonChild({ ...options, log: daemonChildLog(a.name) })
   } else if (a.verbose) {
     await runInForeground({ ...options, log: stderrLog(a.name, true) }, d => {
       announce(d.state, d.warnings)
@@ -70,6 +70,12 @@ export const create = async (a: CreateArgs): Promise<void> => {
   }
 }
 
+/** The detached daemon's standard error is its log file: timestamped lines, capped. */
+const daemonChildLog = (name: string): DaemonOptions['log'] => {
+  const write = cappedLogWriter(process.stderr.fd)
+  return message => write(`${new Date().toISOString()} geom-rowr[${name}]: ${message}\n`)
+}
+
 const runDaemonChild = async (o: DaemonOptions): Promise<void> => {
   const send = (m: ChildMessage): Promise<void> =>
     new Promise(resolve => (process.send ? process.send(m, () => resolve()) : resolve()))
@@ -79,6 +85,8 @@ const runDaemonChild = async (o: DaemonOptions): Promise<void> => {
         process.disconnect?.(),
       )
     })
+    // Destroyed (not stopped by a signal): nothing in the log is needed any more.
+    if (!process.exitCode) removeDaemonLog(o.name)
   } catch (e) {
     o.log(`could not start: ${(e as Error).message}`)
     await send({ type: 'error', message: (e as Error).message })
@@ -88,9 +96,7 @@ const runDaemonChild = async (o: DaemonOptions): Promise<void> => {
 }
 
 const spawnDaemon = async (o: Omit<DaemonOptions, 'log'>): Promise<Extract<ChildMessage, { type: 'ready' }>> => {
-  fs.mkdirSync(runDir(), { recursive: true, mode: 0o700 })
-  const logPath = statePaths(o.name).log
-  const logFd = fs.openSync(logPath, 'a', 0o600)
+  const { fd: logFd, path: logPath } = openDaemonLog(o.name)
   const args = [
     ...DAEMON_NODE_FLAGS,
     process.argv[1]!,
@@ -129,7 +135,7 @@ const spawnDaemon = async (o: Omit<DaemonOptions, 'log'>): Promise<Extract<Child
       if (child.exitCode === null && child.signalCode === null) {
         await new Promise(resolve => child.once('exit', resolve))
       }
-      throw new Error(message.message)
+      throw new Error(`${message.message}\n(the daemon's log: ${logPath})`)
     }
     return message
   } finally {

@@ -64,8 +64,6 @@ export interface StatePaths {
   readonly nbd: string
   /** Where the FUSE mount that shows the device as a file goes. */
   readonly mount: string
-  /** The detached daemon's log; kept after destroy for post-mortems. */
-  readonly log: string
 }
 
 export const statePaths = (name: string): StatePaths => {
@@ -77,7 +75,6 @@ export const statePaths = (name: string): StatePaths => {
     control: path.join(dir, 'control.sock'),
     nbd: path.join(dir, 'nbd.sock'),
     mount: path.join(dir, 'fuse'),
-    log: path.join(root, `${name}.log`),
   }
 }
 

@@ -8,6 +8,7 @@ import { nbdConfigured, type NbdModuleAttachment } from '../attach/nbd-module.js
 import { autoRwFile, removeAutoRw } from '../devices/auto-rw.js'
 import { RowrError, isRowrError } from '../errors.js'
 import { callControl, type ControlReply } from './control.js'
+import { logPath } from './daemon-log.js'
 import { checkName, claim, liveness, release, statePaths, type DeviceState, type Liveness } from './run-state.js'
 
 /** How long a daemon that is alive gets to answer before it counts as gone. */
@@ -102,6 +103,8 @@ export const cleanupStale = async (
     }
   }
   release(name)
+  const kept = logPath(name)
+  if (fs.existsSync(kept)) done.push(`its log is ${kept}`)
   log(`${name}: cleaned up after a daemon that is gone: ${stale.reason}${done.length ? `; ${done.join(', ')}` : ''}`)
 }
 
