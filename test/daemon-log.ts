@@ -5,7 +5,7 @@ import t from 'tap'
 import { KEPT_LOGS, cappedLogWriter, logDir, openDaemonLog, removeDaemonLog } from '../lib/daemon/daemon-log.js'
 import { makeImage, rowr, shortDir, waitUntil } from './fixtures/helpers.js'
 
-const withEnv = async (env: Record<string, string | undefined>, f: () => void | Promise<void>): Promise<void> => {
+const withEnv = async (env: Record<string, string | undefined>, f: () => unknown): Promise<void> => {
   const saved = Object.fromEntries(Object.keys(env).map(k => [k, process.env[k]]))
   const set = (e: Record<string, string | undefined>) => {
     for (const [k, v] of Object.entries(e)) {

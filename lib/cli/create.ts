@@ -8,6 +8,7 @@ import { cappedLogWriter, openDaemonLog, removeDaemonLog } from '../daemon/daemo
 import { clearStale } from '../daemon/stale.js'
 import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
 import { RowrError } from '../errors.js'
+import { failureMessage } from '../failure-message.js'
 import { platform } from '../../native-bindings/libc.js'
 import { DAEMON_NODE_FLAGS } from '../runtime-tuning.js'
 import { announce, mapOptions, runInForeground, stderrLog, warn, type MapArgs } from './foreground.js'
@@ -88,8 +89,9 @@ const runDaemonChild = async (o: DaemonOptions): Promise<void> => {
     // Destroyed (not stopped by a signal): nothing in the log is needed any more.
     if (!process.exitCode) removeDaemonLog(o.name)
   } catch (e) {
-    o.log(`could not start: ${(e as Error).message}`)
-    await send({ type: 'error', message: (e as Error).message })
+    const message = failureMessage(e)
+    o.log(`could not start: ${message}`)
+    await send({ type: 'error', message })
     process.disconnect?.()
     process.exitCode = 1
   }

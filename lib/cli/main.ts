@@ -4,6 +4,7 @@ import fs from 'node:fs'
 import yargs, { type Argv } from 'yargs'
 import { checkSectorSize } from '../devices/device-pair.js'
 import { checkName } from '../daemon/run-state.js'
+import { failureMessage } from '../failure-message.js'
 import { create, type CreateArgs } from './create.js'
 import { destroy } from './destroy.js'
 import { list, status } from './list.js'
@@ -300,7 +301,7 @@ const destroyAll = async (names: string[], force: boolean): Promise<void> => {
       await destroy({ name, force })
     } catch (e) {
       if (names.length === 1) throw e
-      process.stderr.write(`geom-rowr: ${(e as Error).message}\n`)
+      process.stderr.write(`geom-rowr: ${failureMessage(e)}\n`)
       failed.push(name)
     }
   }
@@ -317,7 +318,7 @@ export const main = async (args: string[]): Promise<number> => {
       process.stderr.write(`geom-rowr: ${e.message}\nRun 'geom-rowr --help' for usage.\n`)
       return EXIT_USAGE
     }
-    process.stderr.write(`geom-rowr: ${e instanceof Error ? e.message : String(e)}\n`)
+    process.stderr.write(`geom-rowr: ${failureMessage(e)}\n`)
     return EXIT_FAILURE
   }
   return process.exitCode === undefined ? 0 : Number(process.exitCode)

@@ -3,6 +3,7 @@
 import fs from 'node:fs'
 import net from 'node:net'
 import { RowrError, checkSocketPath, errnoCode } from '../errors.js'
+import { failureMessage } from '../failure-message.js'
 
 export type ControlRequest =
   | { readonly cmd: 'status' }
@@ -112,7 +113,7 @@ export class ControlServer {
         .then(async request => {
           const reply: ControlReply = isRequest(request)
             ? await handler(request).catch(
-                (e: Error): ControlReply => ({ ok: false, code: errnoCode(e) ?? 'EFAIL', message: e.message }),
+                (e: Error): ControlReply => ({ ok: false, code: errnoCode(e) ?? 'EFAIL', message: failureMessage(e) }),
               )
             : { ok: false, code: 'EINVAL', message: 'malformed control request' }
           socket.end(frame(reply))

@@ -307,8 +307,8 @@ const openError = (path: string, writable: boolean, e: unknown): Error => {
   if (writable && (code === 'EACCES' || code === 'EROFS' || code === 'EPERM' || code === 'ETXTBSY')) {
     return new RowrError(
       'ENOTWRITABLE',
-      `${path} cannot be opened for writing (${code}); the read-write device must be writable: ` +
-        `check its permissions and that its file system is not mounted read-only`,
+      `${path} cannot be opened for writing (${code}): it is read-only to you, on a read-only file system, ` +
+        `immutable (lsattr shows it), or a running program's file; check its permissions, attributes and mount`,
       { cause: e },
     )
   }

@@ -6,7 +6,8 @@ import fs from 'node:fs'
 import { deviceBusy } from '../attach/attachment.js'
 import { BlockDevice } from '../devices/block-device.js'
 import type { RowrDevice } from '../engine/rowr-device.js'
-import { RowrError, errnoCode } from '../errors.js'
+import { RowrError, errnoCode, isRowrError } from '../errors.js'
+import { aboutPath } from '../failure-message.js'
 import type { MapFile } from '../persist/map-file.js'
 import { roFingerprint } from '../persist/fingerprint.js'
 import type { DeviceClaims } from '../daemon/claims.js'
@@ -78,14 +79,8 @@ const openRoForCommit = (ro: string): BlockDevice => {
   try {
     return BlockDevice.open(ro, { writable: true })
   } catch (e) {
-    const code = errnoCode(e)
-    if (code === 'EROFS' || code === 'EACCES' || code === 'EPERM') {
-      throw new RowrError(
-        'ENOTWRITABLE',
-        `${ro} cannot be opened for writing (${code}): it is read-only media, read-only to you, or in use (mounted); ` +
-          `use geom-rowr export to make a new image instead`,
-        { cause: e },
-      )
+    if (isRowrError(e) && e.code === 'ENOTWRITABLE') {
+      throw new RowrError('ENOTWRITABLE', `commit cannot write RO: ${e.message}; or use geom-rowr export to make a new image instead`, { cause: e })
     }
     throw e
   }
@@ -219,7 +214,7 @@ export const exportImage = async (ctx: JobContext, file: string): Promise<Export
     return { file, bytes: engine.size, dataBytes }
   } catch (e) {
     fs.rmSync(file, { force: true })
-    throw e
+    throw aboutPath(e, file)
   } finally {
     image?.close()
   }
