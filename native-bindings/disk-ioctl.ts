@@ -1,6 +1,6 @@
 // Disk sizing ioctls, per platform. Linux numbers from <linux/fs.h>
 // (_IOR(0x12, 114, size_t) and _IO(0x12, 104)); FreeBSD numbers from
-// <sys/disk.h> as listed in shared/spec/ggate-abi.md (FreeBSD's IOC_OUT is
+// <sys/disk.h> as listed in docs/ggate-abi.md (FreeBSD's IOC_OUT is
 // 0x40000000, unlike Linux's 0x80000000).
 import { libc, platform, type Platform } from './libc.js'
 import { endianness } from 'node:os'

@@ -1,5 +1,5 @@
 // FreeBSD GEOM Gate (geom_gate interface version 3): the control structs and
-// ioctl numbers, as listed in shared/spec/ggate-abi.md (from FreeBSD's
+// ioctl numbers, as listed in docs/ggate-abi.md (from FreeBSD's
 // sys/geom/gate/g_gate.h and sys/sys/ioccom.h). Layouts are LP64 with
 // natural alignment, which koffi reproduces from the field list; a test
 // compares them with the C compiler's and with the spec's table.

@@ -6,7 +6,7 @@ import t from 'tap'
 import { BioCmd, GGATE_STRUCTS, GGateFlag, GGateUnit, G_GATE_VERSION, freebsdIowr, ggateAbi, type GGateStructName } from '../native-bindings/ggate-abi.js'
 import { repoRoot, requires } from './fixtures/helpers.js'
 
-/** shared/spec/ggate-abi.md's table (LP64). */
+/** docs/ggate-abi.md's table (LP64). */
 const SPEC = {
   sizes: { g_gate_ctl_create: 2608, g_gate_ctl_modify: 2336, g_gate_ctl_destroy: 268, g_gate_ctl_cancel: 272, g_gate_ctl_io: 56 },
   ioctl: { CREATE: 0xca306d00, MODIFY: 0xc9206d01, DESTROY: 0xc10c6d02, CANCEL: 0xc1106d03, START: 0xc0386d04, DONE: 0xc0386d05 },

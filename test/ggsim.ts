@@ -1,4 +1,4 @@
-// The ggctl simulator's GEOM Gate semantics (shared/spec/ggate-abi.md),
+// The ggctl simulator's GEOM Gate semantics (docs/ggate-abi.md),
 // driven through lib/ggate/ggctl.ts with the simulator loaded in place of
 // libc, and bios queued through its test entry point as the kernel would.
 // No FUSE mount here (GGSIM_MOUNT unset): test/root/ggate-sim.ts does that.

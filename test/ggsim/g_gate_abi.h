@@ -1,6 +1,6 @@
 /*
  * GEOM Gate interface version 3 as userspace sees it, declared from the field
- * list in shared/spec/ggate-abi.md with fixed-width types (LP64 layout), and
+ * list in docs/ggate-abi.md with fixed-width types (LP64 layout), and
  * FreeBSD's _IOWR written out. Shared by the ggctl simulator and by the test
  * that checks koffi's layouts against the C compiler's.
  */

@@ -1,6 +1,6 @@
 /*
  * The kernel side of GEOM Gate, simulated in process: the semantics of
- * /dev/ggctl's ioctls as shared/spec/ggate-abi.md describes FreeBSD's
+ * /dev/ggctl's ioctls as docs/ggate-abi.md describes FreeBSD's
  * sys/geom/gate/g_gate.c (interface version 3). Providers live in this
  * process; their bios come from fuse-export.c (or ggsim_submit in tests).
  *
