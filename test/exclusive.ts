@@ -111,7 +111,10 @@ t.test('commit refuses while another device shares the RO; the RO is unchanged',
   t.equal(sha256(s.base), hash)
   // A stopped device's commit is refused the same way.
   const map = path.join(s.dir, 'o.map')
-  const offline = await s.g('commit', '-y', '--ro', s.base, '--rw', makeImage(path.join(s.dir, 'rw3.img'), SIZE, 'zero'), '--map', map)
+  const rw3 = makeImage(path.join(s.dir, 'rw3.img'), SIZE, 'zero')
+  await s.create('c3', '--map', map, s.base, rw3)
+  t.equal((await s.g('destroy', 'c3')).code, 0)
+  const offline = await s.g('commit', '-y', '--ro', s.base, '--rw', rw3, '--map', map)
   t.equal(offline.code, 1)
   t.match(offline.stderr, 'is also the RO of running devices c1, c2; committing would change it under c1, c2')
   t.equal((await s.g('destroy', 'c2')).code, 0)
