@@ -7,27 +7,15 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { makeImage, requires, rowr, run, sha256, shortDir, sleep } from './fixtures/helpers.js'
+import { cliRunDir, makeImage, requires, rowr, run, sha256, sleep } from './fixtures/helpers.js'
 
 const SIZE = 8 << 20
 const NEEDS = { tools: ['qemu-io'] }
 
 const setup = (t: Test) => {
-  const dir = shortDir(t)
-  const runDir = path.join(dir, 'run')
+  const { dir, runDir, g, create } = cliRunDir(t)
   const base = makeImage(path.join(dir, 'base.img'), SIZE)
   const rw = makeImage(path.join(dir, 'rw.img'), SIZE, 'zero')
-  const g = (...args: string[]) => rowr(runDir, args)
-  t.teardown(async () => {
-    for (const name of fs.existsSync(runDir) ? fs.readdirSync(runDir) : []) {
-      if (fs.statSync(path.join(runDir, name)).isDirectory()) await g('destroy', '-f', name)
-    }
-  })
-  const create = async (name: string, ...args: string[]): Promise<string> => {
-    const r = await g('create', '--no-attach', name, ...args)
-    t.equal(r.code, 0, `create ${name}: ${r.stderr}`)
-    return r.stdout.trim()
-  }
   /** The run directory holds nothing of a device but those named (logs aside). */
   const onlyDevices = (...names: string[]): void => {
     const left = fs.readdirSync(runDir).filter(n => !n.endsWith('.log'))

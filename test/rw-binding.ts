@@ -11,7 +11,7 @@ import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { makeImage, requires, rowr, run, shortDir, waitUntil } from './fixtures/helpers.js'
+import { alive, cliRunDir, makeImage, requires, run, waitUntil } from './fixtures/helpers.js'
 
 const SIZE = 8 << 20
 const SECTOR = 512
@@ -20,23 +20,10 @@ const NEEDS = { tools: ['qemu-io'] }
 const MAP_BYTES = 4 * 4096
 
 const setup = (t: Test) => {
-  const dir = shortDir(t)
-  const runDir = path.join(dir, 'run')
+  const { dir, runDir, g, create } = cliRunDir(t)
   const ro = makeImage(path.join(dir, 'ro.img'), SIZE)
   const rw = makeImage(path.join(dir, 'rw.img'), SIZE, 'zero')
   const map = path.join(dir, 'rw.map')
-  const g = (...args: string[]) => rowr(runDir, args)
-  t.teardown(async () => {
-    for (const name of fs.existsSync(runDir) ? fs.readdirSync(runDir) : []) {
-      if (fs.statSync(path.join(runDir, name)).isDirectory()) await g('destroy', '-f', name)
-    }
-  })
-  /** A device with --no-attach; its NBD URI. */
-  const create = async (name: string, ...args: string[]): Promise<string> => {
-    const r = await g('create', '--no-attach', name, ...args)
-    t.equal(r.code, 0, `create ${name}: ${r.stderr}`)
-    return r.stdout.trim()
-  }
   const write = async (uri: string, offset: number, length: number, fill: number): Promise<void> => {
     const r = await run('qemu-io', ['-f', 'raw', uri, '-c', `write -P ${fill} ${offset} ${length}`, '-c', 'flush'])
     t.equal(r.code, 0, r.stderr)
@@ -70,13 +57,12 @@ const setup = (t: Test) => {
   return { dir, runDir, ro, rw, map, g, create, write, shows, expected, kill, nothingLeft }
 }
 
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
+/** A device name of this test run, and the automatic RW geom-rowr makes for it, removed afterwards. */
+const autoName = (t: Test, prefix: string): { name: string; auto: string } => {
+  const name = `${prefix}${process.pid}`
+  const auto = `/var/tmp/geom-rowr-${name}.rw`
+  t.teardown(() => fs.rmSync(auto, { force: true }))
+  return { name, auto }
 }
 
 const DEVICE_ID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
@@ -185,9 +171,7 @@ t.test('a RW that holds a map\'s changes is not taken as empty by a new map or b
 t.test('a failed create leaves nothing behind: no automatic RW, no run state, no new map, no claim', async t => {
   if (!requires(t, NEEDS)) return
   const s = setup(t)
-  const name = `fail${process.pid}`
-  const auto = `/var/tmp/geom-rowr-${name}.rw`
-  t.teardown(() => fs.rmSync(auto, { force: true }))
+  const { name, auto } = autoName(t, 'fail')
   const notMap = path.join(s.dir, 'not.map')
   fs.writeFileSync(notMap, Buffer.alloc(MAP_BYTES, 0x41))
   const refused = await s.g('create', '--no-attach', '--map', notMap, name, s.ro, 'auto')
@@ -217,9 +201,7 @@ t.test('a failed create leaves nothing behind: no automatic RW, no run state, no
 t.test('--map-on-rw with RW auto: the automatic RW has room for the map, and resumes', async t => {
   if (!requires(t, NEEDS)) return
   const s = setup(t)
-  const name = `tail${process.pid}`
-  const auto = `/var/tmp/geom-rowr-${name}.rw`
-  t.teardown(() => fs.rmSync(auto, { force: true }))
+  const { name, auto } = autoName(t, 'tail')
   const created = await s.g('create', '--no-attach', '--map-on-rw', name, s.ro, 'auto')
   t.equal(created.code, 0, created.stderr)
   t.equal(fs.statSync(auto).size, SIZE + MAP_BYTES, 'the device and its map')
@@ -234,9 +216,7 @@ t.test('--map-on-rw with RW auto: the automatic RW has room for the map, and res
 t.test('an automatic RW kept for a map is never to be removed: the hint names the map and --discard-map', async t => {
   if (!requires(t, NEEDS)) return
   const s = setup(t)
-  const name = `kept${process.pid}`
-  const auto = `/var/tmp/geom-rowr-${name}.rw`
-  t.teardown(() => fs.rmSync(auto, { force: true }))
+  const { name, auto } = autoName(t, 'kept')
   await s.write(await s.create(name, '--map', s.map, s.ro, 'auto'), 4096, 4096, 0x3c)
   t.equal((await s.g('destroy', name)).code, 0)
   const r = await s.g('create', '--no-attach', name, s.ro, 'auto')

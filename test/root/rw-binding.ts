@@ -6,7 +6,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { makeImage, requires, rowr, run, shortDir } from '../fixtures/helpers.js'
+import { cliRunDir, makeImage, requires, run } from '../fixtures/helpers.js'
 import { leftovers } from '../fixtures/kernel.js'
 
 const SIZE = 8 << 20
@@ -15,22 +15,16 @@ const TAIL = SIZE
 const NEEDS = { root: true, tools: ['losetup', 'mount', 'umount', 'qemu-io'] }
 
 const setup = (t: Test) => {
-  const dir = shortDir(t)
-  const runDir = path.join(dir, 'run')
-  const ramfs = path.join(dir, 'ramfs')
-  fs.mkdirSync(ramfs)
-  const g = (...args: string[]) => rowr(runDir, args)
   const loops: string[] = []
-  t.teardown(async () => {
-    for (const name of fs.existsSync(runDir) ? fs.readdirSync(runDir) : []) {
-      if (fs.statSync(path.join(runDir, name)).isDirectory()) await g('destroy', '-f', name)
-    }
+  const { dir, runDir, g } = cliRunDir(t, async () => {
     for (const l of loops) await run('losetup', ['-d', l])
     await run('umount', ['-l', ramfs])
     for (const l of leftovers(dir)) {
       if (l.startsWith('loop ')) await run('losetup', ['-d', `/dev/${l.split(' ')[1]}`])
     }
   })
+  const ramfs = path.join(dir, 'ramfs')
+  fs.mkdirSync(ramfs)
   const loop = async (file: string): Promise<string> => {
     const r = await run('losetup', ['--find', '--show', file])
     t.equal(r.code, 0, r.stderr)
