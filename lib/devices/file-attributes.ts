@@ -41,14 +41,17 @@ const REFUSED = new Set(
   }),
 )
 
+/** Longer than any value geom-rowr writes. */
+const MAX_VALUE_BYTES = 256
+
 const failure = (what: string, errno: number): Error =>
   Object.assign(new Error(`${what} failed: errno ${errno}`), { errno })
 
-/** The attributes of the file open on `fd`; values up to `maxBytes` are read. */
-export const fileAttributes = (fd: number, maxBytes = 256): FileAttributes => ({
+/** The attributes of the file open on `fd`. */
+export const fileAttributes = (fd: number): FileAttributes => ({
   get(space, name) {
     const c = libc()
-    const value = Buffer.alloc(maxBytes)
+    const value = Buffer.alloc(MAX_VALUE_BYTES)
     const n = c.getAttribute(fd, space, name, value)
     if (n >= 0) return { kind: 'found', value: value.subarray(0, n) }
     const errno = c.errno()

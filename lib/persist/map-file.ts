@@ -287,7 +287,7 @@ export class MapFile implements MapJournal {
       }
       if (o.existing) throw new RowrError('ENOTMAP', `${o.describe} holds no map (it is empty): give the map this device was created with`)
       await takeUnbound(o.identity, false)
-      return MapFile.#create(o)
+      return MapFile.#create(o, 0n)
     }
     const newer = decoded.find(d => d && !d.ok && d.problem === 'newer-format')
     if (newer && !newer.ok) {
@@ -316,7 +316,7 @@ export class MapFile implements MapJournal {
           `${o.size}-byte device of ${o.sectorSize}-byte sectors: it belongs to other devices`,
       )
     }
-    if (room < needed) throw damaged(o, `is truncated: it has ${room} of the ${needed} bytes of this map, so pages are lost`)
+    if (room < needed) throw damaged(o, `is truncated: it has ${room} of the ${needed} bytes of this map`)
     const file = new MapFile(o, header, slot)
     const problems: string[] = []
     const roHash = await roFingerprint(o.ro, o.size, o.sectorSize)
@@ -369,8 +369,12 @@ export class MapFile implements MapJournal {
     return { file, resumed: true, warnings }
   }
 
-  /** A new map, bound to RW. */
-  static async #create(o: OpenMapOptions): Promise<OpenedMap> {
+  /**
+   * A new map, bound to RW, its header's generation counting from
+   * `generation`: past any old header in the store, so that a crash between
+   * the new header's two writes leaves the new one current.
+   */
+  static async #create(o: OpenMapOptions, generation: bigint): Promise<OpenedMap> {
     const uuid = newDeviceId()
     // RW carries the ID before the map names it: a crash in between leaves
     // no header, and the next create binds RW again.
@@ -378,7 +382,7 @@ export class MapFile implements MapJournal {
     const header: MapHeader = {
       version: FORMAT_VERSION,
       uuid,
-      generation: 0n,
+      generation,
       // Random, so that pages a former map left in the same file or RW tail
       // (whose headers were overwritten) never count as this map's.
       epoch: randomBytes(8).readBigUInt64LE(0),
@@ -404,7 +408,7 @@ export class MapFile implements MapJournal {
       ? `${o.describe} (device ID ${old.uuid}, at least ${old.writtenFloor * old.sectorSize} bytes written when it was last opened or closed)`
       : `${o.describe} (no map could be read there)`
     const others = (await takeUnbound(o.identity, true)).filter(f => f.id !== old?.uuid)
-    const opened = await MapFile.#create(o)
+    const opened = await MapFile.#create(o, (old?.generation ?? 0n) + 1n)
     const warning =
       `--discard-map: the changes recorded in ${what}` +
       (others.length ? ` and those ${o.rw.path} held for device ID ${describeIds(o.identity, others)}` : '') +
