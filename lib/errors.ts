@@ -22,6 +22,7 @@ export type RowrErrorCode =
   | 'EMAPCORRUPT' // a map whose metadata is damaged or truncated
   | 'EMAPGEOMETRY' // a map for a device of another size or sector size
   | 'EFINGERPRINT' // a map that belongs to another RO or RW
+  | 'EBOUND' // a RW that carries another map's device ID, taken as empty
 
 export class RowrError extends Error {
   readonly code: RowrErrorCode

@@ -66,11 +66,30 @@ export interface Libc {
    * a conflicting one).
    */
   flock(fd: number, operation: number): number
+  /**
+   * Extended attributes of an open file (Linux's fgetxattr family, FreeBSD's
+   * extattr_*_fd): `space` 'system' is root's namespace (Linux's trusted.*,
+   * FreeBSD's system), 'user' anyone's. Each returns -1 and sets errno on
+   * failure (ATTRIBUTE_ABSENT: no such attribute); get returns the value's
+   * length.
+   */
+  getAttribute(fd: number, space: AttributeSpace, name: string, value: Buffer): number
+  setAttribute(fd: number, space: AttributeSpace, name: string, value: Buffer): number
+  removeAttribute(fd: number, space: AttributeSpace, name: string): number
   /** The address of a Buffer's bytes, for pointers inside structs. */
   address(buf: Buffer): bigint
   /** The errno left by the last synchronous call on this thread. */
   errno(): number
 }
+
+export type AttributeSpace = 'system' | 'user'
+
+/** The errno of a missing extended attribute: Linux's ENODATA, FreeBSD's ENOATTR. */
+export const ATTRIBUTE_ABSENT = process.platform === 'freebsd' ? 87 : 61
+/** <sys/extattr.h> */
+const EXTATTR_NAMESPACE = { user: 1, system: 2 } as const
+/** Linux's names carry their namespace as a prefix. */
+const XATTR_PREFIX = { user: 'user.', system: 'trusted.' } as const
 
 /** flock(2)'s operations: the same numbers on Linux and FreeBSD. */
 export const LOCK_SH = 1
@@ -95,6 +114,22 @@ export const libc = (): Libc => {
   const close = lib.func('int close(int fd)')
   const setsockopt = lib.func('int setsockopt(int fd, int level, int name, void *value, uint32_t length)')
   const flock = lib.func('int flock(int fd, int operation)')
+  // By the running kernel, not platform(): the ggctl simulator of the FreeBSD
+  // issue runs on Linux's libc.
+  const attributes =
+    process.platform === 'freebsd'
+      ? {
+          get: lib.func('intptr_t extattr_get_fd(int fd, int space, const char *name, void *value, size_t length)'),
+          set: lib.func('intptr_t extattr_set_fd(int fd, int space, const char *name, void *value, size_t length)'),
+          remove: lib.func('int extattr_delete_fd(int fd, int space, const char *name)'),
+        }
+      : {
+          get: lib.func('intptr_t fgetxattr(int fd, const char *name, void *value, size_t length)'),
+          set: lib.func('int fsetxattr(int fd, const char *name, void *value, size_t length, int flags)'),
+          remove: lib.func('int fremovexattr(int fd, const char *name)'),
+        }
+  const attributeArgs = (space: AttributeSpace, name: string): unknown[] =>
+    process.platform === 'freebsd' ? [EXTATTR_NAMESPACE[space], name] : [XATTR_PREFIX[space] + name]
   let fallocate: KoffiFunction | undefined
   let preadv2: KoffiFunction | undefined
   if (platform() === 'linux' && !process.env.GEOM_ROWR_LIBC) {
@@ -146,6 +181,11 @@ export const libc = (): Libc => {
       return preadv2(fd, iovec, 1, position, RWF_NOWAIT)
     },
     flock: (fd, operation) => flock(fd, operation),
+    getAttribute: (fd, space, name, value) => attributes.get(fd, ...attributeArgs(space, name), value, value.length),
+    // Linux's flags 0: create or replace.
+    setAttribute: (fd, space, name, value) =>
+      attributes.set(fd, ...attributeArgs(space, name), value, value.length, ...(process.platform === 'freebsd' ? [] : [0])),
+    removeAttribute: (fd, space, name) => attributes.remove(fd, ...attributeArgs(space, name)),
     address: buf => koffi.address(buf),
     errno: () => koffi.errno(),
   }

@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { BlockDevice } from '../lib/devices/block-device.js'
+import { BlockDevice, openError } from '../lib/devices/block-device.js'
 import { openDevicePair, resizeHint } from '../lib/devices/device-pair.js'
 import { resolveDevicePath, resolveRwPath } from '../lib/devices/device-path.js'
 import { makeImage } from './fixtures/helpers.js'
@@ -95,7 +95,7 @@ t.test('a larger RW is accepted with a warning and only RO\'s size is used', asy
     p.rw.close()
   })
   t.equal(p.mediaSize, 1 << 20)
-  t.match(p.warnings[0], /larger than .*only its first 1048576 bytes are used/)
+  t.match(p.warnings[0], /larger than .*its first 1048576 bytes hold the device's data, and past them only a map's device ID or the map itself/)
 })
 
 t.test('a chosen sector size must divide the device size', async t => {
@@ -140,8 +140,9 @@ t.test('tryReadNow reads cached bytes, and refuses what it cannot do without blo
   t.equal(d.tryReadNow(Buffer.alloc(512), 0, 512, 1 << 20), false, 'past the end: not served')
 })
 
-t.test('the resize hint fits the device: md(4) is recreated, a file grown', async t => {
-  t.equal(resizeHint('/dev/md1', 536870912), 'mdconfig -d -u 1 && mdconfig -a -t swap -s 536870912b -u 1')
+t.test('the resize hint loses nothing: a new md(4) beside the old one (recreating it would wipe it), a file grown', async t => {
+  t.equal(resizeHint('/dev/md1', 536870912), 'make a new md of that size (mdconfig -a -t swap -s 536870912b prints its name) and give it as RW; /dev/md1 is left as it is')
+  t.notMatch(resizeHint('/dev/md1', 536870912), 'mdconfig -d', 'never detaches the md that holds RW\'s data')
   t.equal(resizeHint('/srv/rw.img', 4096), 'truncate -s 4096 /srv/rw.img')
 })
 
@@ -179,4 +180,19 @@ t.test('no write runs inline while a hole is being punched (it would wait for th
   await punching
   await d.write(Buffer.alloc(512, 1), 0, 512, 1 << 19)
   t.equal(d.inlineWrites?.inline, 1)
+})
+
+t.test('FreeBSD: EPERM opening a disk RW for writing means GEOM found it in use (mounted): said so, with the fix', async t => {
+  const eperm = Object.assign(new Error('EPERM: operation not permitted'), { code: 'EPERM' })
+  process.env.GEOM_ROWR_PLATFORM = 'freebsd'
+  t.teardown(() => delete process.env.GEOM_ROWR_PLATFORM)
+  const refusal = openError('/dev/null', true, eperm)
+  t.match(refusal, {
+    code: 'EINUSE',
+    message: '/dev/null cannot be opened for writing (EPERM): it is in use (mounted?)',
+  })
+  t.match(refusal.message, 'see where with: mount | grep /dev/null; unmount it first (umount MOUNTPOINT), or choose another RW')
+  t.match(openError('/dev/null', false, eperm), { message: 'EPERM: operation not permitted' }, 'reading is not refused that way')
+  process.env.GEOM_ROWR_PLATFORM = 'linux'
+  t.match(openError('/dev/null', true, eperm), { code: 'ENOTWRITABLE' }, 'on Linux EPERM is a permission problem')
 })

@@ -134,7 +134,7 @@ t.test('create --no-attach, list, status, destroy', async t => {
   t.match((await cli('status', 'rowr7')).stdout, /inline writes:\s+1 RW writes on the event loop, \d+ of them stalled it/)
   const busy = await cli('destroy', 'rowr7')
   t.equal(busy.code, 1)
-  t.match(busy.stderr, /rowr7 has 1 NBD client connection\(s\); disconnect them or use destroy -f/)
+  t.match(busy.stderr, /rowr7 has 1 NBD client connection\(s\); disconnect them first; destroy -f stops it even so/)
   client.r.socket.destroy()
   await waitUntil(async () => JSON.parse((await cli('status', '--json', 'rowr7')).stdout).connections === 0)
   const destroyed = await cli('destroy', 'rowr7')

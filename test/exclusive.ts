@@ -7,27 +7,15 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { makeImage, requires, rowr, run, sha256, shortDir, sleep } from './fixtures/helpers.js'
+import { cliRunDir, makeImage, requires, rowr, run, sha256, sleep } from './fixtures/helpers.js'
 
 const SIZE = 8 << 20
 const NEEDS = { tools: ['qemu-io'] }
 
 const setup = (t: Test) => {
-  const dir = shortDir(t)
-  const runDir = path.join(dir, 'run')
+  const { dir, runDir, g, create } = cliRunDir(t)
   const base = makeImage(path.join(dir, 'base.img'), SIZE)
   const rw = makeImage(path.join(dir, 'rw.img'), SIZE, 'zero')
-  const g = (...args: string[]) => rowr(runDir, args)
-  t.teardown(async () => {
-    for (const name of fs.existsSync(runDir) ? fs.readdirSync(runDir) : []) {
-      if (fs.statSync(path.join(runDir, name)).isDirectory()) await g('destroy', '-f', name)
-    }
-  })
-  const create = async (name: string, ...args: string[]): Promise<string> => {
-    const r = await g('create', '--no-attach', name, ...args)
-    t.equal(r.code, 0, `create ${name}: ${r.stderr}`)
-    return r.stdout.trim()
-  }
   /** The run directory holds nothing of a device but those named (logs aside). */
   const onlyDevices = (...names: string[]): void => {
     const left = fs.readdirSync(runDir).filter(n => !n.endsWith('.log'))
@@ -111,7 +99,10 @@ t.test('commit refuses while another device shares the RO; the RO is unchanged',
   t.equal(sha256(s.base), hash)
   // A stopped device's commit is refused the same way.
   const map = path.join(s.dir, 'o.map')
-  const offline = await s.g('commit', '-y', '--ro', s.base, '--rw', makeImage(path.join(s.dir, 'rw3.img'), SIZE, 'zero'), '--map', map)
+  const rw3 = makeImage(path.join(s.dir, 'rw3.img'), SIZE, 'zero')
+  await s.create('c3', '--map', map, s.base, rw3)
+  t.equal((await s.g('destroy', 'c3')).code, 0)
+  const offline = await s.g('commit', '-y', '--ro', s.base, '--rw', rw3, '--map', map)
   t.equal(offline.code, 1)
   t.match(offline.stderr, 'is also the RO of running devices c1, c2; committing would change it under c1, c2')
   t.equal((await s.g('destroy', 'c2')).code, 0)

@@ -139,7 +139,11 @@ t.test('refusals: commit into a .uzip, a map for other devices, two writers', as
   const s = setup(t)
   const uzip = path.join(s.dir, 'system.uzip')
   fs.copyFileSync(s.ro, uzip)
-  const r = await s.g('commit', '-y', '--ro', uzip, '--rw', s.rw, '--map', path.join(s.dir, 'u.map'))
+  const uzipRw = makeImage(path.join(s.dir, 'u.rw'), SIZE, 'zero')
+  const uzipMap = path.join(s.dir, 'u.map')
+  t.equal((await s.g('create', '--no-attach', '--map', uzipMap, 'u0', uzip, uzipRw)).code, 0)
+  t.equal((await s.g('destroy', 'u0')).code, 0)
+  const r = await s.g('commit', '-y', '--ro', uzip, '--rw', uzipRw, '--map', uzipMap)
   t.equal(r.code, 1)
   t.match(r.stderr, 'is a geom_uzip image, which cannot be written; use geom-rowr export to make a new image instead')
 
@@ -185,7 +189,10 @@ t.test('Ctrl-C stops an export cleanly: no partial file, exit 130', async t => {
   fs.writeFileSync(bigRw, '')
   fs.truncateSync(bigRw, 32 * 2 ** 30)
   const out = path.join(s.dir, 'out.img')
-  const child = spawn(process.execPath, [cli, 'export', '--ro', big, '--rw', bigRw, '--map', path.join(s.dir, 'big.map'), out], {
+  const bigMap = path.join(s.dir, 'big.map')
+  t.equal((await s.g('create', '--no-attach', '--map', bigMap, 'big0', big, bigRw)).code, 0)
+  t.equal((await s.g('destroy', 'big0')).code, 0)
+  const child = spawn(process.execPath, [cli, 'export', '--ro', big, '--rw', bigRw, '--map', bigMap, out], {
     env: { ...process.env, GEOM_ROWR_RUNDIR: s.runDir },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
@@ -205,6 +212,8 @@ t.test('an interrupted commit leaves the device as it was, resumes, and finishes
   const { openOffline } = await import('../lib/lifecycle/offline.js')
   const { commit } = await import('../lib/lifecycle/jobs.js')
   const target = { ro: s.ro, rw: s.rw, map: s.map, mapOnRw: false, force: false }
+  t.equal((await s.g('create', '--no-attach', '--map', s.map, 'c0', s.ro, s.rw)).code, 0, 'the map is made by a device')
+  t.equal((await s.g('destroy', 'c0')).code, 0)
   const first = await openOffline(target)
   const data = Buffer.alloc(3 << 20, 0x66)
   await first.engine.write(1 << 20, data)

@@ -6,7 +6,8 @@ import { RowrDevice } from '../lib/engine/rowr-device.js'
 import { SectorMap } from '../lib/engine/sector-map.js'
 import { MapFile, pageBits } from '../lib/persist/map-file.js'
 import { FORMAT_VERSION, PAGE_SECTORS, SLOT_BYTES, mapBytes } from '../lib/persist/map-format.js'
-import { MemoryDevice } from './fixtures/memory-device.js'
+import { RwIdentity } from '../lib/persist/rw-binding.js'
+import { MemoryAttributes, MemoryDevice } from './fixtures/memory-device.js'
 
 const SECTOR = 512
 const SECTORS = 2 * PAGE_SECTORS + 1000
@@ -20,18 +21,23 @@ const roFill = (piece: number, into: Buffer): void => {
 interface Devices {
   ro: MemoryDevice
   rw: MemoryDevice
+  /** RW's extended attributes, where it carries the map's device ID. */
+  attributes: MemoryAttributes
   store: MemoryDevice
 }
 
 const devices = (): Devices => ({
   ro: new MemoryDevice('/ro', SIZE, { fill: roFill }),
   rw: new MemoryDevice('/rw', SIZE),
+  attributes: new MemoryAttributes(),
   store: new MemoryDevice('/map', mapBytes(SIZE, SECTOR)),
 })
 
+const identity = (d: Devices): RwIdentity => new RwIdentity(d.rw, SIZE, d.attributes)
+
 const open = (d: Devices, o: { force?: boolean; store?: MemoryDevice } = {}) => {
   const map = new SectorMap(SECTORS)
-  return MapFile.open({ store: o.store ?? d.store, base: 0, describe: 'map /map', ro: d.ro, rw: d.rw, size: SIZE, sectorSize: SECTOR, map, force: o.force ?? false }).then(
+  return MapFile.open({ store: o.store ?? d.store, base: 0, describe: 'map /map', ro: d.ro, rw: d.rw, identity: identity(d), size: SIZE, sectorSize: SECTOR, map, force: o.force ?? false }).then(
     opened => ({ ...opened, map, engine: new RowrDevice({ ro: d.ro, rw: d.rw, size: SIZE, sectorSize: SECTOR, map, journal: opened.file }) }),
   )
 }
@@ -90,10 +96,10 @@ t.test('pages round-trip through their bitmap', async t => {
   const back = new SectorMap(SECTORS)
   const d = devices()
   // Through a real open: write the pages, then resume into `back`.
-  const opened = await MapFile.open({ store: d.store, base: 0, describe: 'm', ro: d.ro, rw: d.rw, size: SIZE, sectorSize: SECTOR, map, force: false })
+  const opened = await MapFile.open({ store: d.store, base: 0, describe: 'm', ro: d.ro, rw: d.rw, identity: identity(d), size: SIZE, sectorSize: SECTOR, map, force: false })
   for (const [s, n] of runs) opened.file.marked(s, n)
   await opened.file.commit(async () => undefined)
-  await MapFile.open({ store: d.store, base: 0, describe: 'm', ro: d.ro, rw: d.rw, size: SIZE, sectorSize: SECTOR, map: back, force: false })
+  await MapFile.open({ store: d.store, base: 0, describe: 'm', ro: d.ro, rw: d.rw, identity: identity(d), size: SIZE, sectorSize: SECTOR, map: back, force: false })
   for (let p = 0; p < 3; p++) t.same(pageBits(back, p), pageBits(map, p), `page ${p}`)
   t.equal(back.writtenSectors, map.writtenSectors)
 })
@@ -120,7 +126,10 @@ t.test('refusals name the map, the problem and the way out', async t => {
   headers[200] = headers[200]! ^ 0xff
   headers[SLOT_BYTES + 200] = headers[SLOT_BYTES + 200]! ^ 0xff
   damaged.store.apply(headers, 0)
-  await t.rejects(open(damaged), { code: 'EMAPCORRUPT', message: /the header is damaged \(no good copy is left\), so the map cannot be trusted/ })
+  await t.rejects(open(damaged), {
+    code: 'EMAPCORRUPT',
+    message: /has a damaged header \(no good copy is left\), so the map cannot be trusted: restore the map and RW from copies made together .* or start over with --discard-map/,
+  })
 
   const headless = await populated(true)
   headless.store.apply(Buffer.alloc(2 * SLOT_BYTES), 0)
@@ -133,18 +142,20 @@ t.test('refusals name the map, the problem and the way out', async t => {
   t.match(forced.warnings[0], /^--force: RO \/ro is not the device/)
   t.equal((await open(roChanged)).resumed, true, 'forced once, the map now belongs to the new RO')
 
-  const rwSwapped = await populated(true)
-  rwSwapped.rw.apply(Buffer.alloc(SECTOR, 0x77), 0)
-  await t.rejects(open(rwSwapped), { code: 'EFINGERPRINT', message: /RW \/rw does not hold the data the map describes/ })
-
-  const unclean = await populated(false)
-  unclean.rw.apply(Buffer.alloc(SECTOR, 0x77), 0)
-  t.equal((await open(unclean)).resumed, true, 'after a crash RW cannot be checked: only its size is')
+  for (const clean of [true, false]) {
+    const rwSwapped = await populated(clean)
+    rwSwapped.attributes.values.clear()
+    await t.rejects(
+      open(rwSwapped),
+      { code: 'EFINGERPRINT', message: /RW \/rw is not the RW this map was made with \(device ID [-0-9a-f]{36}\): it carries no device ID in extended attribute/ },
+      `a RW without the map's device ID is refused (${clean ? 'clean stop' : 'crash'})`,
+    )
+  }
 
   const geometry = await populated(true)
   const map = new SectorMap(SECTORS - 8)
   await t.rejects(
-    MapFile.open({ store: geometry.store, base: 0, describe: 'map /map', ro: geometry.ro, rw: geometry.rw, size: SIZE - 8 * SECTOR, sectorSize: SECTOR, map, force: true }),
+    MapFile.open({ store: geometry.store, base: 0, describe: 'map /map', ro: geometry.ro, rw: geometry.rw, identity: identity(geometry), size: SIZE - 8 * SECTOR, sectorSize: SECTOR, map, force: true }),
     { code: 'EMAPGEOMETRY', message: /describes a \d+-byte device of 512-byte sectors, not this \d+-byte device/ },
     '--force does not override another geometry',
   )
@@ -195,4 +206,45 @@ t.test('damage at any slot: the last good state, or a clear refusal; truncation:
     }
   }
   t.ok(resumedCount > slots, `most single-slot damage is survived (${resumedCount} resumes)`)
+})
+
+t.test('the floor: a page lost in both copies after a header write is damage, not "never written"', async t => {
+  const d = await populated(true)
+  // Page 1's two slots zeroed, as a map cut short and re-extended reads.
+  d.store.apply(Buffer.alloc(2 * SLOT_BYTES), 4 * SLOT_BYTES)
+  await t.rejects(open(d), {
+    code: 'EMAPCORRUPT',
+    message: new RegExp(
+      `map /map has lost pages: they hold \\d+ written sectors, but held at least ${WRITES.reduce((n, [, c]) => n + c, 0)} when the map was last opened or closed, ` +
+        'so the map cannot be trusted: restore the map and RW from copies',
+    ),
+  })
+  // Both header slots hold the newest header: losing either keeps the floor.
+  for (const slot of [0, 1]) {
+    const e = await populated(true)
+    e.store.apply(Buffer.alloc(SLOT_BYTES), slot * SLOT_BYTES)
+    e.store.apply(Buffer.alloc(2 * SLOT_BYTES), 2 * SLOT_BYTES)
+    await t.rejects(open(e), { code: 'EMAPCORRUPT', message: /has lost pages/ }, `header slot ${slot} lost as well`)
+  }
+})
+
+t.test('a RW without extended attributes carries the ID in its tail, or says it cannot be checked', async t => {
+  const openWith = (d: Devices, rw: MemoryDevice) =>
+    MapFile.open({ store: d.store, base: 0, describe: 'map /map', ro: d.ro, rw, identity: new RwIdentity(rw, SIZE, null), size: SIZE, sectorSize: SECTOR, map: new SectorMap(SECTORS), force: false })
+  const d = devices()
+  const tail = Math.ceil(SIZE / SLOT_BYTES) * SLOT_BYTES
+  const roomy = new MemoryDevice('/rw', tail + SLOT_BYTES)
+  t.same((await openWith(d, roomy)).warnings, [], 'a RW with room past the device takes a stamp there')
+  const other = new MemoryDevice('/other', tail + SLOT_BYTES)
+  await t.rejects(openWith(d, other), {
+    code: 'EFINGERPRINT',
+    message: new RegExp(`RW /other is not the RW this map was made with \\(device ID [-0-9a-f]{36}\\): it carries no device ID in /other's tail \\(bytes ${tail}-${tail + SLOT_BYTES - 1}\\)`),
+  })
+  t.equal((await openWith(d, roomy)).resumed, true, 'its own RW resumes')
+
+  const e = devices()
+  const exact = new MemoryDevice('/rw', SIZE)
+  const unbound = /the binding of map \/map to RW \/rw cannot be checked: \/rw is a disk of exactly the device's size: it has no room past the device's end for a stamp/
+  t.match((await openWith(e, exact)).warnings, [unbound], 'no stamp fits: said at create')
+  t.match((await openWith(e, exact)).warnings, [unbound], 'and at every resume')
 })

@@ -10,7 +10,8 @@ import { RowrDevice, type MapJournal } from '../lib/engine/rowr-device.js'
 import { SectorMap } from '../lib/engine/sector-map.js'
 import { MapFile } from '../lib/persist/map-file.js'
 import { PAGE_SECTORS, mapBytes } from '../lib/persist/map-format.js'
-import { MemoryDevice, type LogEntry } from './fixtures/memory-device.js'
+import { RwIdentity } from '../lib/persist/rw-binding.js'
+import { MemoryAttributes, MemoryDevice, type LogEntry } from './fixtures/memory-device.js'
 
 const SECTOR = 512
 /** Three map pages, so that writes straddle page boundaries. */
@@ -135,7 +136,9 @@ const powerLoss = async (seed: number, opCount: number, journalOf: (f: MapFile) 
   const rw = new MemoryDevice('rw', SIZE, { log })
   const store = new MemoryDevice('map', mapBytes(SIZE, SECTOR), { log })
   const map = new SectorMap(SECTORS)
-  const opened = await MapFile.open({ store, base: 0, describe: 'map', ro, rw, size: SIZE, sectorSize: SECTOR, map, force: false })
+  // RW's device ID is stamped when the map is made, before anything is logged: every rebuilt RW carries it.
+  const attributes = new MemoryAttributes()
+  const opened = await MapFile.open({ store, base: 0, describe: 'map', ro, rw, identity: new RwIdentity(rw, SIZE, attributes), size: SIZE, sectorSize: SECTOR, map, force: false })
   const engine = new RowrDevice({ ro, rw, size: SIZE, sectorSize: SECTOR, map, journal: journalOf(opened.file) })
   const start = log.length
   const ops = await runWorkload(engine, log, random(seed), opCount)
@@ -152,7 +155,7 @@ const powerLoss = async (seed: number, opCount: number, journalOf: (f: MapFile) 
       const store2 = rebuild(log, cut, 'map', store.size, tear)
       const map2 = new SectorMap(SECTORS)
       try {
-        await MapFile.open({ store: store2, base: 0, describe: 'map', ro, rw: rw2, size: SIZE, sectorSize: SECTOR, map: map2, force: false })
+        await MapFile.open({ store: store2, base: 0, describe: 'map', ro, rw: rw2, identity: new RwIdentity(rw2, SIZE, attributes), size: SIZE, sectorSize: SECTOR, map: map2, force: false })
       } catch (e) {
         violations.push(`cut ${cut}: the map did not resume: ${(e as Error).message}`)
         continue

@@ -109,6 +109,7 @@ const spawnDaemon = async (o: Omit<DaemonOptions, 'log'>): Promise<Extract<Child
     ...(o.map !== undefined ? ['--map', o.map] : []),
     ...(o.mapOnRw ? ['--map-on-rw'] : []),
     ...(o.force ? ['--force'] : []),
+    ...(o.discardMap ? ['--discard-map'] : []),
     o.name,
     o.ro,
     o.rw,

@@ -31,12 +31,14 @@ export interface MapArgs {
   readonly map?: string
   readonly 'map-on-rw': boolean
   readonly force: boolean
+  readonly 'discard-map': boolean
 }
 
-export const mapOptions = (a: MapArgs): { map?: string; mapOnRw: boolean; force: boolean } => ({
+export const mapOptions = (a: MapArgs): { map?: string; mapOnRw: boolean; force: boolean; discardMap: boolean } => ({
   ...(a.map !== undefined ? { map: path.resolve(a.map) } : {}),
   mapOnRw: a['map-on-rw'],
   force: a.force,
+  discardMap: a['discard-map'],
 })
 
 /**

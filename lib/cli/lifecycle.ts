@@ -102,6 +102,8 @@ const runJob = async <T extends object>(
     for (const w of device.warnings) warn(`warning: ${w}`)
     const abort = new AbortController()
     stop = () => abort.abort()
+    // Ctrl-C while the devices were being opened: the job stops at its first safe point.
+    if (interrupted) stop()
     try {
       return await job({
         engine: device.engine,

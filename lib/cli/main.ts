@@ -33,13 +33,21 @@ const mapOptions = {
   force: {
     type: 'boolean',
     default: false,
-    describe: 'resume a map whose fingerprints do not match these devices (you vouch that they hold the same data)',
+    describe: "resume a map although RO or RW is not the one it was made with (you vouch that they are its devices); RW then carries the map's ID",
+  },
+  'discard-map': {
+    type: 'boolean',
+    default: false,
+    describe: "start over: a new, empty map in place of what the map holds (damaged or not), and RW taken as empty, even if it holds another map's changes; those changes are lost",
   },
 } as const
 
-const checkMap = (argv: { map?: string; 'map-on-rw'?: boolean; force?: boolean }): true => {
+const checkMap = (argv: { map?: string; 'map-on-rw'?: boolean; force?: boolean; 'discard-map'?: boolean }): true => {
   if (argv.map !== undefined && argv['map-on-rw']) throw new UsageError('--map and --map-on-rw exclude each other: choose where the map lives')
   if (argv.force && argv.map === undefined && !argv['map-on-rw']) throw new UsageError('--force only applies to a map (--map or --map-on-rw)')
+  if (argv.force && argv['discard-map']) {
+    throw new UsageError('--force (resume the map\'s changes) and --discard-map (throw them away) exclude each other: choose one')
+  }
   return true
 }
 

@@ -10,7 +10,8 @@ import { GGateFrontEnd } from '../ggate/front-end.js'
 import { SectorMap } from '../engine/sector-map.js'
 import { MapFile } from '../persist/map-file.js'
 import { commit, exportImage, planCommit, revert, writtenRanges, type JobContext } from '../lifecycle/jobs.js'
-import { mapOnRw, openMapFile } from '../persist/map-store.js'
+import { mapOnRw, mapOnRwBytes, openMapFile } from '../persist/map-store.js'
+import { describeIds, rwIdentity, takeUnbound } from '../persist/rw-binding.js'
 import { platform } from '../../native-bindings/libc.js'
 import { BlockDevice } from '../devices/block-device.js'
 import { openDevicePair } from '../devices/device-pair.js'
@@ -41,6 +42,8 @@ export interface DaemonOptions {
   readonly mapOnRw?: boolean
   /** Accept a map whose fingerprints do not match (the user vouches for the devices). */
   readonly force?: boolean
+  /** Start over: a new, empty map, and RW taken as empty, whatever they held (--discard-map). */
+  readonly discardMap?: boolean
   /** Where NBD listens; a Unix socket in the run directory by default. */
   readonly listen?: Listen
   readonly log: (message: string) => void
@@ -59,11 +62,12 @@ const differsFrom = (o: DaemonOptions, s: Waiting['state']): string | null => {
   return differences.length ? differences.join('; ') : null
 }
 
-/** RO's size, for an automatic RW of exactly that size. */
-const sizeOf = (ro: string): number => {
-  const device = BlockDevice.open(ro, { writable: false })
+/** The size an automatic RW needs: RO's, and with --map-on-rw room for the map past it. */
+const autoRwSize = (o: DaemonOptions): number => {
+  const device = BlockDevice.open(o.ro, { writable: false })
   try {
-    return device.size
+    // A file RW has 512-byte sectors: the device's are RO's, unless given.
+    return o.mapOnRw ? mapOnRwBytes(device.size, o.sectorSize ?? device.sectorSize) : device.size
   } finally {
     device.close()
   }
@@ -123,6 +127,8 @@ export class RowrDaemon {
     // until this daemon serves it, a failed start leaves its state as it was.
     const waiting = await claimName(o.name, o.log, s => differsFrom(o, s))
     let serving = false
+    /** Until set, teardown is a failed start's: it takes back what the start made. */
+    let started = false
     teardown.add('run state', () => (waiting && !serving ? writeState(waiting) : release(o.name)))
     if (waiting) {
       o.log(`taking over ${waiting.attachment.device} from daemon pid ${waiting.pid}, which is gone`)
@@ -148,10 +154,12 @@ export class RowrDaemon {
       // names it, so that cleanup after a crash knows what to remove.
       writeState({ ...base, ...starting })
       if (rwAuto) {
-        // With a map, RW holds the data the map describes: it is kept.
-        const made = await makeAutoRw(o.name, sizeOf(o.ro), { reuse: persistent })
-        base.rw = made
-        if (!persistent) teardown.add('automatic read-write device', () => removeAutoRw(made))
+        // With a map, RW holds the data the map describes: it is kept, once the device started.
+        const auto = await makeAutoRw(o.name, autoRwSize(o), { persistent, discard: o.discardMap })
+        base.rw = auto.path
+        if (!persistent || auto.made) {
+          teardown.add('automatic read-write device', () => (!persistent || !started ? removeAutoRw(auto.path) : undefined))
+        }
         writeState({ ...base, ...starting })
       }
       const pair = openDevicePair(o.ro, base.rw, { sectorSize: o.sectorSize, rwMadeToFit: rwAuto })
@@ -179,17 +187,32 @@ export class RowrDaemon {
       }
       let mapFile: MapFile | undefined
       const map = new SectorMap(pair.mediaSize / pair.sectorSize)
+      const identity = rwIdentity(pair.rw, pair.mediaSize, { mapInTail: o.mapOnRw })
       if (persistent) {
         const placement = o.mapOnRw
           ? mapOnRw(pair.rw, pair.mediaSize, pair.sectorSize)
-          : openMapFile(o.map!, pair.mediaSize, pair.sectorSize)
-        teardown.add('map', () => placement.close())
+          : openMapFile(o.map!, pair.mediaSize, pair.sectorSize, { discard: o.discardMap })
+        let made: MapFile | undefined
+        teardown.add('map', async () => {
+          if (started) return placement.close()
+          await made?.abandon()
+          placement.abandon()
+        })
         if (!o.mapOnRw) claims.add([{ role: 'map', path: o.map! }])
-        const opened = await MapFile.open({ ...placement, ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, force: o.force ?? false })
+        const opened = await MapFile.open({ ...placement, ro: pair.ro, rw: pair.rw, identity, size: pair.mediaSize, sectorSize: pair.sectorSize, map, force: o.force ?? false, discard: o.discardMap })
+        if (!opened.resumed) made = opened.file
         for (const w of opened.warnings) o.log(`warning: ${w}`)
         warnings.push(...opened.warnings)
         if (opened.resumed) o.log(`resumed ${placement.describe}: ${map.writtenSectors * pair.sectorSize} bytes written earlier`)
         mapFile = opened.file
+      } else {
+        // Without a map RW is taken as empty: not a RW that holds a map's changes.
+        const discarded = await takeUnbound(identity, o.discardMap ?? false)
+        if (discarded.length) {
+          const w = `--discard-map: the changes ${pair.rw.path} held for device ID ${describeIds(identity, discarded)} are discarded; it is taken as empty`
+          o.log(`warning: ${w}`)
+          warnings.push(w)
+        }
       }
       // Added before the engine's flush, so that it runs after it (teardown runs in reverse).
       const errorLog = new IoErrorLog(o.name, o.log)
@@ -263,6 +286,7 @@ export class RowrDaemon {
       }
       writeState(state)
       daemon = new RowrDaemon(state, warnings, claims, engine, server, teardown, provider, mapFile, o.log, { rw: pair.rw, errorLog })
+      started = true
       o.log(`${o.name} ready: ${state.device ?? state.nbd}`)
       return daemon
     } catch (e) {
@@ -343,7 +367,7 @@ export class RowrDaemon {
     // either takes it away or fails EBUSY.
     if (this.#provider) return this.#provider.destroy({ force: false })
     const busy = await this.#inUse()
-    if (busy) throw new RowrError('EBUSY', `${busy} or use destroy -f`)
+    if (busy) throw new RowrError('EBUSY', `${busy} first; destroy -f stops it even so, and a file system on it then loses what it has not written yet`)
   }
 
   /** Refuses a job that changes what the device shows, or what RO holds, while the device is open. */

@@ -37,13 +37,20 @@ export const describeAutoRw = (rw: string, size: number, kept = false): string =
     ? `${rw} (swap-backed md, ${size} bytes; detached on destroy)`
     : `${rw} (sparse, ${size} bytes; ${kept ? 'kept on destroy: the map describes its data' : 'removed on destroy'})`
 
+export interface AutoRw {
+  readonly path: string
+  /** Made by this call, not an earlier run's kept file. */
+  readonly made: boolean
+}
+
 /**
- * Makes the device and returns its path. With `reuse` (a persistent map
- * resumes) the file an earlier run made and kept is used again.
+ * Makes the device. With `persistent` (a map resumes) or `discard`
+ * (--discard-map starts over on it) the file an earlier run made and kept is
+ * used again.
  */
-export const makeAutoRw = async (name: string, size: number, { reuse = false } = {}): Promise<string> => {
+export const makeAutoRw = async (name: string, size: number, { persistent = false, discard = false } = {}): Promise<AutoRw> => {
   if (platform() === 'freebsd') {
-    if (reuse) {
+    if (persistent) {
       throw new RowrError(
         'EPLATFORM',
         'RW auto is a swap-backed md, whose data is gone after a reboot, so it cannot go with a persistent map; give RW as a disk, partition or file',
@@ -57,10 +64,10 @@ export const makeAutoRw = async (name: string, size: number, { reuse = false } =
       throw new RowrError('EATTACH', `could not make a swap-backed md of ${mdBytes(size)} bytes: ${(e as Error).message}`, { cause: e })
     }
     if (!/^md\d+$/.test(out)) throw new RowrError('EATTACH', `mdconfig printed "${out}", not an md device name`)
-    return `/dev/${out}`
+    return { path: `/dev/${out}`, made: true }
   }
   const file = autoRwFile(name)
-  if (reuse && fs.existsSync(file)) return file
+  if ((persistent || discard) && fs.existsSync(file)) return { path: file, made: false }
   let fd: number
   try {
     fd = fs.openSync(file, 'wx', 0o600)
@@ -68,7 +75,8 @@ export const makeAutoRw = async (name: string, size: number, { reuse = false } =
     if (errnoCode(e) !== 'EEXIST') throw e
     throw new RowrError(
       'EINUSE',
-      `${file} already exists; it may hold another device's data: remove it (rm ${file}) or name the read-write device yourself`,
+      `${file} already exists, and may hold the changes of a device ${name} with a persistent map (destroy keeps its RW). To resume them, give that map ` +
+        `(--map FILE, or --map-on-rw); to start over on it, discarding them, add --discard-map; or name another read-write device`,
     )
   }
   try {
@@ -76,7 +84,7 @@ export const makeAutoRw = async (name: string, size: number, { reuse = false } =
   } finally {
     fs.closeSync(fd)
   }
-  return file
+  return { path: file, made: true }
 }
 
 /** Removes what makeAutoRw made. */

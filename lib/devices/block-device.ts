@@ -297,8 +297,19 @@ export class BlockDevice implements BlockIo {
   }
 }
 
-const openError = (path: string, writable: boolean, e: unknown): Error => {
+/** Why a device could not be opened, as a refusal that names it and the fix. */
+export const openError = (path: string, writable: boolean, e: unknown): Error => {
   const code = errnoCode(e)
+  if (writable && code === 'EPERM' && platform() === 'freebsd' && isDeviceNode(path)) {
+    // GEOM refuses write access to a provider mounted read-write (g_vfs
+    // holds its exclusive count; g_access fails EPERM), whoever asks.
+    return new RowrError(
+      'EINUSE',
+      `${path} cannot be opened for writing (EPERM): it is in use (mounted?) — GEOM refuses to write a provider that is mounted or held exclusively; ` +
+        `see where with: mount | grep ${path}; unmount it first (umount MOUNTPOINT), or choose another RW`,
+      { cause: e },
+    )
+  }
   if (code === 'ENOENT') {
     return new RowrError('ENOENT', `${path} does not exist; check the path or create the device first`, {
       cause: e,
@@ -313,4 +324,13 @@ const openError = (path: string, writable: boolean, e: unknown): Error => {
     )
   }
   return e instanceof Error ? e : new Error(String(e))
+}
+
+const isDeviceNode = (path: string): boolean => {
+  try {
+    const st = fs.statSync(path)
+    return st.isCharacterDevice() || st.isBlockDevice()
+  } catch {
+    return false
+  }
 }

@@ -39,13 +39,15 @@ export const checkSectorSize = (n: number): void => {
 }
 
 /**
- * How to make RW large enough: an md(4) device is recreated with the byte
- * size (the original module's advice) rounded up to whole pages, anything
- * else is a file to grow.
+ * How to get a RW large enough, losing nothing: a file grows in place
+ * (truncate keeps its data); an md(4) device cannot, and recreating it
+ * would destroy its contents, so a new one is made beside it, with the byte
+ * size rounded up to whole pages.
  */
 export const resizeHint = (rw: string, bytes: number): string => {
-  const md = /^\/dev\/md(\d+)$/.exec(rw)
-  if (md) return `mdconfig -d -u ${md[1]} && mdconfig -a -t swap -s ${mdBytes(bytes)}b -u ${md[1]}`
+  if (/^\/dev\/md\d+$/.test(rw)) {
+    return `make a new md of that size (mdconfig -a -t swap -s ${mdBytes(bytes)}b prints its name) and give it as RW; ${rw} is left as it is`
+  }
   return `truncate -s ${bytes} ${rw}`
 }
 
@@ -90,7 +92,7 @@ const checkPair = (ro: BlockDevice, rw: BlockDevice, options: OpenPairOptions): 
   if (rw.size > ro.size && !options.rwMadeToFit) {
     warnings.push(
       `${rw.path} is ${rw.size} bytes, larger than ${ro.path} (${ro.size} bytes); ` +
-        `only its first ${ro.size} bytes are used`,
+        `its first ${ro.size} bytes hold the device's data, and past them only a map's device ID or the map itself (--map-on-rw) is kept`,
     )
   }
   const native = Math.max(ro.sectorSize, rw.sectorSize)

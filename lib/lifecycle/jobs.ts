@@ -188,7 +188,7 @@ export const exportImage = async (ctx: JobContext, file: string): Promise<Export
       fs.closeSync(fd)
     }
   } catch (e) {
-    if (errnoCode(e) === 'EEXIST') throw new RowrError('EINUSE', `${file} already exists; remove it or choose another file name`)
+    if (errnoCode(e) === 'EEXIST') throw new RowrError('EINUSE', `${file} already exists, and export never overwrites a file: choose another file name`)
     fs.rmSync(file, { force: true })
     throw e
   }

@@ -1,12 +1,15 @@
 // A stopped device opened in this process, for the lifecycle commands given
 // --ro RO --rw RW --map MAP (or --map-on-rw) in place of NAME.
+import fs from 'node:fs'
 import { openDevicePair } from '../devices/device-pair.js'
+import { RowrError } from '../errors.js'
 import { BlockDevice } from '../devices/block-device.js'
 import { RowrDevice } from '../engine/rowr-device.js'
 import { SectorMap } from '../engine/sector-map.js'
 import { DeviceClaims } from '../daemon/claims.js'
 import { MapFile } from '../persist/map-file.js'
 import { mapOnRw, mapOnRwBase, openMapFile, type MapPlacement } from '../persist/map-store.js'
+import { rwIdentity } from '../persist/rw-binding.js'
 
 export interface OfflineTarget {
   readonly ro: string
@@ -33,6 +36,9 @@ export interface OfflineDevice {
  * (or another command's) are refused.
  */
 export const openOffline = async (t: OfflineTarget): Promise<OfflineDevice> => {
+  if (t.map !== undefined && !fs.existsSync(t.map)) {
+    throw new RowrError('ENOENT', `map ${t.map} does not exist: give the map this device was created with`)
+  }
   // The map knows its sector size; the devices' own may be smaller.
   const sectorSize = await mapSectorSize(t)
   const pair = openDevicePair(t.ro, t.rw, sectorSize ? { sectorSize } : {})
@@ -49,7 +55,8 @@ export const openOffline = async (t: OfflineTarget): Promise<OfflineDevice> => {
     placement = t.mapOnRw ? mapOnRw(pair.rw, pair.mediaSize, pair.sectorSize) : openMapFile(t.map!, pair.mediaSize, pair.sectorSize)
     if (!t.mapOnRw) claims.add([{ role: 'map', path: t.map! }])
     const map = new SectorMap(pair.mediaSize / pair.sectorSize)
-    const opened = await MapFile.open({ ...placement, ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, force: t.force })
+    const identity = rwIdentity(pair.rw, pair.mediaSize, { mapInTail: t.mapOnRw })
+    const opened = await MapFile.open({ ...placement, ro: pair.ro, rw: pair.rw, identity, size: pair.mediaSize, sectorSize: pair.sectorSize, map, force: t.force, existing: true })
     const engine = new RowrDevice({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal: opened.file })
     const store = placement
     const held = claims
@@ -71,7 +78,7 @@ export const openOffline = async (t: OfflineTarget): Promise<OfflineDevice> => {
       },
     }
   } catch (e) {
-    placement?.close()
+    placement?.abandon()
     pair.ro.close()
     pair.rw.close()
     claims?.release()

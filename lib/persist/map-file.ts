@@ -9,8 +9,13 @@
 // leaves is a state where every set bit's data is on RW: the newest good copy
 // of each page is always safe to use. Clearing the map (revert, commit) is the
 // one step that removes bits; it is a single header write that moves the
-// epoch, which turns every page of the old epoch empty at once.
-import { randomBytes, randomUUID } from 'node:crypto'
+// epoch, which turns every page of the old epoch empty at once. For the same
+// reason a header can record a floor: the written sectors its pages held
+// then, which no later state of them has fewer of.
+//
+// The map is bound to its RW by a device ID (rw-binding.ts), checked on
+// every resume.
+import { randomBytes } from 'node:crypto'
 import type { BlockIo } from '../devices/block-device.js'
 import type { MapJournal } from '../engine/rowr-device.js'
 import type { SectorMap } from '../engine/sector-map.js'
@@ -30,9 +35,11 @@ import {
   mapBytes,
   pageCount,
   pageSlotAt,
+  type BindingKind,
   type DecodedHeader,
   type MapHeader,
 } from './map-format.js'
+import { describeIds, newDeviceId, takeUnbound, type RwIdentity } from './rw-binding.js'
 
 export interface OpenMapOptions {
   /** Where the map lives: a map file, or RW itself (--map-on-rw). */
@@ -43,14 +50,23 @@ export interface OpenMapOptions {
   readonly describe: string
   readonly ro: BlockIo
   readonly rw: BlockIo
+  /** Where RW carries the map's device ID. */
+  readonly identity: RwIdentity
   readonly size: number
   readonly sectorSize: number
   /** Filled from the map's pages. */
   readonly map: SectorMap
-  /** Accept a fingerprint mismatch the user vouches for (never damage or a newer format). */
+  /** Accept a RO or RW the map does not know, which the user vouches for (never damage or a newer format). */
   readonly force: boolean
+  /**
+   * Start over (--discard-map): a new, empty map whatever the store holds,
+   * and RW taken as empty; the changes either held are gone.
+   */
+  readonly discard?: boolean
   /** The store was just made empty (a new map file): no need to look for an old map's pages. */
   readonly fresh?: boolean
+  /** Refuse a store that holds no map, rather than make one (the commands on a stopped device). */
+  readonly existing?: boolean
 }
 
 export interface OpenedMap {
@@ -78,11 +94,11 @@ const readAt = async (store: BlockIo, position: number, length: number): Promise
   return b
 }
 
-/** Both header slots, decoded; null where the store is too small to hold them. */
+/** Both header slots, decoded; null for a slot the store is too small to hold. */
 const readHeaders = async (store: BlockIo, base: number): Promise<(DecodedHeader | null)[]> => {
-  if (store.size - base < 2 * SLOT_BYTES) return [null, null]
-  const bytes = await readAt(store, base, 2 * SLOT_BYTES)
-  return [0, 1].map(s => decodeHeader(bytes.subarray(s * SLOT_BYTES, (s + 1) * SLOT_BYTES)))
+  const slots = Math.min(2, Math.max(0, Math.floor((store.size - base) / SLOT_BYTES)))
+  const bytes = await readAt(store, base, slots * SLOT_BYTES)
+  return [0, 1].map(s => (s < slots ? decodeHeader(bytes.subarray(s * SLOT_BYTES, (s + 1) * SLOT_BYTES)) : null))
 }
 
 /** The slots of `count` pages, LOAD_BATCH pages per read: the first page's index, and both slots of each. */
@@ -104,6 +120,62 @@ const newestHeader = (decoded: (DecodedHeader | null)[]): { header: MapHeader; s
   decoded
     .flatMap((d, slot) => (d?.ok ? [{ header: d.header, slot: slot as 0 | 1 }] : []))
     .sort((a, b) => (a.header.generation > b.header.generation ? -1 : 1))[0]
+
+/** The only ways on from a damaged map that lose nothing by being followed. */
+const WAYS_ON =
+  'restore the map and RW from copies made together (a map describes the RW it was saved with), ' +
+  'or start over with --discard-map, which discards every change RW holds (the device then reads as RO)'
+
+const damaged = (o: { describe: string }, what: string): RowrError =>
+  new RowrError('EMAPCORRUPT', `${o.describe} ${what}, so the map cannot be trusted: ${WAYS_ON}`)
+
+const unboundWarning = (o: OpenMapOptions): string =>
+  `the binding of ${o.describe} to RW ${o.rw.path} cannot be checked: ${o.identity.unboundReason()}; ` +
+  'a resume then cannot tell this RW from another'
+
+const isRoot = (): boolean => process.getuid?.() === 0
+
+/**
+ * Whether RW is the map's own: the device ID it carries (format 2), or
+ * format 1's fingerprint of sampled data, valid after a clean shutdown
+ * (`fingerprintAlso`: only when nothing else is wrong). `stamp`: RW is to
+ * carry this map's ID from now on (a format 1 map, or --force).
+ */
+const checkBinding = async (
+  o: OpenMapOptions,
+  header: MapHeader,
+  fingerprintAlso: boolean,
+): Promise<{ problems: string[]; warnings: string[]; stamp: boolean }> => {
+  const rw = `RW ${o.rw.path}`
+  if (header.version === 1) {
+    const clean = (header.flags & HeaderFlag.CLEAN) !== 0
+    const foreign = (await o.identity.find()).filter(f => f.id !== header.uuid)
+    const problems = foreign.length ? [`${rw} is the RW of another map, device ID ${describeIds(o.identity, foreign)}`] : []
+    if (problems.length === 0 && fingerprintAlso && clean && !(await rwFingerprint(o.rw, o.map, o.sectorSize)).equals(header.rwHash)) {
+      problems.push(`${rw} does not hold the data the map describes`)
+    }
+    const warning =
+      `${o.describe} is in map format 1, which checks RW only by sampled data and only after a clean shutdown` +
+      `${clean ? '' : ' (this one was not shut down cleanly: RW was not checked)'}; it is now format ${FORMAT_VERSION}, ` +
+      `bound to its RW by device ID ${header.uuid}, and geom-rowr versions that read only format 1 can no longer open it`
+    return { problems, warnings: [warning], stamp: true }
+  }
+  if (header.binding === 'none') return { problems: [], warnings: [unboundWarning(o)], stamp: false }
+  const found = await o.identity.read(header.binding)
+  if (found.kind === 'found' && found.id === header.uuid) return { problems: [], warnings: [], stamp: false }
+  const where = o.identity.where(header.binding)
+  const why =
+    found.kind === 'found'
+      ? `it carries device ID ${found.id} in ${where}: it is the RW of another map`
+      : found.kind === 'unsupported'
+        ? `its file system keeps no extended attributes, and this map's RW carries its ID in ${where}`
+        : header.binding === 'attribute-system' && !isRoot()
+          ? `this map's RW carries its ID in ${where}, which only root can read: run this as root`
+          : header.binding === 'tail'
+            ? `it carries no device ID in ${where}: it is another device, or a copy of the device's data without RW's tail`
+            : `it carries no device ID in ${where}: it is another file, or a copy made without its extended attributes (cp without --preserve=xattr)`
+  return { problems: [`${rw} is not the RW this map was made with (device ID ${header.uuid}): ${why}`], warnings: [], stamp: true }
+}
 
 /** A page's bits from the live map. */
 export const pageBits = (map: SectorMap, index: number): Buffer => {
@@ -155,9 +227,9 @@ export class MapFile implements MapJournal {
   readonly #store: BlockIo
   readonly #base: number
   readonly #map: SectorMap
-  readonly #rw: BlockIo
-  readonly #sectorSize: number
+  readonly #identity: RwIdentity
   #header: MapHeader
+  /** A header slot that holds the newest good copy. */
   #headerSlot: 0 | 1
   readonly #pages = new Map<number, PageState>()
   readonly #dirty = new Set<number>()
@@ -169,12 +241,12 @@ export class MapFile implements MapJournal {
     this.#store = o.store
     this.#base = o.base
     this.#map = o.map
-    this.#rw = o.rw
-    this.#sectorSize = o.sectorSize
+    this.#identity = o.identity
     this.#header = header
     this.#headerSlot = headerSlot
   }
 
+  /** The device ID, which RW carries. */
   get uuid(): string {
     return this.#header.uuid
   }
@@ -195,19 +267,27 @@ export class MapFile implements MapJournal {
   static async open(o: OpenMapOptions): Promise<OpenedMap> {
     const needed = mapBytes(o.size, o.sectorSize)
     const room = o.store.size - o.base
+    if (o.discard) {
+      if (room < needed) throw new RowrError('EMAPCORRUPT', `${o.describe} is ${room} bytes, but a map of this device takes ${needed}: give a map that large`)
+      return MapFile.#startOver(o)
+    }
     const decoded = await readHeaders(o.store, o.base)
     if (decoded.every(d => d === null || (!d.ok && d.problem === 'empty'))) {
-      if (room < needed) {
-        throw new RowrError('EMAPCORRUPT', `${o.describe} has room for ${room} bytes; a map of this device needs ${needed}`)
-      }
       // No header: a new map, unless pages say that one was here and its header is gone.
-      if (!o.fresh && (await anyPageWritten(o.store, o.base, pageCount(o.size, o.sectorSize)))) {
+      if (room < needed) {
+        // Not known to be a map at all: nothing here may suggest overwriting it.
         throw new RowrError(
-          'EMAPCORRUPT',
-          `${o.describe} has map pages but no header: its header was destroyed, so the map cannot be trusted; start over with a new map and an empty RW`,
+          'ENOTMAP',
+          `${o.describe} is ${room} bytes without a map header, but a map of this device takes ${needed}: it is not this device's map, or one cut short ` +
+            `(then restore the map and RW from copies made together); give a new or empty file, or the map this device was created with`,
         )
       }
-      return { file: await MapFile.#create(o), resumed: false, warnings: [] }
+      if (!o.fresh && (await anyPageWritten(o.store, o.base, pageCount(o.size, o.sectorSize)))) {
+        throw damaged(o, 'has map pages but no header: its header was destroyed')
+      }
+      if (o.existing) throw new RowrError('ENOTMAP', `${o.describe} holds no map (it is empty): give the map this device was created with`)
+      await takeUnbound(o.identity, false)
+      return MapFile.#create(o, 0n)
     }
     const newer = decoded.find(d => d && !d.ok && d.problem === 'newer-format')
     if (newer && !newer.ok) {
@@ -219,15 +299,14 @@ export class MapFile implements MapJournal {
     const newest = newestHeader(decoded)
     if (!newest) {
       if (decoded.every(d => d && !d.ok && (d.problem === 'not-a-map' || d.problem === 'empty'))) {
+        // With --map-on-rw, a RW bound to a map kept elsewhere has its stamp here.
+        await takeUnbound(o.identity, false)
         throw new RowrError(
           'ENOTMAP',
           `${o.describe} is not a geom-rowr map: it holds other data; give a new or empty file, or the map this device was created with`,
         )
       }
-      throw new RowrError(
-        'EMAPCORRUPT',
-        `${o.describe}: the header is damaged (no good copy is left), so the map cannot be trusted; start over with a new map and an empty RW`,
-      )
+      throw damaged(o, 'has a damaged header (no good copy is left)')
     }
     const { header, slot } = newest
     if (header.sectorSize !== o.sectorSize || header.deviceSize !== o.size) {
@@ -237,9 +316,7 @@ export class MapFile implements MapJournal {
           `${o.size}-byte device of ${o.sectorSize}-byte sectors: it belongs to other devices`,
       )
     }
-    if (room < needed) {
-      throw new RowrError('EMAPCORRUPT', `${o.describe} is truncated: it has ${room} bytes of the ${needed} this map needs, so it cannot be trusted`)
-    }
+    if (room < needed) throw damaged(o, `is truncated: it has ${room} of the ${needed} bytes of this map`)
     const file = new MapFile(o, header, slot)
     const problems: string[] = []
     const roHash = await roFingerprint(o.ro, o.size, o.sectorSize)
@@ -250,24 +327,35 @@ export class MapFile implements MapJournal {
       problems.push(`RW ${o.rw.path} is ${o.rw.size} bytes, the map's RW was ${header.rwSize}`)
     }
     const recovered = await file.#loadPages()
-    if ((header.flags & HeaderFlag.CLEAN) !== 0 && problems.length === 0) {
-      const rwHash = await rwFingerprint(o.rw, o.map, o.sectorSize)
-      if (!rwHash.equals(header.rwHash)) problems.push(`RW ${o.rw.path} does not hold the data the map describes`)
+    const loaded = o.map.writtenSectors
+    if (loaded < header.writtenFloor) {
+      o.map.clear()
+      throw damaged(o, `has lost pages: they hold ${loaded} written sectors, but held at least ${header.writtenFloor} when the map was last opened or closed`)
     }
     const warnings: string[] = []
+    const binding = await checkBinding(o, header, problems.length === 0)
+    problems.push(...binding.problems)
+    warnings.push(...binding.warnings)
     if (problems.length > 0) {
       if (!o.force) {
         o.map.clear()
         throw new RowrError(
           'EFINGERPRINT',
-          `${o.describe} belongs to other devices: ${problems.join('; ')}. If you know these devices hold the same data ` +
-            `(RO re-imaged with identical content, say), use --force`,
+          `${o.describe} belongs to other devices: ${problems.join('; ')}. If you know these are its devices ` +
+            `(RO re-imaged with identical content, say, or RW restored from a copy), use --force`,
         )
       }
       warnings.push(`--force: ${problems.join('; ')}`)
     }
     if (recovered > 0) warnings.push(`${o.describe}: ${recovered} page(s) had an interrupted write; their previous copy is used`)
     if (file.committing) warnings.push(`${o.describe}: a commit into RO was interrupted; run geom-rowr commit again to finish it`)
+    let kind = header.binding
+    if (binding.stamp) {
+      // RW takes this map's ID alone: --force vouched for it, or a format 1 map is bound now.
+      await o.identity.clear()
+      kind = await o.identity.stamp(header.uuid)
+      if (kind === 'none') warnings.push(unboundWarning(o))
+    }
     // From here on RW may change: the map is no longer known to match it.
     await file.#writeHeader({
       ...header,
@@ -275,14 +363,26 @@ export class MapFile implements MapJournal {
       roSize: o.ro.size,
       roHash: file.committing ? header.roHash : roHash,
       rwSize: o.rw.size,
+      binding: kind,
+      writtenFloor: loaded,
     })
     return { file, resumed: true, warnings }
   }
 
-  static async #create(o: OpenMapOptions): Promise<MapFile> {
+  /**
+   * A new map, bound to RW, its header's generation counting from
+   * `generation`: past any old header in the store, so that a crash between
+   * the new header's two writes leaves the new one current.
+   */
+  static async #create(o: OpenMapOptions, generation: bigint): Promise<OpenedMap> {
+    const uuid = newDeviceId()
+    // RW carries the ID before the map names it: a crash in between leaves
+    // no header, and the next create binds RW again.
+    const binding = await o.identity.stamp(uuid)
     const header: MapHeader = {
-      uuid: randomUUID(),
-      generation: 0n,
+      version: FORMAT_VERSION,
+      uuid,
+      generation,
       // Random, so that pages a former map left in the same file or RW tail
       // (whose headers were overwritten) never count as this map's.
       epoch: randomBytes(8).readBigUInt64LE(0),
@@ -293,11 +393,27 @@ export class MapFile implements MapJournal {
       roHash: await roFingerprint(o.ro, o.size, o.sectorSize),
       rwSize: o.rw.size,
       rwHash: Buffer.alloc(32),
+      binding,
+      writtenFloor: 0,
     }
-    // Slot 1 as current, so that the first header lands in slot 0.
-    const file = new MapFile(o, header, 1)
+    const file = new MapFile(o, header, 0)
     await file.#writeHeader(header)
-    return file
+    return { file, resumed: false, warnings: binding === 'none' ? [unboundWarning(o)] : [] }
+  }
+
+  /** --discard-map: says what the store held, then makes a new map over it. */
+  static async #startOver(o: OpenMapOptions): Promise<OpenedMap> {
+    const old = newestHeader(await readHeaders(o.store, o.base))?.header
+    const what = old
+      ? `${o.describe} (device ID ${old.uuid}, at least ${old.writtenFloor * old.sectorSize} bytes written when it was last opened or closed)`
+      : `${o.describe} (no map could be read there)`
+    const others = (await takeUnbound(o.identity, true)).filter(f => f.id !== old?.uuid)
+    const opened = await MapFile.#create(o, (old?.generation ?? 0n) + 1n)
+    const warning =
+      `--discard-map: the changes recorded in ${what}` +
+      (others.length ? ` and those ${o.rw.path} held for device ID ${describeIds(o.identity, others)}` : '') +
+      ` are discarded; ${o.rw.path} is taken as empty: the device reads as RO until written`
+    return { ...opened, warnings: [warning, ...opened.warnings] }
   }
 
   /** Reads every page's two slots; returns how many pages fell back to their older copy. */
@@ -312,17 +428,14 @@ export class MapFile implements MapJournal {
           .map((d, slot) => (d.ok ? { page: d.page, slot: slot as 0 | 1 } : null))
           .filter(g => g !== null)
           .sort((a, b) => (a.page.generation > b.page.generation ? -1 : 1))
-        const damaged = slots.filter(d => !d.ok && d.problem === 'damaged').length
+        const torn = slots.filter(d => !d.ok && d.problem === 'damaged').length
         // An all-zero slot was never written: beside a damaged one, it is the
         // page's state before its first write (interrupted): empty.
-        if (damaged === 2) {
+        if (torn === 2) {
           const at = this.#base + pageSlotAt(index, 0)
-          throw new RowrError(
-            'EMAPCORRUPT',
-            `${this.describe}: page ${index} (bytes ${at}-${at + 2 * SLOT_BYTES - 1}) is damaged in both copies, so the map cannot be trusted`,
-          )
+          throw damaged(this, `has page ${index} (bytes ${at}-${at + 2 * SLOT_BYTES - 1}) damaged in both copies`)
         }
-        if (damaged > 0) recovered++
+        if (torn > 0) recovered++
         if (good.length === 0) continue
         const { page, slot } = good[0]!
         this.#pages.set(index, { slot, generation: page.generation })
@@ -332,13 +445,21 @@ export class MapFile implements MapJournal {
     return recovered
   }
 
+  /**
+   * Writes the header to both slots in turn, each made durable before the
+   * other is touched, the one without the newest good copy first: an
+   * interrupted write leaves the other slot whole, and a map that loses
+   * one slot later (cut short, damaged) still has the newest header, and
+   * its floor, in the other.
+   */
   async #writeHeader(header: MapHeader): Promise<void> {
-    const next = { ...header, generation: header.generation + 1n }
-    const slot = other(this.#headerSlot)
-    await this.#store.write(encodeHeader(next), 0, SLOT_BYTES, this.#base + headerSlotAt(slot))
-    await this.#store.datasync()
+    const next = { ...header, version: FORMAT_VERSION, generation: header.generation + 1n }
+    const image = encodeHeader(next)
+    for (const slot of [other(this.#headerSlot), this.#headerSlot]) {
+      await this.#store.write(image, 0, SLOT_BYTES, this.#base + headerSlotAt(slot))
+      await this.#store.datasync()
+    }
     this.#header = next
-    this.#headerSlot = slot
   }
 
   marked(start: number, count: number): void {
@@ -403,6 +524,7 @@ export class MapFile implements MapJournal {
       epoch: (this.#header.epoch + 1n) & 0xffff_ffff_ffff_ffffn,
       flags: this.#header.flags & ~HeaderFlag.COMMITTING,
       ...(roHash ? { roHash } : {}),
+      writtenFloor: 0,
     })
   }
 
@@ -412,12 +534,25 @@ export class MapFile implements MapJournal {
   }
 
   /**
-   * Marks the map as matching RW, after the engine's last flush: the next
-   * open can then check that RW is the device it describes.
+   * Marks the map as matching RW, after the engine's last flush, with every
+   * written sector as its floor. Skipped while pages are not durable (a
+   * failed flush): the floor must never count a bit the disk lacks.
    */
   async closeClean(): Promise<void> {
+    await this.#running.catch(() => undefined)
     if (this.#dirty.size > 0) return
-    const rwHash = await rwFingerprint(this.#rw, this.#map, this.#sectorSize)
-    await this.#writeHeader({ ...this.#header, flags: this.#header.flags | HeaderFlag.CLEAN, rwHash })
+    await this.#writeHeader({ ...this.#header, flags: this.#header.flags | HeaderFlag.CLEAN, writtenFloor: this.#map.writtenSectors })
+  }
+
+  /**
+   * Undoes a new map, for a start that failed after opening it: its header
+   * goes (the store reads as no map again) and RW no longer carries its ID.
+   */
+  async abandon(): Promise<void> {
+    await this.#running.catch(() => undefined)
+    const empty = Buffer.alloc(2 * SLOT_BYTES)
+    await this.#store.write(empty, 0, empty.length, this.#base + headerSlotAt(0))
+    await this.#store.datasync()
+    await this.#identity.clear()
   }
 }

@@ -1,14 +1,24 @@
 // The on-disk format of a persistent sector map (docs/map-format.md): two
 // header slots, then two slots per bitmap page. Every slot is 4096 bytes and
-// ends in a SHA-256 of the rest, so a torn or damaged slot is recognised;
-// writes go to the slot that does not hold the newest good copy, so the
-// newest good copy survives any interrupted write.
+// ends in a SHA-256 of the rest, so a torn or damaged slot is recognised.
+// Pages are written to the slot that does not hold their newest good copy,
+// headers to both slots in turn, so the newest good copy survives any
+// interrupted write. Also here: the stamp that binds RW to its map where
+// RW's tail carries it.
 import { createHash } from 'node:crypto'
 
 export const SLOT_BYTES = 4096
-export const FORMAT_VERSION = 1
+/**
+ * 2: the map bound to its RW by a device ID, and a floor of written
+ * sectors. 1 (no binding; RW's sampled fingerprint after a clean shutdown)
+ * is still read, and upgraded on resume. A new format gets a case in
+ * decodeHeader and keeps every older one readable.
+ */
+export const FORMAT_VERSION = 2
 const HEADER_MAGIC = 'GEOMROWR'
 const PAGE_MAGIC = 'GRWRPAGE'
+const STAMP_MAGIC = 'GRWRSTMP'
+const STAMP_VERSION = 1
 const CHECKSUM_BYTES = 32
 const CHECKSUM_AT = SLOT_BYTES - CHECKSUM_BYTES
 const PAGE_HEADER_BYTES = 32
@@ -20,13 +30,26 @@ export const PAGE_SECTORS = PAGE_PAYLOAD_BYTES * 8
 export const FINGERPRINT_SAMPLES = 64
 
 export const HeaderFlag = {
-  /** Shut down cleanly: the map matches RW exactly and rwHash is valid. */
+  /** Shut down cleanly: the map matches RW exactly (format 1: and rwHash is valid). */
   CLEAN: 1 << 0,
   /** A commit into RO started and has not finished: RO's hash is not to be checked. */
   COMMITTING: 1 << 1,
 } as const
 
+/**
+ * Where RW carries the map's device ID: nowhere (it cannot be checked), an
+ * extended attribute of a file RW (root's namespace or the user's), or the
+ * 4096 bytes past the device's end on RW (a stamp; with --map-on-rw, the
+ * map's own header).
+ */
+export type BindingKind = 'none' | 'attribute-system' | 'attribute-user' | 'tail'
+/** On disk, a binding is its index here. */
+const BINDINGS: readonly BindingKind[] = ['none', 'attribute-system', 'attribute-user', 'tail']
+
 export interface MapHeader {
+  /** The format the header was read in; headers are written in FORMAT_VERSION. */
+  readonly version: number
+  /** The device ID: random, made with the map, and carried by RW as its binding says. */
   readonly uuid: string
   /** Counts header writes; the higher of two good slots is current. */
   readonly generation: bigint
@@ -38,8 +61,16 @@ export interface MapHeader {
   readonly roSize: number
   readonly roHash: Buffer
   readonly rwSize: number
-  /** Meaningful only with CLEAN. */
+  /** Format 1's RW fingerprint, meaningful only with CLEAN; zeros in format 2. */
   readonly rwHash: Buffer
+  /** 'none' in format 1. */
+  readonly binding: BindingKind
+  /**
+   * Sectors the map held written, all durable, when this header was
+   * written: pages only gain bits until the next header write, so loading
+   * fewer means pages were lost. 0 in format 1.
+   */
+  readonly writtenFloor: number
 }
 
 export interface MapPage {
@@ -70,22 +101,25 @@ const seal = (slot: Buffer): Buffer => {
 
 const sealed = (slot: Buffer): boolean => checksum(slot).equals(slot.subarray(CHECKSUM_AT))
 
+const uuidBytes = (uuid: string): Buffer => Buffer.from(uuid.replace(/-/g, ''), 'hex')
+
 export const encodeHeader = (h: MapHeader): Buffer => {
   const b = Buffer.alloc(SLOT_BYTES)
   b.write(HEADER_MAGIC, 0, 'latin1')
   b.writeUInt32LE(FORMAT_VERSION, 8)
   b.writeUInt32LE(SLOT_BYTES, 12)
-  Buffer.from(h.uuid.replace(/-/g, ''), 'hex').copy(b, 16)
+  uuidBytes(h.uuid).copy(b, 16)
   b.writeBigUInt64LE(h.generation, 32)
   b.writeBigUInt64LE(h.epoch, 40)
   b.writeUInt32LE(h.sectorSize, 48)
   b.writeUInt32LE(PAGE_SECTORS, 52)
   b.writeBigUInt64LE(BigInt(h.deviceSize), 56)
   b.writeUInt32LE(h.flags, 64)
+  b.writeUInt32LE(BINDINGS.indexOf(h.binding), 68)
   b.writeBigUInt64LE(BigInt(h.roSize), 72)
   h.roHash.copy(b, 80)
   b.writeBigUInt64LE(BigInt(h.rwSize), 112)
-  h.rwHash.copy(b, 120)
+  b.writeBigUInt64LE(BigInt(h.writtenFloor), 120)
   return seal(b)
 }
 
@@ -110,9 +144,12 @@ export const decodeHeader = (b: Buffer): DecodedHeader => {
   if (version < 1 || b.readUInt32LE(12) !== SLOT_BYTES || b.readUInt32LE(52) !== PAGE_SECTORS || !sealed(b)) {
     return { ok: false, problem: 'damaged' }
   }
+  const binding = version === 1 ? 'none' : BINDINGS[b.readUInt32LE(68)]
+  if (binding === undefined) return { ok: false, problem: 'damaged' }
   return {
     ok: true,
     header: {
+      version,
       uuid: uuidOf(b.subarray(16, 32)),
       generation: b.readBigUInt64LE(32),
       epoch: b.readBigUInt64LE(40),
@@ -122,9 +159,33 @@ export const decodeHeader = (b: Buffer): DecodedHeader => {
       roSize: Number(b.readBigUInt64LE(72)),
       roHash: Buffer.from(b.subarray(80, 112)),
       rwSize: Number(b.readBigUInt64LE(112)),
-      rwHash: Buffer.from(b.subarray(120, 152)),
+      rwHash: version === 1 ? Buffer.from(b.subarray(120, 152)) : Buffer.alloc(32),
+      binding,
+      writtenFloor: version === 1 ? 0 : Number(b.readBigUInt64LE(120)),
     },
   }
+}
+
+/** RW's tail stamp: the device ID of a map kept elsewhere, and the device's size. */
+export const encodeStamp = (uuid: string, deviceSize: number): Buffer => {
+  const b = Buffer.alloc(SLOT_BYTES)
+  b.write(STAMP_MAGIC, 0, 'latin1')
+  b.writeUInt32LE(STAMP_VERSION, 8)
+  b.writeUInt32LE(SLOT_BYTES, 12)
+  uuidBytes(uuid).copy(b, 16)
+  b.writeBigUInt64LE(BigInt(deviceSize), 32)
+  return seal(b)
+}
+
+/**
+ * The device ID a slot of RW's tail carries: a stamp's, or a map header's
+ * (--map-on-rw: the map binds RW by being on it); null for anything else.
+ */
+export const slotIdentity = (b: Buffer): string | null => {
+  if (!sealed(b) || b.readUInt32LE(12) !== SLOT_BYTES) return null
+  const magic = b.toString('latin1', 0, 8)
+  if ((magic === STAMP_MAGIC && b.readUInt32LE(8) === STAMP_VERSION) || magic === HEADER_MAGIC) return uuidOf(b.subarray(16, 32))
+  return null
 }
 
 export const encodePage = (p: MapPage): Buffer => {

@@ -15,16 +15,19 @@ export interface MapPlacement {
   /** Just made empty here: it cannot hold an old map. */
   readonly fresh: boolean
   close(): void
+  /** Closes it and removes what opening it made (a new map file), for a start that failed. */
+  abandon(): void
 }
 
 /**
  * Opens FILE for a map of this device; a file that does not exist yet, or is
  * empty, becomes a sparse file of the map's full size (it only takes space
- * as pages are written).
+ * as pages are written). With `discard` (--discard-map) a shorter file is
+ * grown to that size: what it held is being thrown away.
  */
-export const openMapFile = (file: string, size: number, sectorSize: number): MapPlacement => {
+export const openMapFile = (file: string, size: number, sectorSize: number, { discard = false } = {}): MapPlacement => {
   const needed = mapBytes(size, sectorSize)
-  let fresh = true
+  let made: 'file' | 'size' | null = 'file'
   try {
     const fd = fs.openSync(file, 'wx', 0o600)
     fs.ftruncateSync(fd, needed)
@@ -32,11 +35,22 @@ export const openMapFile = (file: string, size: number, sectorSize: number): Map
   } catch (e) {
     if (errnoCode(e) !== 'EEXIST') throw e
     const stat = fs.statSync(file)
-    if (stat.isFile() && stat.size === 0) fs.truncateSync(file, needed)
-    else fresh = false
+    made = stat.isFile() && stat.size === 0 ? 'size' : null
+    if (made || (discard && stat.isFile() && stat.size < needed)) fs.truncateSync(file, needed)
   }
   const device = BlockDevice.open(file, { writable: true })
-  return { store: device, base: 0, describe: `map ${file}`, fresh, close: () => device.close() }
+  return {
+    store: device,
+    base: 0,
+    describe: `map ${file}`,
+    fresh: made !== null,
+    close: () => device.close(),
+    abandon: () => {
+      device.close()
+      if (made === 'file') fs.rmSync(file, { force: true })
+      else if (made === 'size') fs.truncateSync(file, 0)
+    },
+  }
 }
 
 /** The map's offset in RW: past the device's last byte, on a slot boundary. */
@@ -55,5 +69,6 @@ export const mapOnRw = (rw: BlockIo, size: number, sectorSize: number): MapPlace
     )
   }
   const base = mapOnRwBase(size)
-  return { store: rw, base, describe: `the map in ${rw.path} (from byte ${base})`, fresh: false, close: () => undefined }
+  // RW belongs to the device pair, which closes it; MapFile.abandon takes a new map's header back.
+  return { store: rw, base, describe: `the map in ${rw.path} (from byte ${base})`, fresh: false, close: () => undefined, abandon: () => undefined }
 }

@@ -61,7 +61,7 @@ t.test('the original module\'s procedure: create, mount, change, fsck, remount, 
 
   const busy = await cli('destroy', 'rowr0')
   t.equal(busy.code, 1, 'destroy refuses while mounted')
-  t.match(busy.stderr, new RegExp(`rowr0 \\(${device}\\) is in use: it is mounted or held open; unmount it \\(umount ${device}\\) or use destroy -f`))
+  t.match(busy.stderr, new RegExp(`rowr0 \\(${device}\\) is in use: it is mounted or held open; unmount it \\(umount ${device}\\) first; destroy -f stops it even so, and a file system on it then loses what it has not written yet`))
 
   t.equal((await run('umount', [mnt])).code, 0)
   const fsck = await run('e2fsck', ['-fn', device])

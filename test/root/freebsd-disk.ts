@@ -73,6 +73,7 @@ t.test('a map on a disk RW is made durable with DIOCGFLUSH', async t => {
   if (!requires(t, NEEDS)) return
   const { MapFile } = await import('../../lib/persist/map-file.js')
   const { mapOnRw } = await import('../../lib/persist/map-store.js')
+  const { rwIdentity } = await import('../../lib/persist/rw-binding.js')
   const ro = BlockDevice.open(await disk(t), { writable: false })
   const rw = BlockDevice.open(await disk(t, { fill: 'zero' }), { writable: true })
   const placement = mapOnRw(rw, SIZE - (1 << 20), 512)
@@ -83,7 +84,8 @@ t.test('a map on a disk RW is made durable with DIOCGFLUSH', async t => {
   })
   const map = new SectorMap((SIZE - (1 << 20)) / 512)
   const before = calls().flushes
-  const opened = await MapFile.open({ ...placement, ro, rw, size: SIZE - (1 << 20), sectorSize: 512, map, force: true })
+  const identity = rwIdentity(rw, SIZE - (1 << 20), { mapInTail: true })
+  const opened = await MapFile.open({ ...placement, ro, rw, identity, size: SIZE - (1 << 20), sectorSize: 512, map, force: true })
   t.ok(calls().flushes > before, `the new map's header is flushed to the disk (${calls().flushes - before} DIOCGFLUSH)`)
   await opened.file.closeClean()
 })

@@ -6,19 +6,10 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { cli, makeImage, repoRoot, requires, run, shortDir, waitUntil } from '../fixtures/helpers.js'
+import { alive, cli, makeImage, repoRoot, requires, run, shortDir, waitUntil } from '../fixtures/helpers.js'
 import { ext4Image, leftovers, mount } from '../fixtures/kernel.js'
 
 const simulator = path.join(repoRoot, 'build/ggsim.so')
-
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
 
 type Platform = 'linux' | 'freebsd-sim'
 

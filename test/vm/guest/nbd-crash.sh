@@ -102,7 +102,8 @@ check "$dev is disconnected (size 0)" test "$(cat "$(sysfs_of "$dev")/size")" = 
 check_nothing_left "nothing is left: no connected nbd device, daemon or run state"
 
 # --- giving up on a waiting device: destroy -f ------------------------------------
-truncate -s 0 "$w/rw.img"
+# A new RW: the old one carries c0's map's device ID, and is not taken as empty.
+rm -f "$w/rw.img"
 truncate -s 64M "$w/rw.img"
 out=$(geom-rowr create --map "$w/d0.map" d0 "$w/base.img" "$w/rw.img" 2>&1)
 dev=$(echo "$out" | tail -n 1)
