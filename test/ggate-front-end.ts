@@ -3,13 +3,13 @@
 import t from 'tap'
 import { serveBio } from '../lib/ggate/front-end.js'
 import { fitBytes } from '../lib/ggate/ggctl.js'
-import type { RowrDevice } from '../lib/engine/rowr-device.js'
+import type { Engine } from '../lib/engine/engine.js'
 import { BioCmd, FreeBsdErrno } from '../native-bindings/ggate-abi.js'
 
-const failing = (code: string): RowrDevice =>
+const failing = (code: string): Engine =>
   ({
     write: () => Promise.reject(Object.assign(new Error(`write failed: ${code}`), { code })),
-  }) as unknown as RowrDevice
+  }) as unknown as Engine
 
 const write = { cmd: BioCmd.WRITE, offset: 0, length: 512, data: Buffer.alloc(512) }
 

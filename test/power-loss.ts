@@ -6,7 +6,7 @@
 // FLUSH (or with FUA) must read back, and no sector may read anything but
 // RO's data or data some write put there.
 import t, { type Test } from 'tap'
-import { RowrDevice, type MapJournal } from '../lib/engine/rowr-device.js'
+import { Engine, type MapJournal } from '../lib/engine/engine.js'
 import { SectorMap } from '../lib/engine/sector-map.js'
 import { MapFile } from '../lib/persist/map-file.js'
 import { PAGE_SECTORS, mapBytes } from '../lib/persist/map-format.js'
@@ -57,7 +57,7 @@ const random = (seed: number) => () => {
 }
 
 /** A workload of writes, zero-writes, FUA writes and flushes, some concurrent. */
-const runWorkload = async (engine: RowrDevice, log: LogEntry[], rand: () => number, count: number): Promise<Op[]> => {
+const runWorkload = async (engine: Engine, log: LogEntry[], rand: () => number, count: number): Promise<Op[]> => {
   const ops: Op[] = []
   let id = 0
   const near = [0, PAGE_SECTORS - 40, PAGE_SECTORS + 100, 2 * PAGE_SECTORS - 10, SECTORS - 80]
@@ -136,7 +136,7 @@ const powerLoss = async (seed: number, opCount: number, journalOf: (f: MapFile) 
   const store = new MemoryDevice('map', mapBytes(SIZE, SECTOR), { log })
   const map = new SectorMap(SECTORS)
   const opened = await MapFile.open({ store, base: 0, describe: 'map', ro, rw, size: SIZE, sectorSize: SECTOR, map, force: false })
-  const engine = new RowrDevice({ ro, rw, size: SIZE, sectorSize: SECTOR, map, journal: journalOf(opened.file) })
+  const engine = new Engine({ ro, rw, size: SIZE, sectorSize: SECTOR, map, journal: journalOf(opened.file) })
   const start = log.length
   const ops = await runWorkload(engine, log, random(seed), opCount)
   const rand = random(seed ^ 0x5eed)
@@ -157,7 +157,7 @@ const powerLoss = async (seed: number, opCount: number, journalOf: (f: MapFile) 
         violations.push(`cut ${cut}: the map did not resume: ${(e as Error).message}`)
         continue
       }
-      const resumed = new RowrDevice({ ro, rw: rw2, size: SIZE, sectorSize: SECTOR, map: map2 })
+      const resumed = new Engine({ ro, rw: rw2, size: SIZE, sectorSize: SECTOR, map: map2 })
       const b = Buffer.alloc(SECTOR)
       for (const s of checked) {
         await resumed.readInto(b, s * SECTOR)

@@ -3,7 +3,7 @@
 // never closed), and a commit removes only what it covered.
 import fs from 'node:fs'
 import t from 'tap'
-import type { MapJournal } from '../lib/engine/rowr-device.js'
+import type { MapJournal } from '../lib/engine/engine.js'
 import { TakeoverLog, readTakeoverLog, removeTakeoverLog } from '../lib/persist/takeover-log.js'
 
 /** A journal that records calls and lets a test decide when a commit ends. */

@@ -14,7 +14,7 @@ import { mapOnRw, openMapFile } from '../persist/map-store.js'
 import { platform } from '../../native-bindings/libc.js'
 import { BlockDevice } from '../devices/block-device.js'
 import { openDevicePair } from '../devices/device-pair.js'
-import { RowrDevice } from '../engine/rowr-device.js'
+import { Engine } from '../engine/engine.js'
 import { RowrError, isRowrError } from '../errors.js'
 import { NbdServer, exportFor, nbdUri, type Listen } from '../nbd/server.js'
 import { ControlServer, type ControlReply, type ControlRequest } from './control.js'
@@ -79,7 +79,7 @@ export class RowrDaemon {
   readonly state: DeviceState
   readonly warnings: readonly string[]
   readonly #claims: DeviceClaims
-  readonly #engine: RowrDevice
+  readonly #engine: Engine
   readonly #server: NbdServer
   readonly #teardown: Teardown
   readonly #provider: GGateFrontEnd | undefined
@@ -96,7 +96,7 @@ export class RowrDaemon {
     state: DeviceState,
     warnings: readonly string[],
     claims: DeviceClaims,
-    engine: RowrDevice,
+    engine: Engine,
     server: NbdServer,
     teardown: Teardown,
     provider: GGateFrontEnd | undefined,
@@ -212,7 +212,7 @@ export class RowrDaemon {
         teardown.add('takeover log', () => log.close())
         journal = log
       }
-      const engine = new RowrDevice({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal })
+      const engine = new Engine({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal })
       engine.errors.onError = e => errorLog.report(e)
       if (recovered > 0) await engine.flush()
       teardown.add('pending writes', async () => {

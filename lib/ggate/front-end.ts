@@ -5,7 +5,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { Worker } from 'node:worker_threads'
 import { BioCmd, FreeBsdErrno } from '../../native-bindings/ggate-abi.js'
-import type { RowrDevice } from '../engine/rowr-device.js'
+import type { Engine } from '../engine/engine.js'
 import { RowrError, ioFailure } from '../errors.js'
 import { GGCTL_PATH, GGateControl, GGateError } from './ggctl.js'
 import type { LoopMessage, StartLoopData } from './start-loop.js'
@@ -34,7 +34,7 @@ export interface Bio {
 }
 
 /** Serves one bio; resolves to the errno DONE reports (0: success). */
-export const serveBio = async (engine: RowrDevice, bio: Bio): Promise<number> => {
+export const serveBio = async (engine: Engine, bio: Bio): Promise<number> => {
   try {
     switch (bio.cmd) {
       case BioCmd.READ:
@@ -64,7 +64,7 @@ export const serveBio = async (engine: RowrDevice, bio: Bio): Promise<number> =>
 }
 
 export interface GGateOptions {
-  readonly engine: RowrDevice
+  readonly engine: Engine
   readonly name: string
   /** Shown by `geom gate list` / ggatel. */
   readonly info: string
@@ -103,7 +103,7 @@ export class GGateFrontEnd {
   readonly attachment: GGateAttachment
   readonly unit: number
   readonly #control: GGateControl
-  readonly #engine: RowrDevice
+  readonly #engine: Engine
   readonly #workers = new Set<Worker>()
   readonly #bios = { read: 0, write: 0, delete: 0, flush: 0, speedup: 0, other: 0 }
   #failed = 0

@@ -5,7 +5,7 @@
 import fs from 'node:fs'
 import { deviceBusy } from '../attach/attachment.js'
 import { BlockDevice } from '../devices/block-device.js'
-import type { RowrDevice } from '../engine/rowr-device.js'
+import type { Engine } from '../engine/engine.js'
 import { RowrError, errnoCode, isRowrError } from '../errors.js'
 import { aboutPath } from '../failure-message.js'
 import type { MapFile } from '../persist/map-file.js'
@@ -18,7 +18,7 @@ export interface WrittenRange {
 }
 
 export interface JobContext {
-  readonly engine: RowrDevice
+  readonly engine: Engine
   /** The persistent map, if the device has one. */
   readonly mapFile: MapFile | undefined
   /** RO's path, for commit to open it for writing. */
@@ -42,7 +42,7 @@ export class JobCancelled extends Error {
 }
 
 /** The written ranges, in byte offsets, in order. */
-export const writtenRanges = (engine: RowrDevice): WrittenRange[] => {
+export const writtenRanges = (engine: Engine): WrittenRange[] => {
   const { map, sectorSize } = engine
   return Array.from(map.writtenRuns(), ([first, count]) => ({ offset: first * sectorSize, length: count * sectorSize }))
 }

@@ -2,7 +2,7 @@
 // --ro RO --rw RW --map MAP (or --map-on-rw) in place of NAME.
 import { openDevicePair } from '../devices/device-pair.js'
 import { BlockDevice } from '../devices/block-device.js'
-import { RowrDevice } from '../engine/rowr-device.js'
+import { Engine } from '../engine/engine.js'
 import { SectorMap } from '../engine/sector-map.js'
 import { DeviceClaims } from '../daemon/claims.js'
 import { MapFile } from '../persist/map-file.js'
@@ -18,7 +18,7 @@ export interface OfflineTarget {
 }
 
 export interface OfflineDevice {
-  readonly engine: RowrDevice
+  readonly engine: Engine
   readonly mapFile: MapFile
   /** RO, RW and map, held as a running device holds them. */
   readonly claims: DeviceClaims
@@ -50,7 +50,7 @@ export const openOffline = async (t: OfflineTarget): Promise<OfflineDevice> => {
     if (!t.mapOnRw) claims.add([{ role: 'map', path: t.map! }])
     const map = new SectorMap(pair.mediaSize / pair.sectorSize)
     const opened = await MapFile.open({ ...placement, ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, force: t.force })
-    const engine = new RowrDevice({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal: opened.file })
+    const engine = new Engine({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal: opened.file })
     const store = placement
     const held = claims
     return {

@@ -13,7 +13,7 @@
 // (option replies included) wait for the client to read them; reading stops
 // until then, so at most one more read's worth arrives.
 import { Socket } from 'node:net'
-import { INLINE_READ_MAX, type RowrDevice } from '../engine/rowr-device.js'
+import { INLINE_READ_MAX, type Engine } from '../engine/engine.js'
 import { DeviceIoError } from '../engine/io-errors.js'
 import type { BufferPool } from './buffer-pool.js'
 import { BASE_ALLOCATION, Command, CommandFlag, WrittenState } from './constants.js'
@@ -80,7 +80,7 @@ interface AcceptedSocket extends Socket {
 
 export class NbdConnection {
   readonly #socket: Socket
-  readonly #engine: RowrDevice
+  readonly #engine: Engine
   readonly #negotiation: Negotiation
   readonly #limits: ConnectionLimits
   readonly #log: Log
@@ -104,7 +104,7 @@ export class NbdConnection {
   /** `accepted` comes from a net.Server listening with `pauseOnConnect`. */
   constructor(
     accepted: Socket,
-    engine: RowrDevice,
+    engine: Engine,
     exp: ExportDescription,
     log: Log,
     pool: BufferPool,

@@ -2,7 +2,7 @@
 // connections all share one engine.
 import fs from 'node:fs'
 import net from 'node:net'
-import type { RowrDevice } from '../engine/rowr-device.js'
+import type { Engine } from '../engine/engine.js'
 import { checkSocketPath, errnoCode } from '../errors.js'
 import { BufferPool } from './buffer-pool.js'
 import { NbdConnection, type Log } from './connection.js'
@@ -14,7 +14,7 @@ export const MAX_PAYLOAD = 32 * 1024 * 1024
 
 export type Listen = { readonly socket: string } | { readonly port: number; readonly host: string }
 
-export const exportFor = (engine: RowrDevice, name: string, description: string): ExportDescription => ({
+export const exportFor = (engine: Engine, name: string, description: string): ExportDescription => ({
   name,
   description,
   size: engine.size,
@@ -48,7 +48,7 @@ export class NbdServer {
   /** Connections accepted since start. */
   accepted = 0
 
-  constructor(engine: RowrDevice, exp: ExportDescription, log: Log) {
+  constructor(engine: Engine, exp: ExportDescription, log: Log) {
     this.#log = log
     // Paused: the connection makes its own socket over the handle (see
     // NbdConnection), and nothing may be read before it does.

@@ -12,7 +12,7 @@
 // epoch, which turns every page of the old epoch empty at once.
 import { randomBytes, randomUUID } from 'node:crypto'
 import type { BlockIo } from '../devices/block-device.js'
-import type { MapJournal } from '../engine/rowr-device.js'
+import type { MapJournal } from '../engine/engine.js'
 import type { SectorMap } from '../engine/sector-map.js'
 import { RowrError } from '../errors.js'
 import { roFingerprint, rwFingerprint } from './fingerprint.js'

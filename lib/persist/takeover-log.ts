@@ -12,7 +12,7 @@
 // never synced; a crash of the machine makes it moot.
 import fs from 'node:fs'
 import path from 'node:path'
-import type { MapJournal } from '../engine/rowr-device.js'
+import type { MapJournal } from '../engine/engine.js'
 
 const RECORD_BYTES = 16
 const PREFIX = 'marked-since-flush.'

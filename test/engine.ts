@@ -4,7 +4,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
 import { BlockDevice, type BlockIo } from '../lib/devices/block-device.js'
-import { RowrDevice } from '../lib/engine/rowr-device.js'
+import { Engine } from '../lib/engine/engine.js'
 import { makeImage, sha256 } from './fixtures/helpers.js'
 
 const MiB = 1 << 20
@@ -20,12 +20,12 @@ const setup = (t: Test, size: number, sectorSize = 512) => {
     ro.close()
     rw.close()
   })
-  const engine = new RowrDevice({ ro, rw, size, sectorSize })
+  const engine = new Engine({ ro, rw, size, sectorSize })
   return { engine, roPath, rwPath, roHash: sha256(roPath), original: fs.readFileSync(roPath) }
 }
 
 /** Reads a range through the thread-pool path. */
-const readBack = async (engine: RowrDevice, offset: number, length: number): Promise<Buffer> => {
+const readBack = async (engine: Engine, offset: number, length: number): Promise<Buffer> => {
   const buf = Buffer.allocUnsafe(length)
   await engine.readInto(buf, offset)
   return buf
@@ -203,7 +203,7 @@ class FakeDevice implements BlockIo {
 t.test('a failed write leaves the sectors on RO and reports the error', async t => {
   const ro = new FakeDevice(8192)
   const rw = new FakeDevice(8192)
-  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  const engine = new Engine({ ro, rw, size: 8192, sectorSize: 512 })
   rw.failWrites = Object.assign(new Error('no space'), { code: 'ENOSPC' })
   await t.rejects(engine.write(0, Buffer.alloc(512, 1)), { code: 'ENOSPC' })
   t.equal(engine.stats().writtenSectors, 0, 'nothing was marked written')
@@ -218,7 +218,7 @@ t.test('a failed write leaves the sectors on RO and reports the error', async t 
 t.test('a failed read is reported and does not block later requests', async t => {
   const ro = new FakeDevice(8192)
   const rw = new FakeDevice(8192)
-  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  const engine = new Engine({ ro, rw, size: 8192, sectorSize: 512 })
   ro.failReads = Object.assign(new Error('medium error'), { code: 'EIO' })
   await t.rejects(readBack(engine, 0, 1024), { code: 'EIO' })
   ro.failReads = undefined
@@ -229,7 +229,7 @@ t.test('a failed read is reported and does not block later requests', async t =>
 t.test('FUA syncs RW before the write completes; FLUSH syncs RW', async t => {
   const ro = new FakeDevice(8192)
   const rw = new FakeDevice(8192)
-  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  const engine = new Engine({ ro, rw, size: 8192, sectorSize: 512 })
   await engine.write(0, Buffer.alloc(512), { fua: true })
   t.same(rw.calls, ['write 0+512', 'datasync'])
   rw.calls.length = 0
@@ -244,7 +244,7 @@ t.test('FUA syncs RW before the write completes; FLUSH syncs RW', async t => {
 t.test('CACHE reads the range through whichever device serves it', async t => {
   const ro = new FakeDevice(3 * MiB)
   const rw = new FakeDevice(3 * MiB)
-  const engine = new RowrDevice({ ro, rw, size: 3 * MiB, sectorSize: 512 })
+  const engine = new Engine({ ro, rw, size: 3 * MiB, sectorSize: 512 })
   await engine.write(MiB, Buffer.alloc(512))
   await engine.cache(0, 2 * MiB + 512)
   t.same(rw.calls.filter(c => c.startsWith('read')), [`read ${MiB}+512`])
@@ -255,7 +255,7 @@ t.test('CACHE reads the range through whichever device serves it', async t => {
 t.test('extents describe which ranges are on RW', async t => {
   const ro = new FakeDevice(8192)
   const rw = new FakeDevice(8192)
-  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  const engine = new Engine({ ro, rw, size: 8192, sectorSize: 512 })
   await engine.write(1024, Buffer.alloc(1024))
   t.same(engine.extents(0, 8192, 100), [
     { length: 1024, written: false },
@@ -272,13 +272,13 @@ t.test('extents describe which ranges are on RW', async t => {
 t.test('a request outside the device is a bug below the front ends: an assertion fails', async t => {
   const ro = new FakeDevice(8192)
   const rw = new FakeDevice(8192)
-  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  const engine = new Engine({ ro, rw, size: 8192, sectorSize: 512 })
   await t.rejects(readBack(engine, 8000, 512), AssertionError)
   await t.rejects(engine.write(-1, Buffer.alloc(1)), AssertionError)
   await t.rejects(engine.zero(0, 9000), AssertionError)
   t.throws(() => engine.extents(8192, 1, 1), AssertionError)
-  t.throws(() => new RowrDevice({ ro, rw, size: 8000, sectorSize: 512 }), RangeError)
-  t.throws(() => new RowrDevice({ ro, rw, size: 16384, sectorSize: 512 }), RangeError)
+  t.throws(() => new Engine({ ro, rw, size: 8000, sectorSize: 512 }), RangeError)
+  t.throws(() => new Engine({ ro, rw, size: 16384, sectorSize: 512 }), RangeError)
   await engine.write(0, Buffer.alloc(0))
   await engine.zero(0, 0)
   t.equal(engine.stats().writes + engine.stats().zeroes, 0, 'empty requests do nothing')
@@ -329,7 +329,7 @@ t.test('tryRead agrees with the model under random writes', async t => {
 t.test('a device without tryReadNow always takes the thread-pool path', async t => {
   const ro = new FakeDevice(8192)
   const rw = new FakeDevice(8192)
-  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  const engine = new Engine({ ro, rw, size: 8192, sectorSize: 512 })
   t.equal(engine.tryReadInto(Buffer.alloc(512), 0), false)
   t.equal(engine.stats().reads, 0)
 })
@@ -343,7 +343,7 @@ t.test('drain waits for writes still running on the device', async t => {
       return super.write(buf, offset, length, position)
     }
   })(8192)
-  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  const engine = new Engine({ ro, rw, size: 8192, sectorSize: 512 })
   const write = engine.write(0, Buffer.alloc(512, 9))
   let drained = false
   const drain = engine.drain().then(() => (drained = true))

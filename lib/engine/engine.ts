@@ -1,7 +1,7 @@
-// The rowr device: a read-only device (RO) made writable by a read-write
-// device (RW) of at least the same size. A sector reads from RO until it has
-// been written; from then on it reads from RW. Front ends (NBD, GEOM Gate)
-// call this and nothing below it.
+// The engine: a read-only device (RO) made writable by a read-write device
+// (RW) of at least the same size. A sector reads from RO until it has been
+// written; from then on it reads from RW. Front ends (NBD, GEOM Gate) call
+// this and nothing below it.
 //
 // Requests may be any byte range inside the device: an unaligned write or
 // zero-write reads the partial sectors at its edges first (read-modify-write)
@@ -30,7 +30,7 @@ export interface MapJournal {
   commit(syncRw: () => Promise<void>): Promise<void>
 }
 
-export interface RowrDeviceOptions {
+export interface EngineOptions {
   readonly ro: BlockIo
   readonly rw: BlockIo
   /** The combined device's size in bytes: a multiple of sectorSize. */
@@ -41,7 +41,7 @@ export interface RowrDeviceOptions {
   readonly journal?: MapJournal
 }
 
-export interface RowrStats {
+export interface EngineStats {
   /** Read requests, and the bytes they returned from each device. */
   reads: number
   readBytesFromRo: number
@@ -87,7 +87,7 @@ export const INLINE_READ_MAX = 8 * 1024
 /** Scratch reads for CACHE requests go in pieces this large. */
 const CACHE_CHUNK = 1 << 20
 
-export class RowrDevice {
+export class Engine {
   readonly size: number
   readonly sectorSize: number
   readonly ro: BlockIo
@@ -118,7 +118,7 @@ export class RowrDevice {
 
   readonly #journal: MapJournal | undefined
 
-  constructor({ ro, rw, size, sectorSize, map, journal }: RowrDeviceOptions) {
+  constructor({ ro, rw, size, sectorSize, map, journal }: EngineOptions) {
     if (size % sectorSize !== 0) throw new RangeError(`size ${size} is not a multiple of ${sectorSize}`)
     if (ro.size < size || rw.size < size) throw new RangeError('a device is smaller than the rowr device')
     this.ro = ro
@@ -337,7 +337,7 @@ export class RowrDevice {
     return out
   }
 
-  stats(): RowrStats {
+  stats(): EngineStats {
     const outside = this.#outsideCounts()
     return {
       ...this.#stats,
