@@ -18,7 +18,7 @@ const setup = () => {
 
 const read = async (engine: Engine, offset: number, length: number): Promise<Buffer> => {
   const buf = Buffer.alloc(length)
-  await engine.readInto(buf, offset)
+  await engine.read(buf, offset)
   return buf
 }
 

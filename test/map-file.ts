@@ -62,7 +62,7 @@ const populated = async (clean: boolean): Promise<Devices> => {
 
 const readSector = async (engine: Engine, s: number): Promise<Buffer> => {
   const b = Buffer.alloc(SECTOR)
-  await engine.readInto(b, s * SECTOR)
+  await engine.read(b, s * SECTOR)
   return b
 }
 
@@ -74,7 +74,7 @@ t.test('a new map resumes with every flushed write, and says so', async t => {
   t.equal(map.writtenSectors, WRITES.reduce((n, [, c]) => n + c, 0))
   for (const [first, count] of WRITES) {
     const b = Buffer.alloc(count * SECTOR)
-    await engine.readInto(b, first * SECTOR)
+    await engine.read(b, first * SECTOR)
     t.same(b, payload(first, count, 0xc1), `sectors ${first}+${count} read back`)
   }
   const untouched = await readSector(engine, PAGE_SECTORS + 500)

@@ -9,7 +9,7 @@ import { makeAutoRw, removeAutoRw } from '../devices/auto-rw.js'
 import { GGateFrontEnd } from '../ggate/front-end.js'
 import { SectorMap } from '../engine/sector-map.js'
 import { MapFile } from '../persist/map-file.js'
-import { commit, exportImage, planCommit, revert, writtenRanges, type JobContext } from '../lifecycle/jobs.js'
+import { commit, exportImage, planCommit, revert, type JobContext } from '../lifecycle/jobs.js'
 import { mapOnRw, openMapFile } from '../persist/map-store.js'
 import { platform } from '../../native-bindings/libc.js'
 import { BlockDevice } from '../devices/block-device.js'
@@ -363,7 +363,6 @@ export class RowrDaemon {
     try {
       return await job({
         engine: this.#engine,
-        mapFile: this.#mapFile,
         ro: this.state.ro,
         claims: this.#claims,
         signal: abort.signal,
@@ -385,7 +384,7 @@ export class RowrDaemon {
         await this.stop({ force: request.force })
         return { ok: true }
       case 'diff':
-        return { ok: true, ranges: writtenRanges(this.#engine) }
+        return { ok: true, ranges: this.#engine.writtenRanges() }
       case 'revert': {
         if (!request.force) await this.#checkNotOpen('revert -f (its users then see RO\'s data under their feet)')
         return { ok: true, ...(await this.#runJob('revert', revert)) }

@@ -19,7 +19,6 @@ export interface OfflineTarget {
 
 export interface OfflineDevice {
   readonly engine: Engine
-  readonly mapFile: MapFile
   /** RO, RW and map, held as a running device holds them. */
   readonly claims: DeviceClaims
   readonly warnings: readonly string[]
@@ -55,7 +54,6 @@ export const openOffline = async (t: OfflineTarget): Promise<OfflineDevice> => {
     const held = claims
     return {
       engine,
-      mapFile: opened.file,
       claims: held,
       warnings: [...pair.warnings, ...opened.warnings],
       close: async () => {

@@ -31,10 +31,10 @@ export const nbdUri = (listen: Listen): string =>
 
 /**
  * Kernel buffer per direction of a Unix-socket connection. Linux's default
- * (208 KiB) holds a fifth of a 1 MiB reply; with 4 MiB, fio's 1 MiB
- * sequential reads went from 1179-1258 to 1520-1552 MiB/s and 4K random
- * reads from 62k to 67-79k IOPS on a 2-core VM (net.core.wmem_max and
- * rmem_max were 4 MiB there; elsewhere the kernel caps the request).
+ * (208 KiB) holds a fifth of a 1 MiB reply, so large replies trickle out
+ * in pieces; a buffer that holds several whole replies let both large and
+ * small requests go faster (bench/results/design-figures.md). The kernel
+ * caps the request at net.core.wmem_max and rmem_max.
  */
 const UNIX_SOCKET_BUFFER = 4 << 20
 

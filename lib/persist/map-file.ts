@@ -411,6 +411,11 @@ export class MapFile implements MapJournal {
     await this.#writeHeader({ ...this.#header, flags: this.#header.flags | HeaderFlag.COMMITTING })
   }
 
+  /** Empties the map at the end of a commit, with the fingerprint of RO as the commit left it. */
+  async finishCommit(ro: BlockIo): Promise<void> {
+    await this.clear({ roHash: await roFingerprint(ro, this.#map.sectors * this.#sectorSize, this.#sectorSize) })
+  }
+
   /**
    * Marks the map as matching RW, after the engine's last flush: the next
    * open can then check that RW is the device it describes.
