@@ -1,7 +1,7 @@
 // The engine's health: I/O errors of RO and RW counted per device and
 // direction, the last one kept, until reset().
 import t from 'tap'
-import { RowrDevice } from '../lib/engine/rowr-device.js'
+import { Engine } from '../lib/engine/engine.js'
 import { healthLine, type IoErrorEvent } from '../lib/engine/io-errors.js'
 import { MemoryDevice } from './fixtures/memory-device.js'
 
@@ -10,15 +10,15 @@ const SIZE = 64 * 1024
 const setup = () => {
   const ro = new MemoryDevice('/dev/ro', SIZE, { fill: (_piece, into) => into.fill(7) })
   const rw = new MemoryDevice('/dev/rw', SIZE)
-  const engine = new RowrDevice({ ro, rw, size: SIZE, sectorSize: 512 })
+  const engine = new Engine({ ro, rw, size: SIZE, sectorSize: 512 })
   const events: IoErrorEvent[] = []
   engine.errors.onError = e => events.push(e)
   return { ro, rw, engine, events }
 }
 
-const read = async (engine: RowrDevice, offset: number, length: number): Promise<Buffer> => {
+const read = async (engine: Engine, offset: number, length: number): Promise<Buffer> => {
   const buf = Buffer.alloc(length)
-  await engine.readInto(buf, offset)
+  await engine.read(buf, offset)
   return buf
 }
 

@@ -3,13 +3,14 @@
 import t from 'tap'
 import { serveBio } from '../lib/ggate/front-end.js'
 import { fitBytes } from '../lib/ggate/ggctl.js'
-import type { RowrDevice } from '../lib/engine/rowr-device.js'
+import { Engine } from '../lib/engine/engine.js'
 import { BioCmd, FreeBsdErrno } from '../native-bindings/ggate-abi.js'
+import { MemoryDevice } from './fixtures/memory-device.js'
 
-const failing = (code: string): RowrDevice =>
+const failing = (code: string): Engine =>
   ({
     write: () => Promise.reject(Object.assign(new Error(`write failed: ${code}`), { code })),
-  }) as unknown as RowrDevice
+  }) as unknown as Engine
 
 const write = { cmd: BioCmd.WRITE, offset: 0, length: 512, data: Buffer.alloc(512) }
 
@@ -18,6 +19,23 @@ t.test('an engine failure becomes the errno GEOM acts on; ENOMEM, which GEOM ret
   t.equal(await serveBio(failing('ENOSPC'), write), FreeBsdErrno.ENOSPC)
   t.equal(await serveBio(failing('EROFS'), write), FreeBsdErrno.EPERM)
   t.equal(await serveBio(failing('EBADF'), write), FreeBsdErrno.EIO)
+})
+
+t.test('a READ the engine answers at once is answered at once; any other when the engine is done', async t => {
+  const size = 8192
+  const engineOver = (ro: MemoryDevice) => new Engine({ ro, rw: new MemoryDevice('/rw', size), size, sectorSize: 512 })
+  const bio = () => ({ cmd: BioCmd.READ, offset: 512, length: 1024, data: Buffer.alloc(1024) })
+  const cached = bio()
+  t.equal(serveBio(engineOver(new MemoryDevice('/ro', size, { fill: (_p, into) => into.fill(9), readNowShare: 1 })), cached), 0, 'DONE can go at once')
+  t.same(cached.data, Buffer.alloc(1024, 9))
+  const cold = bio()
+  const later = serveBio(engineOver(new MemoryDevice('/ro', size, { fill: (_p, into) => into.fill(8), readNowShare: 0 })), cold)
+  t.type(later, Promise, 'a read the devices cannot answer at once waits')
+  t.equal(await later, 0)
+  t.same(cold.data, Buffer.alloc(1024, 8))
+  const broken = new MemoryDevice('/ro', size)
+  broken.failing.read = 'EIO'
+  t.equal(await serveBio(engineOver(broken), bio()), FreeBsdErrno.EIO, 'a failed read is an errno, not a throw')
 })
 
 t.test('the provider info is cut to its field by UTF-8 bytes, between characters', async t => {

@@ -1,3 +1,4 @@
+import { AssertionError } from 'node:assert'
 import t from 'tap'
 import { InFlightList } from '../lib/engine/in-flight.js'
 
@@ -58,7 +59,7 @@ t.test('leaving twice is a bug that is caught', async t => {
   const l = new InFlightList()
   const a = l.enter(0, 1, true)
   l.leave(a as never)
-  t.throws(() => l.leave(a as never))
+  t.throws(() => l.leave(a as never), AssertionError)
 })
 
 t.test('idle resolves once the last request leaves', async t => {

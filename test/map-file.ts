@@ -2,7 +2,7 @@
 // formats, damage, truncation, other devices (and --force), and torn or
 // damaged metadata at every slot of a map.
 import t from 'tap'
-import { RowrDevice } from '../lib/engine/rowr-device.js'
+import { Engine } from '../lib/engine/engine.js'
 import { SectorMap } from '../lib/engine/sector-map.js'
 import { MapFile, pageBits } from '../lib/persist/map-file.js'
 import { FORMAT_VERSION, PAGE_SECTORS, SLOT_BYTES, mapBytes } from '../lib/persist/map-format.js'
@@ -38,7 +38,7 @@ const identity = (d: Devices): RwIdentity => new RwIdentity(d.rw, SIZE, d.attrib
 const open = (d: Devices, o: { force?: boolean; store?: MemoryDevice } = {}) => {
   const map = new SectorMap(SECTORS)
   return MapFile.open({ store: o.store ?? d.store, base: 0, describe: 'map /map', ro: d.ro, rw: d.rw, identity: identity(d), size: SIZE, sectorSize: SECTOR, map, force: o.force ?? false }).then(
-    opened => ({ ...opened, map, engine: new RowrDevice({ ro: d.ro, rw: d.rw, size: SIZE, sectorSize: SECTOR, map, journal: opened.file }) }),
+    opened => ({ ...opened, map, engine: new Engine({ ro: d.ro, rw: d.rw, size: SIZE, sectorSize: SECTOR, map, journal: opened.file }) }),
   )
 }
 
@@ -66,9 +66,9 @@ const populated = async (clean: boolean): Promise<Devices> => {
   return d
 }
 
-const readSector = async (engine: RowrDevice, s: number): Promise<Buffer> => {
+const readSector = async (engine: Engine, s: number): Promise<Buffer> => {
   const b = Buffer.alloc(SECTOR)
-  await engine.readInto(b, s * SECTOR)
+  await engine.read(b, s * SECTOR)
   return b
 }
 
@@ -80,7 +80,7 @@ t.test('a new map resumes with every flushed write, and says so', async t => {
   t.equal(map.writtenSectors, WRITES.reduce((n, [, c]) => n + c, 0))
   for (const [first, count] of WRITES) {
     const b = Buffer.alloc(count * SECTOR)
-    await engine.readInto(b, first * SECTOR)
+    await engine.read(b, first * SECTOR)
     t.same(b, payload(first, count, 0xc1), `sectors ${first}+${count} read back`)
   }
   const untouched = await readSector(engine, PAGE_SECTORS + 500)

@@ -3,7 +3,7 @@ import net from 'node:net'
 import path from 'node:path'
 import t, { type Test } from 'tap'
 import { BlockDevice } from '../lib/devices/block-device.js'
-import { RowrDevice } from '../lib/engine/rowr-device.js'
+import { Engine } from '../lib/engine/engine.js'
 import { NbdServer, exportFor, nbdUri } from '../lib/nbd/server.js'
 import { bytes, Cmd, connect, connectGo, Errno, nameAndInfos, option, request, Reader } from './fixtures/nbd-client.js'
 import { makeImage, waitUntil } from './fixtures/helpers.js'
@@ -23,7 +23,7 @@ const serve = async (t: Test) => {
   const fd = BlockDevice.open(rwPath, { writable: true })
   fs.writeFileSync(roPath, pattern)
   const ro = BlockDevice.open(roPath, { writable: false })
-  const engine = new RowrDevice({ ro, rw: fd, size: SIZE, sectorSize: 512 })
+  const engine = new Engine({ ro, rw: fd, size: SIZE, sectorSize: 512 })
   const logs: string[] = []
   const server = new NbdServer(engine, exportFor(engine, 'rowr0', 'test'), m => logs.push(m))
   // Unix socket paths are limited to 107 bytes; test directories run longer.

@@ -4,9 +4,11 @@
 // everything, or a random subset of its sectors: torn writes), and the map
 // is resumed from them. Every write acknowledged before the last completed
 // FLUSH (or with FUA) must read back, and no sector may read anything but
-// RO's data or data some write put there.
+// RO's data or data some write put there. The devices answer some reads at
+// once and turn others down, so the replay reads through both of the
+// engine's read paths.
 import t, { type Test } from 'tap'
-import { RowrDevice, type MapJournal } from '../lib/engine/rowr-device.js'
+import { Engine, type MapJournal } from '../lib/engine/engine.js'
 import { SectorMap } from '../lib/engine/sector-map.js'
 import { MapFile } from '../lib/persist/map-file.js'
 import { PAGE_SECTORS, mapBytes } from '../lib/persist/map-format.js'
@@ -58,7 +60,7 @@ const random = (seed: number) => () => {
 }
 
 /** A workload of writes, zero-writes, FUA writes and flushes, some concurrent. */
-const runWorkload = async (engine: RowrDevice, log: LogEntry[], rand: () => number, count: number): Promise<Op[]> => {
+const runWorkload = async (engine: Engine, log: LogEntry[], rand: () => number, count: number): Promise<Op[]> => {
   const ops: Op[] = []
   let id = 0
   const near = [0, PAGE_SECTORS - 40, PAGE_SECTORS + 100, 2 * PAGE_SECTORS - 10, SECTORS - 80]
@@ -91,7 +93,7 @@ const runWorkload = async (engine: RowrDevice, log: LogEntry[], rand: () => numb
 
 /** The device as a power cut at log index `cut` may leave it. */
 const rebuild = (log: LogEntry[], cut: number, device: string, size: number, tear: 'none' | 'all' | (() => boolean)): MemoryDevice => {
-  const copy = new MemoryDevice(device, size)
+  const copy = new MemoryDevice(device, size, { seed: cut })
   let lastSync = -1
   for (let i = 0; i < cut; i++) {
     const e = log[i]!
@@ -124,6 +126,9 @@ const acceptable = (ops: Op[], cut: number, s: number): Set<string> => {
 interface Outcome {
   readonly cuts: number
   readonly violations: string[]
+  /** Runs of the replay's reads that RO and RW answered at once, and that they turned down. */
+  readonly readsNow: number
+  readonly readsNotNow: number
 }
 
 /**
@@ -139,7 +144,7 @@ const powerLoss = async (seed: number, opCount: number, journalOf: (f: MapFile) 
   // RW's device ID is stamped when the map is made, before anything is logged: every rebuilt RW carries it.
   const attributes = new MemoryAttributes()
   const opened = await MapFile.open({ store, base: 0, describe: 'map', ro, rw, identity: new RwIdentity(rw, SIZE, attributes), size: SIZE, sectorSize: SECTOR, map, force: false })
-  const engine = new RowrDevice({ ro, rw, size: SIZE, sectorSize: SECTOR, map, journal: journalOf(opened.file) })
+  const engine = new Engine({ ro, rw, size: SIZE, sectorSize: SECTOR, map, journal: journalOf(opened.file) })
   const start = log.length
   const ops = await runWorkload(engine, log, random(seed), opCount)
   const rand = random(seed ^ 0x5eed)
@@ -148,6 +153,9 @@ const powerLoss = async (seed: number, opCount: number, journalOf: (f: MapFile) 
   for (const o of ops) if (o.kind !== 'flush') for (let s = o.first; s < o.first + o.count; s++) checked.add(s)
   for (const s of [1, PAGE_SECTORS + 5000, SECTORS - 1]) checked.add(s)
   let cuts = 0
+  let readsNow = 0
+  let readsNotNow = 0
+  const outcome = (): Outcome => ({ cuts, violations, readsNow: readsNow + ro.readsNow, readsNotNow: readsNotNow + ro.readsNotNow })
   for (let cut = start; cut <= log.length; cut++) {
     for (const tear of ['none', 'all', () => rand() < 0.5] as const) {
       cuts++
@@ -160,30 +168,39 @@ const powerLoss = async (seed: number, opCount: number, journalOf: (f: MapFile) 
         violations.push(`cut ${cut}: the map did not resume: ${(e as Error).message}`)
         continue
       }
-      const resumed = new RowrDevice({ ro, rw: rw2, size: SIZE, sectorSize: SECTOR, map: map2 })
+      const resumed = new Engine({ ro, rw: rw2, size: SIZE, sectorSize: SECTOR, map: map2 })
       const b = Buffer.alloc(SECTOR)
       for (const s of checked) {
-        await resumed.readInto(b, s * SECTOR)
+        await resumed.read(b, s * SECTOR)
         const got = identify(s, b)
         const ok = acceptable(ops, cut, s)
         if (!ok.has(got)) violations.push(`cut ${cut} (${typeof tear === 'string' ? tear : 'torn'}): sector ${s} reads ${got}, allowed ${[...ok].join('/')}`)
       }
-      if (violations.length > 20) return { cuts, violations }
+      readsNow += rw2.readsNow
+      readsNotNow += rw2.readsNotNow
+      if (violations.length > 20) return outcome()
     }
   }
-  return { cuts, violations }
+  return outcome()
 }
 
 t.test('every cut of a workload resumes with every flushed write and nothing unwritten', async (t: Test) => {
   for (const seed of [1, 2, 3]) {
-    const { cuts, violations } = await powerLoss(seed, 60)
+    const { cuts, violations, readsNow, readsNotNow } = await powerLoss(seed, 60)
     t.same(violations, [], `seed ${seed}: ${cuts} power cuts replayed`)
     t.ok(cuts > 100, `seed ${seed}: the workload gave ${cuts} cut points`)
+    t.ok(readsNow > 0 && readsNotNow > 0, `seed ${seed}: ${readsNow} runs read at once, ${readsNotNow} through read()`)
   }
 })
 
 t.test('the replay catches a map that reaches the disk before the data it describes', async (t: Test) => {
   // The same workload with the journal told that RW is synced when it is not.
-  const { violations } = await powerLoss(1, 60, f => ({ marked: (a, b) => f.marked(a, b), commit: () => f.commit(async () => undefined) }))
+  const { violations } = await powerLoss(1, 60, f => ({
+    marked: (a, b) => f.marked(a, b),
+    commit: () => f.commit(async () => undefined),
+    clear: () => f.clear(),
+    startCommit: () => f.startCommit(),
+    finishCommit: ro => f.finishCommit(ro),
+  }))
   t.ok(violations.length > 0, `a broken ordering is detected (${violations[0]})`)
 })

@@ -8,18 +8,18 @@ import { callControl, type ControlRequest } from '../daemon/control.js'
 import { statePaths } from '../daemon/run-state.js'
 import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
 import { RowrError } from '../errors.js'
+import type { WrittenRange } from '../engine/engine.js'
 import {
+  JobCancelled,
   commit as commitJob,
   exportImage,
   planCommit,
   revert as revertJob,
-  writtenRanges,
   type CommitPlan,
   type CommitSummary,
   type ExportSummary,
   type JobContext,
   type RevertSummary,
-  type WrittenRange,
 } from '../lifecycle/jobs.js'
 import { openOffline, type OfflineTarget } from '../lifecycle/offline.js'
 import { warn } from './foreground.js'
@@ -107,14 +107,13 @@ const runJob = async <T extends object>(
     try {
       return await job({
         engine: device.engine,
-        mapFile: device.mapFile,
         ro: target.ro,
         claims: device.claims,
         signal: abort.signal,
         progress: bar.update,
       })
     } catch (e) {
-      if (interrupted && (e as { code?: string }).code === 'ECANCELED') return interruptedBy((e as Error).message)
+      if (interrupted && e instanceof JobCancelled) return interruptedBy(e.message)
       throw e
     } finally {
       await device.close()
@@ -136,7 +135,7 @@ const print = (a: TargetArgs, summary: object, text: string): void => {
 }
 
 export const diff = async (a: TargetArgs): Promise<void> => {
-  const result = await runJob<{ ranges: WrittenRange[] }>(a, 'diff', { cmd: 'diff' }, async ctx => ({ ranges: writtenRanges(ctx.engine) }))
+  const result = await runJob<{ ranges: WrittenRange[] }>(a, 'diff', { cmd: 'diff' }, async ctx => ({ ranges: ctx.engine.writtenRanges() }))
   if (!result) return
   const writtenBytes = result.ranges.reduce((sum, r) => sum + r.length, 0)
   if (a.json) {

@@ -9,13 +9,13 @@ import { makeAutoRw, removeAutoRw } from '../devices/auto-rw.js'
 import { GGateFrontEnd } from '../ggate/front-end.js'
 import { SectorMap } from '../engine/sector-map.js'
 import { MapFile } from '../persist/map-file.js'
-import { commit, exportImage, planCommit, revert, writtenRanges, type JobContext } from '../lifecycle/jobs.js'
+import { commit, exportImage, planCommit, revert, type JobContext } from '../lifecycle/jobs.js'
 import { mapOnRw, mapOnRwBytes, openMapFile } from '../persist/map-store.js'
 import { describeIds, rwIdentity, takeUnbound } from '../persist/rw-binding.js'
 import { platform } from '../../native-bindings/libc.js'
 import { BlockDevice } from '../devices/block-device.js'
 import { openDevicePair } from '../devices/device-pair.js'
-import { RowrDevice } from '../engine/rowr-device.js'
+import { Engine } from '../engine/engine.js'
 import { RowrError, isRowrError } from '../errors.js'
 import { NbdServer, exportFor, nbdUri, type Listen } from '../nbd/server.js'
 import { ControlServer, type ControlReply, type ControlRequest } from './control.js'
@@ -83,7 +83,7 @@ export class RowrDaemon {
   readonly state: DeviceState
   readonly warnings: readonly string[]
   readonly #claims: DeviceClaims
-  readonly #engine: RowrDevice
+  readonly #engine: Engine
   readonly #server: NbdServer
   readonly #teardown: Teardown
   readonly #provider: GGateFrontEnd | undefined
@@ -100,7 +100,7 @@ export class RowrDaemon {
     state: DeviceState,
     warnings: readonly string[],
     claims: DeviceClaims,
-    engine: RowrDevice,
+    engine: Engine,
     server: NbdServer,
     teardown: Teardown,
     provider: GGateFrontEnd | undefined,
@@ -235,7 +235,7 @@ export class RowrDaemon {
         teardown.add('takeover log', () => log.close())
         journal = log
       }
-      const engine = new RowrDevice({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal })
+      const engine = new Engine({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal })
       engine.errors.onError = e => errorLog.report(e)
       if (recovered > 0) await engine.flush()
       teardown.add('pending writes', async () => {
@@ -387,7 +387,6 @@ export class RowrDaemon {
     try {
       return await job({
         engine: this.#engine,
-        mapFile: this.#mapFile,
         ro: this.state.ro,
         claims: this.#claims,
         signal: abort.signal,
@@ -409,7 +408,7 @@ export class RowrDaemon {
         await this.stop({ force: request.force })
         return { ok: true }
       case 'diff':
-        return { ok: true, ranges: writtenRanges(this.#engine) }
+        return { ok: true, ranges: this.#engine.writtenRanges() }
       case 'revert': {
         if (!request.force) await this.#checkNotOpen('revert -f (its users then see RO\'s data under their feet)')
         return { ok: true, ...(await this.#runJob('revert', revert)) }

@@ -6,6 +6,13 @@ import { libc, platform } from '../../native-bindings/libc.js'
 import { RowrError, errnoCode } from '../errors.js'
 import { InlineWrites } from './inline-writes.js'
 
+/** Counts a device keeps about itself, for status. */
+export interface DeviceCounters {
+  /** Writes run inline on the calling thread, and those of them that stalled it (see inline-writes.ts). */
+  readonly inlineWrites: number
+  readonly writeStalls: number
+}
+
 /** What the engine needs from a device; tests substitute fakes. */
 export interface BlockIo {
   readonly path: string
@@ -13,14 +20,12 @@ export interface BlockIo {
   readonly size: number
   read(buf: Buffer, offset: number, length: number, position: number): Promise<void>
   /**
-   * Reads the range now, without blocking, if it is all in the page cache;
-   * false when it is not (or the platform cannot tell), and `read` must be
-   * used. Optional: a device without it always takes the `read` path.
+   * Reads the range now, without blocking, if it can (all of it in the page
+   * cache); false when it cannot, or the platform cannot tell, and `read`
+   * must be used. It may have filled part of the range by then.
    */
-  tryReadNow?(buf: Buffer, offset: number, length: number, position: number): boolean
+  readNow(buf: Buffer, offset: number, length: number, position: number): boolean
   write(buf: Buffer, offset: number, length: number, position: number): Promise<void>
-  /** Counts of writes run inline on the calling thread, and of those that stalled. */
-  readonly inlineWrites?: { readonly inline: number; readonly stalls: number }
   /** Makes every completed write durable. */
   datasync(): Promise<void>
   /**
@@ -34,6 +39,7 @@ export interface BlockIo {
    * reads afterwards is unspecified: zero() says when it is zeros.
    */
   release(position: number, length: number): Promise<boolean>
+  counters(): DeviceCounters
 }
 
 export type DeviceKind = 'file' | 'disk'
@@ -97,7 +103,7 @@ export class BlockDevice implements BlockIo {
   /** Cleared once the disk says it has no write cache to flush (EOPNOTSUPP). */
   #diskCache: boolean
   /** Cleared once the kernel says non-blocking reads are not supported here. */
-  #readNow = libc().canReadNowait
+  #canReadNow = libc().canReadNowait
   /**
    * Small writes run on the calling thread where they land in a page cache
    * (see inline-writes.ts): regular files, and Linux's buffered disks, but
@@ -167,15 +173,15 @@ export class BlockDevice implements BlockIo {
     return this.#whole('read', fsRead, buf, offset, length, position)
   }
 
-  tryReadNow(buf: Buffer, offset: number, length: number, position: number): boolean {
-    if (!this.#readNow) return false
+  readNow(buf: Buffer, offset: number, length: number, position: number): boolean {
+    if (!this.#canReadNow) return false
     const c = libc()
     while (length > 0) {
       const n = c.preadNowait(this.fd, buf, offset, length, position)
       if (n <= 0) {
         // EAGAIN: not cached. Anything else: this file or platform cannot
         // do it, so stop trying; the thread pool serves every read.
-        if (n < 0 && c.errno() !== EAGAIN) this.#readNow = false
+        if (n < 0 && c.errno() !== EAGAIN) this.#canReadNow = false
         return false
       }
       offset += n
@@ -187,11 +193,10 @@ export class BlockDevice implements BlockIo {
 
   /**
    * Small writes run inline while the device answers quickly (see
-   * inline-writes.ts). Large writes go as concurrent pieces of at most WRITE_PIECE bytes: on
-   * these machines' ext4, 1 MiB pwrites into a file's unallocated range ran
-   * at 0.7-0.9 GiB/s where 256 KiB ones ran at 4 GiB/s (fio psync, fresh
-   * sparse 1 GiB file); through NBD, fio's 1 MiB sequential first writes went
-   * from about 400 MiB/s (whole) to 1200 MiB/s (256 KiB pieces).
+   * inline-writes.ts). Large writes go as concurrent pieces of at most
+   * WRITE_PIECE bytes: ext4 allocates a file's unwritten range much more
+   * slowly for one large pwrite than for several smaller ones side by side
+   * (measured: bench/results/design-figures.md).
    */
   write(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
     if (this.#releasing === 0 && this.inlineWrites?.allows(length)) {
@@ -288,6 +293,10 @@ export class BlockDevice implements BlockIo {
       position += n
       length -= n
     }
+  }
+
+  counters(): DeviceCounters {
+    return { inlineWrites: this.inlineWrites?.inline ?? 0, writeStalls: this.inlineWrites?.stalls ?? 0 }
   }
 
   close(): void {

@@ -4,6 +4,7 @@
 // both only read. Waiting in arrival order means a read that arrives after a
 // write was acknowledged sees that write, and no sector is ever read while a
 // write to it is half done.
+import assert from 'node:assert/strict'
 
 export interface InFlight {
   readonly start: number
@@ -56,16 +57,21 @@ export class InFlightList {
     })
   }
 
-  /** Whether a request for [start, end) would have to wait. */
+  /** Whether a request for [start, end) would have to wait. On the read fast path: it allocates nothing. */
   conflicts(start: number, end: number, exclusive: boolean): boolean {
-    return this.#entries.some(o => o.start < end && start < o.end && (exclusive || o.exclusive))
+    const entries = this.#entries
+    for (let i = 0; i < entries.length; i++) {
+      const o = entries[i]!
+      if (o.start < end && start < o.end && (exclusive || o.exclusive)) return true
+    }
+    return false
   }
 
   /** Ends a request and lets go of whatever was waiting for it alone. */
   leave(request: InFlight): void {
     const entry = request as Entry
     const i = this.#entries.indexOf(entry)
-    if (i < 0) throw new Error('leaving a request that is not in flight')
+    assert(i >= 0, 'leaving a request that is not in flight')
     this.#entries.splice(i, 1)
     for (const waiter of entry.waiters ?? []) {
       if (--waiter.blockers === 0) waiter.wake?.()

@@ -10,6 +10,7 @@
 // sequential writes cost no leaf memory at all. The worst case (writes
 // scattered so densely that every leaf needs its bitmap) is the flat bitmap:
 // size / sectorSize / 8 bytes.
+import assert from 'node:assert/strict'
 
 const WORD_BITS = 32
 const LEAF_WORDS = 2048
@@ -54,7 +55,7 @@ export class SectorMap {
   #written = 0
 
   constructor(sectors: number) {
-    if (!Number.isSafeInteger(sectors) || sectors < 0) throw new RangeError(`bad sector count ${sectors}`)
+    assert(Number.isSafeInteger(sectors) && sectors >= 0, `bad sector count ${sectors}`)
     this.sectors = sectors
     this.#slots = new Array<Slot>(Math.ceil(sectors / LEAF_SECTORS)).fill(undefined)
   }
@@ -138,9 +139,7 @@ export class SectorMap {
   /** Marks [start, start+count) written; returns how many were new. */
   setRange(start: number, count: number): number {
     const end = start + count
-    if (start < 0 || end > this.sectors || count < 0) {
-      throw new RangeError(`sectors ${start}+${count} outside a map of ${this.sectors}`)
-    }
+    assert(start >= 0 && count >= 0 && end <= this.sectors, `sectors ${start}+${count} outside a map of ${this.sectors}`)
     let added = 0
     let s = start
     while (s < end) {

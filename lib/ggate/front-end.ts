@@ -5,7 +5,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { Worker } from 'node:worker_threads'
 import { BioCmd, FreeBsdErrno } from '../../native-bindings/ggate-abi.js'
-import type { RowrDevice } from '../engine/rowr-device.js'
+import type { Engine } from '../engine/engine.js'
 import { RowrError, ioFailure } from '../errors.js'
 import { GGCTL_PATH, GGateControl, GGateError } from './ggctl.js'
 import type { LoopMessage, StartLoopData } from './start-loop.js'
@@ -33,13 +33,21 @@ export interface Bio {
   readonly data: Buffer
 }
 
-/** Serves one bio; resolves to the errno DONE reports (0: success). */
-export const serveBio = async (engine: RowrDevice, bio: Bio): Promise<number> => {
+/**
+ * Serves one bio: the errno DONE reports (0: success), at once for a READ
+ * the engine answers at once, else once the engine is done.
+ */
+export const serveBio = (engine: Engine, bio: Bio): number | Promise<number> => {
+  if (bio.cmd !== BioCmd.READ) return serveOther(engine, bio)
+  const read = engine.read(bio.data, bio.offset)
+  return read === true ? 0 : read.then(succeeded, bioErrno)
+}
+
+const succeeded = (): number => 0
+
+const serveOther = async (engine: Engine, bio: Bio): Promise<number> => {
   try {
     switch (bio.cmd) {
-      case BioCmd.READ:
-        await engine.readInto(bio.data, bio.offset)
-        return 0
       case BioCmd.WRITE:
         await engine.write(bio.offset, bio.data)
         return 0
@@ -56,15 +64,22 @@ export const serveBio = async (engine: RowrDevice, bio: Bio): Promise<number> =>
         return FreeBsdErrno.EOPNOTSUPP
     }
   } catch (e) {
-    // GEOM re-issues a bio that fails ENOMEM (g_io_deliver) forever: memory
-    // short in the daemon is an I/O error to the kernel.
-    const failure = ioFailure(e)
-    return FreeBsdErrno[failure === 'ENOMEM' ? 'EIO' : failure]
+    return bioErrno(e)
   }
 }
 
+/**
+ * The errno DONE reports for a failure. GEOM re-issues a bio that fails
+ * ENOMEM (g_io_deliver) forever: memory short in the daemon is an I/O error
+ * to the kernel.
+ */
+const bioErrno = (e: unknown): number => {
+  const failure = ioFailure(e)
+  return FreeBsdErrno[failure === 'ENOMEM' ? 'EIO' : failure]
+}
+
 export interface GGateOptions {
-  readonly engine: RowrDevice
+  readonly engine: Engine
   readonly name: string
   /** Shown by `geom gate list` / ggatel. */
   readonly info: string
@@ -103,7 +118,7 @@ export class GGateFrontEnd {
   readonly attachment: GGateAttachment
   readonly unit: number
   readonly #control: GGateControl
-  readonly #engine: RowrDevice
+  readonly #engine: Engine
   readonly #workers = new Set<Worker>()
   readonly #bios = { read: 0, write: 0, delete: 0, flush: 0, speedup: 0, other: 0 }
   #failed = 0
@@ -173,11 +188,16 @@ export class GGateFrontEnd {
     const carriesData = m.cmd === BioCmd.READ || m.cmd === BioCmd.WRITE
     const data = carriesData ? Buffer.from(m.data, 0, m.length) : NO_DATA
     this.#peakInFlight = Math.max(this.#peakInFlight, ++this.#inFlight)
-    void serveBio(this.#engine, { cmd: m.cmd, offset: m.offset, length: m.length, data }).then(error => {
-      this.#inFlight--
-      if (error !== 0) this.#failed++
-      worker.postMessage(error)
-    })
+    const served = serveBio(this.#engine, { cmd: m.cmd, offset: m.offset, length: m.length, data })
+    if (typeof served === 'number') this.#done(worker, served)
+    else void served.then(error => this.#done(worker, error))
+  }
+
+  /** Hands the bio's errno to the worker that took it, for its DONE. */
+  #done(worker: Worker, error: number): void {
+    this.#inFlight--
+    if (error !== 0) this.#failed++
+    worker.postMessage(error)
   }
 
   /**

@@ -1,26 +1,18 @@
 // The lifecycle jobs over a device, running (in its daemon) or stopped (in
-// the command's own process): diff, revert, commit and export. Each long job
-// reports progress, stops at a safe point when its signal aborts, and leaves
+// the command's own process): diff, revert, commit and export. The engine
+// does the work on RO, RW and the map; a job opens the files it needs,
+// reports progress and stops at a safe point when its signal aborts, leaving
 // RO, RW and the map consistent either way.
 import fs from 'node:fs'
 import { deviceBusy } from '../attach/attachment.js'
 import { BlockDevice } from '../devices/block-device.js'
-import type { RowrDevice } from '../engine/rowr-device.js'
+import type { Engine, WrittenRange } from '../engine/engine.js'
 import { RowrError, errnoCode, isRowrError } from '../errors.js'
 import { aboutPath } from '../failure-message.js'
-import type { MapFile } from '../persist/map-file.js'
-import { roFingerprint } from '../persist/fingerprint.js'
 import type { DeviceClaims } from '../daemon/claims.js'
 
-export interface WrittenRange {
-  readonly offset: number
-  readonly length: number
-}
-
 export interface JobContext {
-  readonly engine: RowrDevice
-  /** The persistent map, if the device has one. */
-  readonly mapFile: MapFile | undefined
+  readonly engine: Engine
   /** RO's path, for commit to open it for writing. */
   readonly ro: string
   /** The device's claims on RO, RW and map: commit takes RO alone through them. */
@@ -29,7 +21,7 @@ export interface JobContext {
   readonly signal: AbortSignal
 }
 
-/** Bytes copied per step of commit and export. */
+/** Bytes copied per step of export. */
 const CHUNK = 1 << 20
 /** Export skips all-zero pieces of this size, leaving holes. */
 const HOLE_GRAIN = 64 << 10
@@ -41,12 +33,6 @@ export class JobCancelled extends Error {
   }
 }
 
-/** The written ranges, in byte offsets, in order. */
-export const writtenRanges = (engine: RowrDevice): WrittenRange[] => {
-  const { map, sectorSize } = engine
-  return Array.from(map.writtenRuns(), ([first, count]) => ({ offset: first * sectorSize, length: count * sectorSize }))
-}
-
 export interface RevertSummary {
   readonly revertedBytes: number
   /** Whether RW's space was given back (hole punching). */
@@ -54,17 +40,10 @@ export interface RevertSummary {
 }
 
 /** Forgets every write: the device reads as RO again. */
-export const revert = (ctx: JobContext): Promise<RevertSummary> =>
-  ctx.engine.exclusive(async () => {
-    const { engine } = ctx
-    const revertedBytes = engine.map.writtenSectors * engine.sectorSize
-    // The map is emptied durably before RW's data goes: a crash in between
-    // leaves a device that reads as RO, never one that reads holes.
-    await ctx.mapFile?.clear()
-    engine.map.clear()
-    const released = await engine.rw.release(0, engine.size)
-    return { revertedBytes, released }
-  })
+export const revert = async (ctx: JobContext): Promise<RevertSummary> => {
+  const { bytes, released } = await ctx.engine.revert()
+  return { revertedBytes: bytes, released }
+}
 
 export interface CommitSummary {
   readonly committedBytes: number
@@ -123,42 +102,22 @@ const withRoForCommit = async <T>(ctx: JobContext, work: (ro: BlockDevice) => Pr
 /** What commit would write, after every check it makes; writes nothing. */
 export const planCommit = (ctx: JobContext): Promise<CommitPlan> =>
   withRoForCommit(ctx, async () => {
-    const ranges = writtenRanges(ctx.engine)
+    const ranges = ctx.engine.writtenRanges()
     return { dryRun: true, ro: ctx.ro, bytes: ranges.reduce((sum, r) => sum + r.length, 0), ranges }
   })
 
 /**
  * Folds the written sectors into RO (the one job that writes RO), then
- * empties the map. The device shows the same data throughout: requests wait
- * while it runs. Interrupted, the map still describes RW, which still holds
- * everything; running commit again finishes it.
+ * empties the map (Engine.commitInto). Interrupted, running it again
+ * finishes it.
  */
 export const commit = (ctx: JobContext): Promise<CommitSummary> =>
-  withRoForCommit(ctx, roWritable => {
-    const { engine } = ctx
-    return engine.exclusive(async () => {
-      await engine.flush()
-      await ctx.mapFile?.startCommit()
-      const ranges = writtenRanges(engine)
-      const total = ranges.reduce((sum, r) => sum + r.length, 0)
-      const buf = Buffer.allocUnsafe(CHUNK)
-      let done = 0
-      for (const r of ranges) {
-        for (let pos = r.offset; pos < r.offset + r.length; pos += CHUNK) {
-          if (ctx.signal.aborted) throw new JobCancelled('commit')
-          const n = Math.min(CHUNK, r.offset + r.length - pos)
-          await engine.rw.read(buf, 0, n, pos)
-          await roWritable.write(buf, 0, n, pos)
-          done += n
-          ctx.progress(done, total)
-        }
-      }
-      await roWritable.datasync()
-      await ctx.mapFile?.clear({ roHash: await roFingerprint(roWritable, engine.size, engine.sectorSize) })
-      engine.map.clear()
-      const released = await engine.rw.release(0, engine.size)
-      return { committedBytes: total, released }
+  withRoForCommit(ctx, async roWritable => {
+    const { bytes, released } = await ctx.engine.commitInto(roWritable, (done, total) => {
+      ctx.progress(done, total)
+      if (done < total && ctx.signal.aborted) throw new JobCancelled('commit')
     })
+    return { committedBytes: bytes, released }
   })
 
 export interface ExportSummary {
@@ -201,7 +160,7 @@ export const exportImage = async (ctx: JobContext, file: string): Promise<Export
       if (ctx.signal.aborted) throw new JobCancelled('export')
       const n = Math.min(CHUNK, engine.size - pos)
       const chunk = buf.subarray(0, n)
-      await engine.readInto(chunk, pos)
+      await engine.read(chunk, pos)
       for (let at = 0; at < n; at += HOLE_GRAIN) {
         const length = Math.min(HOLE_GRAIN, n - at)
         if (allZero(chunk.subarray(at, at + length))) continue

@@ -4,7 +4,7 @@ import fs from 'node:fs'
 import { openDevicePair } from '../devices/device-pair.js'
 import { RowrError } from '../errors.js'
 import { BlockDevice } from '../devices/block-device.js'
-import { RowrDevice } from '../engine/rowr-device.js'
+import { Engine } from '../engine/engine.js'
 import { SectorMap } from '../engine/sector-map.js'
 import { DeviceClaims } from '../daemon/claims.js'
 import { MapFile } from '../persist/map-file.js'
@@ -21,8 +21,7 @@ export interface OfflineTarget {
 }
 
 export interface OfflineDevice {
-  readonly engine: RowrDevice
-  readonly mapFile: MapFile
+  readonly engine: Engine
   /** RO, RW and map, held as a running device holds them. */
   readonly claims: DeviceClaims
   readonly warnings: readonly string[]
@@ -57,12 +56,11 @@ export const openOffline = async (t: OfflineTarget): Promise<OfflineDevice> => {
     const map = new SectorMap(pair.mediaSize / pair.sectorSize)
     const identity = rwIdentity(pair.rw, pair.mediaSize, { mapInTail: t.mapOnRw })
     const opened = await MapFile.open({ ...placement, ro: pair.ro, rw: pair.rw, identity, size: pair.mediaSize, sectorSize: pair.sectorSize, map, force: t.force, existing: true })
-    const engine = new RowrDevice({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal: opened.file })
+    const engine = new Engine({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal: opened.file })
     const store = placement
     const held = claims
     return {
       engine,
-      mapFile: opened.file,
       claims: held,
       warnings: [...pair.warnings, ...opened.warnings],
       close: async () => {

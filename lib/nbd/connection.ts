@@ -13,7 +13,7 @@
 // (option replies included) wait for the client to read them; reading stops
 // until then, so at most one more read's worth arrives.
 import { Socket } from 'node:net'
-import { INLINE_READ_MAX, type RowrDevice } from '../engine/rowr-device.js'
+import type { Engine } from '../engine/engine.js'
 import { DeviceIoError } from '../engine/io-errors.js'
 import type { BufferPool } from './buffer-pool.js'
 import { BASE_ALLOCATION, Command, CommandFlag, WrittenState } from './constants.js'
@@ -31,23 +31,17 @@ import type { NbdRequest } from './request.js'
 import { nbdErrnoFor, RequestRefused, validateRequest, type Negotiated } from './request-validation.js'
 import { NbdStreamDecoder, type DecodedMessage } from './stream-decoder.js'
 
-export interface ConnectionLimits {
+/** What one connection may hold at once. */
+const LIMITS = {
   /** Largest option data accepted during haggling. */
-  readonly maxOptionLength: number
-  /** Requests handled at once before reading pauses. */
-  readonly maxInFlight: number
-  /** Payload bytes (reads and writes) held at once before reading pauses. */
-  readonly maxInFlightBytes: number
-  /** Most descriptors in one block status reply. */
-  readonly maxExtents: number
-}
-
-export const DEFAULT_LIMITS: ConnectionLimits = {
   maxOptionLength: 64 * 1024,
+  /** Requests handled at once before reading pauses. */
   maxInFlight: 128,
+  /** Payload bytes (reads and writes) held at once before reading pauses. */
   maxInFlightBytes: 128 * 1024 * 1024,
+  /** Most descriptors in one block status reply. */
   maxExtents: 1024,
-}
+} as const
 
 export type Log = (message: string) => void
 
@@ -80,9 +74,8 @@ interface AcceptedSocket extends Socket {
 
 export class NbdConnection {
   readonly #socket: Socket
-  readonly #engine: RowrDevice
+  readonly #engine: Engine
   readonly #negotiation: Negotiation
-  readonly #limits: ConnectionLimits
   readonly #log: Log
   readonly #pool: BufferPool
   readonly #decoder: NbdStreamDecoder
@@ -104,19 +97,17 @@ export class NbdConnection {
   /** `accepted` comes from a net.Server listening with `pauseOnConnect`. */
   constructor(
     accepted: Socket,
-    engine: RowrDevice,
+    engine: Engine,
     exp: ExportDescription,
     log: Log,
     pool: BufferPool,
-    limits = DEFAULT_LIMITS,
   ) {
     this.#pool = pool
     this.#engine = engine
     this.#negotiation = new Negotiation(exp)
-    this.#limits = limits
     this.#log = log
     this.#decoder = new NbdStreamDecoder(
-      { maxOptionLength: limits.maxOptionLength, maxPayload: exp.maximumPayload },
+      { maxOptionLength: LIMITS.maxOptionLength, maxPayload: exp.maximumPayload },
       n => pool.acquire(n),
     )
     const socket = new Socket({
@@ -217,8 +208,8 @@ export class NbdConnection {
   #busy(): boolean {
     return (
       this.#socket.writableNeedDrain ||
-      this.#inFlight >= this.#limits.maxInFlight ||
-      this.#inFlightBytes >= this.#limits.maxInFlightBytes
+      this.#inFlight >= LIMITS.maxInFlight ||
+      this.#inFlightBytes >= LIMITS.maxInFlightBytes
     )
   }
 
@@ -316,11 +307,40 @@ export class NbdConnection {
       this.#replyError(request, refused)
       return
     }
-    if (request.type === Command.READ && request.length <= INLINE_READ_MAX && this.#readAtOnce(request)) return
-    const bytes = request.type === Command.READ || request.type === Command.WRITE ? request.length : 0
+    if (request.type === Command.READ) {
+      this.#read(request)
+      return
+    }
+    this.#track(request, payload, request.type === Command.WRITE ? request.length : 0, this.#serve(request, payload))
+  }
+
+  /**
+   * A read the engine answers at once (most small reads: cached, no write
+   * overlapping) is replied to at once, with no promise and no in-flight
+   * entry: this is the hottest path there is. Any other waits for the engine.
+   */
+  #read(request: NbdRequest): void {
+    const data = this.#pool.acquire(request.length)
+    const read = this.#engine.read(data, request.offset)
+    if (read === true) {
+      this.#replyData(request, data)
+      return
+    }
+    const replied = read.then(
+      () => this.#replyData(request, data),
+      (e: unknown) => {
+        this.#pool.release(data)
+        throw e
+      },
+    )
+    this.#track(request, undefined, request.length, replied)
+  }
+
+  /** Counts a request in flight until `work` settles, and answers its failure. */
+  #track(request: NbdRequest, payload: Buffer | undefined, bytes: number, work: Promise<void>): void {
     this.#inFlight++
     this.#inFlightBytes += bytes
-    this.#serve(request, payload)
+    work
       .catch(e => this.#replyError(request, e))
       .finally(() => {
         if (payload) this.#pool.release(payload)
@@ -331,37 +351,10 @@ export class NbdConnection {
       })
   }
 
-  /**
-   * Answers a small read at once when its bytes are cached and no write
-   * overlaps it (most small reads): no promise and no in-flight entry, which
-   * cost random 4K reads about 5% of their rate. False otherwise, and the
-   * usual path serves it.
-   */
-  #readAtOnce(request: NbdRequest): boolean {
-    const data = this.#pool.acquire(request.length)
-    if (!this.#engine.tryReadInto(data, request.offset)) {
-      this.#pool.release(data)
-      return false
-    }
-    this.#replyData(request, data)
-    return true
-  }
-
-  /** Serves a valid request. */
+  /** Serves a valid request other than READ. */
   async #serve(request: NbdRequest, payload: Buffer | undefined): Promise<void> {
     const fua = (request.flags & CommandFlag.FUA) !== 0
     switch (request.type) {
-      case Command.READ: {
-        const data = this.#pool.acquire(request.length)
-        try {
-          await this.#engine.readInto(data, request.offset)
-        } catch (e) {
-          this.#pool.release(data)
-          throw e
-        }
-        this.#replyData(request, data)
-        return
-      }
       case Command.WRITE:
         await this.#engine.write(request.offset, payload!, { fua })
         break
@@ -417,7 +410,7 @@ export class NbdConnection {
 
   #blockStatus(request: NbdRequest): void {
     const contexts = this.#negotiation.metaContexts
-    const max = (request.flags & CommandFlag.REQ_ONE) !== 0 ? 1 : this.#limits.maxExtents
+    const max = (request.flags & CommandFlag.REQ_ONE) !== 0 ? 1 : LIMITS.maxExtents
     const chunks: Buffer[] = []
     let left = contexts.size
     for (const [id, name] of contexts) {

@@ -131,12 +131,6 @@ export const NbdErrno = {
 } as const
 export type NbdErrnoValue = (typeof NbdErrno)[keyof typeof NbdErrno]
 
-/** Flags of the base:allocation metadata context. */
-export const AllocationState = {
-  HOLE: 1 << 0,
-  ZERO: 1 << 1,
-} as const
-
 /** Flags of geom-rowr's own metadata context. */
 export const WrittenState = {
   /** The range is served from the read-write device. */

@@ -2,7 +2,7 @@
 // connections all share one engine.
 import fs from 'node:fs'
 import net from 'node:net'
-import type { RowrDevice } from '../engine/rowr-device.js'
+import type { Engine } from '../engine/engine.js'
 import { checkSocketPath, errnoCode } from '../errors.js'
 import { BufferPool } from './buffer-pool.js'
 import { NbdConnection, type Log } from './connection.js'
@@ -14,7 +14,7 @@ export const MAX_PAYLOAD = 32 * 1024 * 1024
 
 export type Listen = { readonly socket: string } | { readonly port: number; readonly host: string }
 
-export const exportFor = (engine: RowrDevice, name: string, description: string): ExportDescription => ({
+export const exportFor = (engine: Engine, name: string, description: string): ExportDescription => ({
   name,
   description,
   size: engine.size,
@@ -31,10 +31,10 @@ export const nbdUri = (listen: Listen): string =>
 
 /**
  * Kernel buffer per direction of a Unix-socket connection. Linux's default
- * (208 KiB) holds a fifth of a 1 MiB reply; with 4 MiB, fio's 1 MiB
- * sequential reads went from 1179-1258 to 1520-1552 MiB/s and 4K random
- * reads from 62k to 67-79k IOPS on a 2-core VM (net.core.wmem_max and
- * rmem_max were 4 MiB there; elsewhere the kernel caps the request).
+ * (208 KiB) holds a fifth of a 1 MiB reply, so large replies trickle out
+ * in pieces; a buffer that holds several whole replies let both large and
+ * small requests go faster (bench/results/design-figures.md). The kernel
+ * caps the request at net.core.wmem_max and rmem_max.
  */
 const UNIX_SOCKET_BUFFER = 4 << 20
 
@@ -48,7 +48,7 @@ export class NbdServer {
   /** Connections accepted since start. */
   accepted = 0
 
-  constructor(engine: RowrDevice, exp: ExportDescription, log: Log) {
+  constructor(engine: Engine, exp: ExportDescription, log: Log) {
     this.#log = log
     // Paused: the connection makes its own socket over the handle (see
     // NbdConnection), and nothing may be read before it does.

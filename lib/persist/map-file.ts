@@ -17,7 +17,7 @@
 // every resume.
 import { randomBytes } from 'node:crypto'
 import type { BlockIo } from '../devices/block-device.js'
-import type { MapJournal } from '../engine/rowr-device.js'
+import type { MapJournal } from '../engine/engine.js'
 import type { SectorMap } from '../engine/sector-map.js'
 import { RowrError } from '../errors.js'
 import { roFingerprint, rwFingerprint } from './fingerprint.js'
@@ -531,6 +531,11 @@ export class MapFile implements MapJournal {
   /** Records that a commit into RO has started (RO's fingerprint will change). */
   async startCommit(): Promise<void> {
     await this.#writeHeader({ ...this.#header, flags: this.#header.flags | HeaderFlag.COMMITTING })
+  }
+
+  /** Empties the map at the end of a commit, with the fingerprint of RO as the commit left it. */
+  async finishCommit(ro: BlockIo): Promise<void> {
+    await this.clear({ roHash: await roFingerprint(ro, this.#header.deviceSize, this.#header.sectorSize) })
   }
 
   /**

@@ -7,12 +7,15 @@
 // and a daemon taking the device over marks them again first.
 //
 // Two files alternate: a commit starts a new one and removes the old one once
-// the map holds everything in it. The log matters only while this boot's page
-// cache stands (a kernel device waiting for a daemon means it does), so it is
-// never synced; a crash of the machine makes it moot.
+// the map holds everything in it, or once the map is emptied (revert, the
+// end of a commit into RO) and what the old one held is forgotten. The log
+// matters only while this boot's page cache stands (a kernel device waiting
+// for a daemon means it does), so it is never synced; a crash of the machine
+// makes it moot.
 import fs from 'node:fs'
 import path from 'node:path'
-import type { MapJournal } from '../engine/rowr-device.js'
+import type { BlockIo } from '../devices/block-device.js'
+import type { MapJournal } from '../engine/engine.js'
 
 const RECORD_BYTES = 16
 const PREFIX = 'marked-since-flush.'
@@ -66,13 +69,31 @@ export class TakeoverLog implements MapJournal {
     this.#inner.marked(start, count)
   }
 
-  async commit(syncRw: () => Promise<void>): Promise<void> {
-    // Ranges marked from here on may miss this commit: they go to a new file.
+  commit(syncRw: () => Promise<void>): Promise<void> {
+    return this.#covering(() => this.#inner.commit(syncRw))
+  }
+
+  /** Revert: the ranges logged so far are forgotten with the map, or a successor would mark them again. */
+  clear(): Promise<void> {
+    return this.#covering(() => this.#inner.clear())
+  }
+
+  startCommit(): Promise<void> {
+    return this.#inner.startCommit()
+  }
+
+  finishCommit(ro: BlockIo): Promise<void> {
+    return this.#covering(() => this.#inner.finishCommit(ro))
+  }
+
+  /** Runs `work`, which settles every range logged so far; then removes their logs. */
+  async #covering(work: () => Promise<void>): Promise<void> {
+    // Ranges marked from here on may miss the work: they go to a new file.
     const covered = this.#generation
     fs.closeSync(this.#fd)
     this.#generation++
     this.#fd = fs.openSync(logPath(this.#dir, this.#generation), 'a', 0o600)
-    await this.#inner.commit(syncRw)
+    await work()
     for (const g of generations(this.#dir)) if (g <= covered) fs.rmSync(logPath(this.#dir, g), { force: true })
   }
 

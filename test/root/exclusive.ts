@@ -6,7 +6,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { makeImage, requires, rowr, run, sha256, shortDir } from '../fixtures/helpers.js'
+import { devicesIn, makeImage, requires, rowr, run, sha256, shortDir } from '../fixtures/helpers.js'
 import { ext4Image, leftovers, mount } from '../fixtures/kernel.js'
 
 const NEEDS = { root: true, fuse: true, tools: ['nbdfuse', 'losetup', 'fusermount3', 'mkfs.ext4', 'e2fsck', 'mount', 'qemu-io'] }
@@ -20,9 +20,7 @@ const setup = (t: Test) => {
   const loops: string[] = []
   t.teardown(async () => {
     await run('umount', ['-l', mnt])
-    for (const name of fs.existsSync(runDir) ? fs.readdirSync(runDir) : []) {
-      if (fs.statSync(path.join(runDir, name)).isDirectory()) await g('destroy', '-f', name)
-    }
+    for (const name of devicesIn(runDir)) await g('destroy', '-f', name)
     for (const l of loops) await run('losetup', ['-d', l])
     for (const l of leftovers(dir)) {
       if (l.startsWith('loop ')) await run('losetup', ['-d', `/dev/${l.split(' ')[1]}`])

@@ -16,7 +16,7 @@ process.env.GEOM_ROWR_PLATFORM = 'freebsd'
 delete process.env.GGSIM_MOUNT
 
 const { BlockDevice } = await import('../../lib/devices/block-device.js')
-const { RowrDevice } = await import('../../lib/engine/rowr-device.js')
+const { Engine } = await import('../../lib/engine/engine.js')
 const { SectorMap } = await import('../../lib/engine/sector-map.js')
 const { serveBio } = await import('../../lib/ggate/front-end.js')
 const { BioCmd } = await import('../../native-bindings/ggate-abi.js')
@@ -54,7 +54,7 @@ t.test('FLUSH and the map barrier send DIOCGFLUSH to a disk RW, until it says it
     ro.close()
     rw.close()
   })
-  const engine = new RowrDevice({ ro, rw, size: SIZE, sectorSize: 512, map: new SectorMap(SIZE / 512) })
+  const engine = new Engine({ ro, rw, size: SIZE, sectorSize: 512, map: new SectorMap(SIZE / 512) })
   const before = calls().flushes
   await engine.write(0, Buffer.alloc(4096, 1))
   t.equal(await serveBio(engine, { cmd: BioCmd.FLUSH, offset: 0, length: 0, data: Buffer.alloc(0) }), 0)

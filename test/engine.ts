@@ -3,9 +3,14 @@ import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { BlockDevice, type BlockIo } from '../lib/devices/block-device.js'
-import { RowrDevice } from '../lib/engine/rowr-device.js'
+import { BlockDevice, type BlockIo, type DeviceCounters } from '../lib/devices/block-device.js'
+import { Engine, type MapJournal } from '../lib/engine/engine.js'
+import { SectorMap } from '../lib/engine/sector-map.js'
+import { MapFile } from '../lib/persist/map-file.js'
+import { PAGE_SECTORS, mapBytes } from '../lib/persist/map-format.js'
 import { makeImage, sha256 } from './fixtures/helpers.js'
+import { MemoryAttributes, MemoryDevice } from './fixtures/memory-device.js'
+import { RwIdentity } from '../lib/persist/rw-binding.js'
 
 const MiB = 1 << 20
 
@@ -20,14 +25,14 @@ const setup = (t: Test, size: number, sectorSize = 512) => {
     ro.close()
     rw.close()
   })
-  const engine = new RowrDevice({ ro, rw, size, sectorSize })
+  const engine = new Engine({ ro, rw, size, sectorSize })
   return { engine, roPath, rwPath, roHash: sha256(roPath), original: fs.readFileSync(roPath) }
 }
 
-/** Reads a range through the thread-pool path. */
-const readBack = async (engine: RowrDevice, offset: number, length: number): Promise<Buffer> => {
+/** Reads a range, at once or through the thread pool, as the engine chooses. */
+const readBack = async (engine: Engine, offset: number, length: number): Promise<Buffer> => {
   const buf = Buffer.allocUnsafe(length)
-  await engine.readInto(buf, offset)
+  await engine.read(buf, offset)
   return buf
 }
 
@@ -102,12 +107,17 @@ t.test('a zero-write on RO data leaves RO alone and reads zeros', async t => {
   t.equal(engine.stats().writtenSectors, 16)
 })
 
-t.test('agrees with an in-memory model under thousands of random requests', async t => {
-  const size = 8 * MiB
-  const { engine, roPath, roHash, original } = setup(t, size)
-  const model = Buffer.from(original)
-  const rand = prng(42)
+/**
+ * Thousands of random reads, writes and zero-writes, every read checked
+ * against a plain buffer that gets the same writes; returns how many reads
+ * the engine answered at once and how many later.
+ */
+const agreesWithModel = async (t: Test, engine: Engine, model: Buffer, seed: number) => {
+  const size = model.length
+  const rand = prng(seed)
   let mismatch: string | undefined
+  let atOnce = 0
+  let later = 0
   const ops = 4000
   for (let op = 0; op < ops && !mismatch; op++) {
     const kind = rand(10)
@@ -115,7 +125,13 @@ t.test('agrees with an in-memory model under thousands of random requests', asyn
     const small = rand(3) !== 0
     const length = Math.min(size - offset, small ? rand(9000) + 1 : rand(512 * 1024) + 1)
     if (kind < 4) {
-      const got = await readBack(engine, offset, length)
+      const got = Buffer.allocUnsafe(length)
+      const read = engine.read(got, offset)
+      if (read === true) atOnce++
+      else {
+        later++
+        await read
+      }
       if (!got.equals(model.subarray(offset, offset + length))) mismatch = `op ${op}: read ${offset}+${length}`
     } else if (kind < 8) {
       const data = randomBytes(length)
@@ -128,7 +144,32 @@ t.test('agrees with an in-memory model under thousands of random requests', asyn
   }
   t.equal(mismatch, undefined, `${ops} random reads, writes and zero-writes match the model`)
   t.ok((await readBack(engine, 0, size)).equals(model), 'the whole device matches at the end')
+  return { atOnce, later }
+}
+
+t.test('agrees with an in-memory model under thousands of random requests', async t => {
+  const { engine, roPath, roHash, original } = setup(t, 8 * MiB)
+  const { atOnce, later } = await agreesWithModel(t, engine, Buffer.from(original), 42)
+  t.ok(atOnce > 0, `${atOnce} reads were answered at once from the page cache, ${later} later`)
   t.equal(sha256(roPath), roHash, 'RO is unchanged')
+})
+
+t.test('agrees with the model over devices that answer some reads at once, and some runs of one read not', async t => {
+  const size = 8 * MiB
+  const fill = (piece: number, into: Buffer): void => {
+    into.fill(piece & 0xff)
+    into.writeUInt32LE(piece, 0)
+  }
+  const ro = new MemoryDevice('/ro', size, { fill, seed: 11 })
+  const rw = new MemoryDevice('/rw', size, { seed: 12 })
+  const original = Buffer.alloc(size)
+  await ro.read(original, 0, size, 0)
+  const engine = new Engine({ ro, rw, size, sectorSize: 512 })
+  const { atOnce, later } = await agreesWithModel(t, engine, original, 43)
+  t.ok(atOnce > 0 && later > 0, `${atOnce} reads answered at once, ${later} later`)
+  t.ok(ro.readsNow > 0 && rw.readsNow > 0, 'both devices answered runs at once')
+  t.ok(ro.readsNotNow > 0 && rw.readsNotNow > 0, 'and both turned some down')
+  t.same(ro.pieces.size, 0, 'RO is never written')
 })
 
 t.test('concurrent overlapping requests: reads see writes that came before them', async t => {
@@ -195,15 +236,22 @@ class FakeDevice implements BlockIo {
     this.calls.push(`zero ${position}+${length}`)
     this.data.fill(0, position, position + length)
   }
-  async release(): Promise<boolean> {
+  async release(position: number, length: number): Promise<boolean> {
+    this.calls.push(`release ${position}+${length}`)
     return false
+  }
+  readNow(): boolean {
+    return false
+  }
+  counters(): DeviceCounters {
+    return { inlineWrites: 0, writeStalls: 0 }
   }
 }
 
 t.test('a failed write leaves the sectors on RO and reports the error', async t => {
   const ro = new FakeDevice(8192)
   const rw = new FakeDevice(8192)
-  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  const engine = new Engine({ ro, rw, size: 8192, sectorSize: 512 })
   rw.failWrites = Object.assign(new Error('no space'), { code: 'ENOSPC' })
   await t.rejects(engine.write(0, Buffer.alloc(512, 1)), { code: 'ENOSPC' })
   t.equal(engine.stats().writtenSectors, 0, 'nothing was marked written')
@@ -218,7 +266,7 @@ t.test('a failed write leaves the sectors on RO and reports the error', async t 
 t.test('a failed read is reported and does not block later requests', async t => {
   const ro = new FakeDevice(8192)
   const rw = new FakeDevice(8192)
-  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  const engine = new Engine({ ro, rw, size: 8192, sectorSize: 512 })
   ro.failReads = Object.assign(new Error('medium error'), { code: 'EIO' })
   await t.rejects(readBack(engine, 0, 1024), { code: 'EIO' })
   ro.failReads = undefined
@@ -229,7 +277,7 @@ t.test('a failed read is reported and does not block later requests', async t =>
 t.test('FUA syncs RW before the write completes; FLUSH syncs RW', async t => {
   const ro = new FakeDevice(8192)
   const rw = new FakeDevice(8192)
-  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  const engine = new Engine({ ro, rw, size: 8192, sectorSize: 512 })
   await engine.write(0, Buffer.alloc(512), { fua: true })
   t.same(rw.calls, ['write 0+512', 'datasync'])
   rw.calls.length = 0
@@ -244,7 +292,7 @@ t.test('FUA syncs RW before the write completes; FLUSH syncs RW', async t => {
 t.test('CACHE reads the range through whichever device serves it', async t => {
   const ro = new FakeDevice(3 * MiB)
   const rw = new FakeDevice(3 * MiB)
-  const engine = new RowrDevice({ ro, rw, size: 3 * MiB, sectorSize: 512 })
+  const engine = new Engine({ ro, rw, size: 3 * MiB, sectorSize: 512 })
   await engine.write(MiB, Buffer.alloc(512))
   await engine.cache(0, 2 * MiB + 512)
   t.same(rw.calls.filter(c => c.startsWith('read')), [`read ${MiB}+512`])
@@ -255,7 +303,7 @@ t.test('CACHE reads the range through whichever device serves it', async t => {
 t.test('extents describe which ranges are on RW', async t => {
   const ro = new FakeDevice(8192)
   const rw = new FakeDevice(8192)
-  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  const engine = new Engine({ ro, rw, size: 8192, sectorSize: 512 })
   await engine.write(1024, Buffer.alloc(1024))
   t.same(engine.extents(0, 8192, 100), [
     { length: 1024, written: false },
@@ -272,66 +320,72 @@ t.test('extents describe which ranges are on RW', async t => {
 t.test('a request outside the device is a bug below the front ends: an assertion fails', async t => {
   const ro = new FakeDevice(8192)
   const rw = new FakeDevice(8192)
-  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  const engine = new Engine({ ro, rw, size: 8192, sectorSize: 512 })
   await t.rejects(readBack(engine, 8000, 512), AssertionError)
   await t.rejects(engine.write(-1, Buffer.alloc(1)), AssertionError)
   await t.rejects(engine.zero(0, 9000), AssertionError)
   t.throws(() => engine.extents(8192, 1, 1), AssertionError)
-  t.throws(() => new RowrDevice({ ro, rw, size: 8000, sectorSize: 512 }), RangeError)
-  t.throws(() => new RowrDevice({ ro, rw, size: 16384, sectorSize: 512 }), RangeError)
+  t.throws(() => new Engine({ ro, rw, size: 8000, sectorSize: 512 }), AssertionError, 'a size of part sectors')
+  t.throws(() => new Engine({ ro, rw, size: 16384, sectorSize: 512 }), AssertionError, 'devices smaller than the engine')
+  t.throws(() => new Engine({ ro, rw, size: 8192, sectorSize: 512, map: new SectorMap(8) }), AssertionError, 'a map of another size')
   await engine.write(0, Buffer.alloc(0))
   await engine.zero(0, 0)
   t.equal(engine.stats().writes + engine.stats().zeroes, 0, 'empty requests do nothing')
 })
 
-t.test('tryRead serves cached data at once, and steps aside for overlapping writes', async t => {
+t.test('read answers cached data at once, and waits for an overlapping write in flight', async t => {
   const { engine, original } = setup(t, MiB)
   const now = Buffer.alloc(8192)
-  t.ok(engine.tryReadInto(now, 4096), 'image files just written are in the page cache')
+  t.equal(engine.read(now, 4096), true, 'image files just written are in the page cache')
   t.same(now, original.subarray(4096, 12288))
   const data = Buffer.alloc(1024, 0x77)
   const pending = engine.write(5000, data)
-  t.notOk(engine.tryReadInto(Buffer.alloc(8192), 4096), 'a write to the range is in flight: wait for it')
-  t.ok(engine.tryReadInto(Buffer.alloc(512), 20000), 'elsewhere reads go on')
+  const overlapping = Buffer.alloc(8192)
+  const waiting = engine.read(overlapping, 4096)
+  t.not(waiting, true, 'a write to the range is in flight: the read waits for it')
+  t.equal(engine.read(Buffer.alloc(512), 20000), true, 'reads elsewhere go on at once')
   await pending
+  await waiting
+  t.same(overlapping.subarray(904, 1928), data, 'the read that waited sees the write')
   const after = Buffer.alloc(8192)
-  t.ok(engine.tryReadInto(after, 4096))
-  t.same(after.subarray(904, 1928), data, 'after the write, the new data')
+  t.equal(engine.read(after, 4096), true)
+  t.same(after, overlapping, 'and so does one at once after it')
   t.same(after.subarray(0, 904), original.subarray(4096, 5000))
-  t.equal(engine.stats().splitReads, 1, 'RO, RW, RO runs')
+  t.equal(engine.stats().splitReads, 2, 'RO, RW, RO runs, each time')
 })
 
-t.test('tryRead agrees with the model under random writes', async t => {
-  const size = 4 * MiB
-  const { engine, original } = setup(t, size)
-  const model = Buffer.from(original)
-  const rand = prng(99)
-  let served = 0
-  let mismatch: string | undefined
-  for (let op = 0; op < 2000 && !mismatch; op++) {
-    const offset = rand(size)
-    const length = Math.min(size - offset, rand(20000) + 1)
-    if (rand(2) === 0) {
-      const data = randomBytes(length)
-      await engine.write(offset, data)
-      data.copy(model, offset)
-    } else {
-      const bytes = Buffer.alloc(length)
-      if (engine.tryReadInto(bytes, offset)) served++
-      else await engine.readInto(bytes, offset)
-      if (!bytes.equals(model.subarray(offset, offset + length))) mismatch = `op ${op}: ${offset}+${length}`
-    }
-  }
-  t.equal(mismatch, undefined)
-  t.ok(served > 0, `${served} reads were served without the thread pool`)
-})
-
-t.test('a device without tryReadNow always takes the thread-pool path', async t => {
+t.test('a device that never answers at once: every read waits for read()', async t => {
   const ro = new FakeDevice(8192)
   const rw = new FakeDevice(8192)
-  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
-  t.equal(engine.tryReadInto(Buffer.alloc(512), 0), false)
-  t.equal(engine.stats().reads, 0)
+  const engine = new Engine({ ro, rw, size: 8192, sectorSize: 512 })
+  const read = engine.read(Buffer.alloc(512), 0)
+  t.not(read, true)
+  await read
+  t.same(ro.calls, ['read 0+512'])
+  t.equal(engine.stats().reads, 1, 'counted once')
+})
+
+t.test('a read some of whose runs are answered at once and one not is read again in full, and counted once', async t => {
+  const size = 8192
+  const ro = new MemoryDevice('/ro', size, { fill: (_p, into) => into.fill(1), readNowShare: 1 })
+  const rw = new MemoryDevice('/rw', size, { readNowShare: 0 })
+  const engine = new Engine({ ro, rw, size, sectorSize: 512 })
+  await engine.write(1024, Buffer.alloc(512, 2))
+  const buf = Buffer.alloc(2048)
+  const read = engine.read(buf, 0)
+  t.not(read, true, 'RW would not answer at once')
+  t.equal(ro.readsNow, 1, 'after RO answered its first run')
+  await read
+  t.same(buf, Buffer.concat([Buffer.alloc(1024, 1), Buffer.alloc(512, 2), Buffer.alloc(512, 1)]))
+  t.match(engine.stats(), { reads: 1, readBytesFromRo: 1536, readBytesFromRw: 512, splitReads: 1 })
+})
+
+t.test('a read outside the device rejects; it never throws', async t => {
+  const ro = new FakeDevice(8192)
+  const engine = new Engine({ ro, rw: new FakeDevice(8192), size: 8192, sectorSize: 512 })
+  const read = engine.read(Buffer.alloc(512), 8000)
+  t.not(read, true)
+  await t.rejects(read as Promise<void>, AssertionError)
 })
 
 t.test('drain waits for writes still running on the device', async t => {
@@ -343,7 +397,7 @@ t.test('drain waits for writes still running on the device', async t => {
       return super.write(buf, offset, length, position)
     }
   })(8192)
-  const engine = new RowrDevice({ ro, rw, size: 8192, sectorSize: 512 })
+  const engine = new Engine({ ro, rw, size: 8192, sectorSize: 512 })
   const write = engine.write(0, Buffer.alloc(512, 9))
   let drained = false
   const drain = engine.drain().then(() => (drained = true))
@@ -358,9 +412,114 @@ t.test('drain waits for writes still running on the device', async t => {
 
 t.test('large reads take the thread pool even when cached', async t => {
   const { engine, original } = setup(t, MiB)
-  t.ok(engine.tryReadInto(Buffer.alloc(8192), 0), '8 KiB at once')
+  t.equal(engine.read(Buffer.alloc(8192), 0), true, '8 KiB at once')
   const large = Buffer.alloc(8192 + 512)
-  t.notOk(engine.tryReadInto(large, 0), 'larger: the pool copies it beside the event loop')
-  await engine.readInto(large, 0)
+  const read = engine.read(large, 0)
+  t.not(read, true, 'larger: the pool copies it beside the event loop')
+  await read
   t.same(large, original.subarray(0, large.length))
+})
+
+/** A journal that records its calls in `log`, with RW's. */
+const recordingJournal = (log: string[]): MapJournal => ({
+  marked: (start, count) => void log.push(`marked ${start}+${count}`),
+  commit: async syncRw => {
+    await syncRw()
+    log.push('journal commit')
+  },
+  clear: async () => void log.push('journal clear'),
+  startCommit: async () => void log.push('journal startCommit'),
+  finishCommit: async ro => void log.push(`journal finishCommit ${ro.path}`),
+})
+
+t.test('revert empties the map through the journal, then gives RW its space back', async t => {
+  const ro = new FakeDevice(8192)
+  const rw = new FakeDevice(8192)
+  const engine = new Engine({ ro, rw, size: 8192, sectorSize: 512, journal: recordingJournal(rw.calls) })
+  await engine.write(1024, Buffer.alloc(1024, 5))
+  t.same(engine.writtenRanges(), [{ offset: 1024, length: 1024 }])
+  rw.calls.length = 0
+  t.same(await engine.revert(), { bytes: 1024, released: false })
+  t.same(rw.calls, ['journal clear', 'release 0+8192'], 'the map is emptied on disk before RW lets go of the data')
+  t.same(engine.writtenRanges(), [])
+  t.same(await readBack(engine, 1024, 512), Buffer.alloc(512, 0xee), 'RO shows through again')
+})
+
+t.test('commitInto copies the written ranges into RO chunk by chunk, and a step that throws stops it with the map intact', async t => {
+  const size = 4 * MiB
+  const ro = new FakeDevice(size)
+  const rw = new FakeDevice(size)
+  const log = rw.calls
+  const engine = new Engine({ ro, rw, size, sectorSize: 512, journal: recordingJournal(log) })
+  const data = randomBytes(2 * MiB + 512)
+  await engine.write(MiB, data)
+  const steps: [number, number][] = []
+  const stop = new Error('stop')
+  await t.rejects(
+    engine.commitInto(ro, (done, total) => {
+      steps.push([done, total])
+      if (done > 0) throw stop
+    }),
+    stop,
+  )
+  t.same(steps, [[0, data.length], [MiB, data.length]], 'a step before each chunk')
+  t.ok(ro.data.subarray(MiB, 2 * MiB).equals(data.subarray(0, MiB)), 'the first chunk reached RO')
+  t.same(engine.writtenRanges(), [{ offset: MiB, length: data.length }], 'the map still describes RW')
+  t.notOk(log.includes('journal finishCommit /fake'))
+  log.length = 0
+  steps.length = 0
+  const done = await engine.commitInto(ro, (d, total) => void steps.push([d, total]))
+  t.same(done, { bytes: data.length, released: false })
+  t.same(steps.at(-1), [data.length, data.length], 'and one when all is copied')
+  t.ok(ro.data.subarray(MiB, MiB + data.length).equals(data), 'RO holds every write')
+  t.same(engine.writtenRanges(), [])
+  t.same(log.filter(c => !c.startsWith('read') && !c.startsWith('write')), [
+    'datasync',
+    'journal commit',
+    'journal startCommit',
+    'journal finishCommit /fake',
+    'release 0+4194304',
+  ], 'RW and the map durable first, the commit recorded, then the map emptied, then RW released')
+})
+
+/** RW whose syncs each wait until the test lets them go. */
+class HeldSyncs extends MemoryDevice {
+  readonly held: (() => void)[] = []
+  override async datasync(): Promise<void> {
+    await new Promise<void>(resolve => this.held.push(resolve))
+    return super.datasync()
+  }
+}
+
+const turns = async (until: () => boolean): Promise<void> => {
+  for (let i = 0; i < 1000 && !until(); i++) await new Promise(resolve => setImmediate(resolve))
+}
+
+t.test('revert waits for the map\'s flush rounds still running or queued, or they would write old bits into the emptied map', async t => {
+  const sectors = PAGE_SECTORS
+  const size = sectors * 512
+  const ro = new MemoryDevice('/ro', size, { fill: (_p, into) => into.fill(3) })
+  const rw = new HeldSyncs('/rw', size)
+  const store = new MemoryDevice('/map', mapBytes(size, 512))
+  const open = async () => {
+    const map = new SectorMap(sectors)
+    const opened = await MapFile.open({ store, base: 0, describe: 'map', ro, rw, identity: new RwIdentity(rw, size, new MemoryAttributes()), size, sectorSize: 512, map, force: false })
+    return { map, file: opened.file }
+  }
+  const { map, file } = await open()
+  const engine = new Engine({ ro, rw, size, sectorSize: 512, map, journal: file })
+  await engine.write(0, Buffer.alloc(4096, 1))
+  const first = engine.flush()
+  await turns(() => rw.held.length === 1)
+  await engine.write(8192, Buffer.alloc(512, 2))
+  const second = engine.flush()
+  const reverted = engine.revert()
+  rw.held.shift()!()
+  await turns(() => rw.held.length === 1)
+  t.equal(rw.held.length, 1, 'the second round waits for its sync of RW')
+  await turns(() => false)
+  rw.held.shift()!()
+  await Promise.all([first, second, reverted])
+  const again = await open()
+  t.equal(again.map.writtenSectors, 0, 'the map on disk is empty after revert')
 })

@@ -1,7 +1,9 @@
-// The rowr device: a read-only device (RO) made writable by a read-write
-// device (RW) of at least the same size. A sector reads from RO until it has
-// been written; from then on it reads from RW. Front ends (NBD, GEOM Gate)
-// call this and nothing below it.
+// The engine: a read-only device (RO) made writable by a read-write device
+// (RW) of at least the same size. A sector reads from RO until it has been
+// written; from then on it reads from RW. It alone reads and writes RO and
+// RW and keeps the map of written sectors with its journal: front ends (NBD,
+// GEOM Gate) and the lifecycle jobs (diff, revert, commit, export) call it
+// and nothing below it.
 //
 // Requests may be any byte range inside the device: an unaligned write or
 // zero-write reads the partial sectors at its edges first (read-modify-write)
@@ -13,6 +15,11 @@
 // written and made zero on RW (a punched hole where RW allows it). A trimmed
 // range therefore reads back as zeros, never as RO's old data, and RO is
 // untouched.
+//
+// Revert and commit change what the whole device shows, so they hold it
+// alone (exclusive) and empty the map through the journal before RW's data
+// goes: a crash part-way leaves a device that reads as RO, or one a second
+// commit finishes, never one that reads holes.
 import assert from 'node:assert/strict'
 import type { BlockIo } from '../devices/block-device.js'
 import { InFlightList, type InFlight } from './in-flight.js'
@@ -28,9 +35,15 @@ export interface MapJournal {
   marked(start: number, count: number): void
   /** Makes the map durable as it stands, RW's data first (by calling syncRw). */
   commit(syncRw: () => Promise<void>): Promise<void>
+  /** Empties the map durably, in one step (revert). */
+  clear(): Promise<void>
+  /** Records durably that a commit into RO starts: RO's content changes from here on. */
+  startCommit(): Promise<void>
+  /** Empties the map durably once a commit has written everything into `ro`, RO opened for writing. */
+  finishCommit(ro: BlockIo): Promise<void>
 }
 
-export interface RowrDeviceOptions {
+export interface EngineOptions {
   readonly ro: BlockIo
   readonly rw: BlockIo
   /** The combined device's size in bytes: a multiple of sectorSize. */
@@ -41,7 +54,7 @@ export interface RowrDeviceOptions {
   readonly journal?: MapJournal
 }
 
-export interface RowrStats {
+export interface EngineStats {
   /** Read requests, and the bytes they returned from each device. */
   reads: number
   readBytesFromRo: number
@@ -74,25 +87,45 @@ export interface Extent {
   readonly written: boolean
 }
 
+/** A range of written sectors, in bytes. */
+export interface WrittenRange {
+  readonly offset: number
+  readonly length: number
+}
+
+/**
+ * Called by a long job (commit) before each chunk it copies and once when
+ * all are copied, with the bytes done and the total. It may throw to stop
+ * the job before the next chunk: every chunk boundary is a safe point.
+ */
+type JobStep = (done: number, total: number) => void
+
+/** What revert or commit took off the map: its bytes, and whether RW's space was given back. */
+interface Emptied {
+  readonly bytes: number
+  readonly released: boolean
+}
+
 /**
  * Reads larger than this go to the thread pool even when cached: there the
  * copy out of the page cache runs beside the event loop, which meanwhile
- * sends earlier replies. Same runs over NBD, fio at queue depth 8-32: 1 MiB
- * reads 1410-1700 MB/s inline, 2150-2280 MB/s on the pool; 256 KiB +25%,
- * 16-128 KiB +3-15%; but 8 KiB 44-48k IOPS inline against 37k, and 4 KiB
- * 67-72k against 38-40k.
+ * sends earlier replies, and for large reads that overlap is worth more than
+ * the hand-off to the pool costs; for small ones the hand-off dominates.
+ * The threshold was measured (bench/results/design-figures.md).
  */
-export const INLINE_READ_MAX = 8 * 1024
+const INLINE_READ_MAX = 8 * 1024
 
 /** Scratch reads for CACHE requests go in pieces this large. */
 const CACHE_CHUNK = 1 << 20
+/** Bytes copied per step of commit. */
+const COMMIT_CHUNK = 1 << 20
 
-export class RowrDevice {
+export class Engine {
   readonly size: number
   readonly sectorSize: number
-  readonly ro: BlockIo
-  readonly rw: BlockIo
-  readonly map: SectorMap
+  readonly #ro: BlockIo
+  readonly #rw: BlockIo
+  readonly #map: SectorMap
   readonly #inFlight = new InFlightList()
   /** I/O errors of RO and RW, until reset(): the device's health. */
   readonly errors = new IoErrors()
@@ -117,25 +150,30 @@ export class RowrDevice {
   }
 
   readonly #journal: MapJournal | undefined
+  /** The last call to make the map durable: revert and commit wait for it before they empty the map. */
+  #durable: Promise<void> = Promise.resolve()
 
-  constructor({ ro, rw, size, sectorSize, map, journal }: RowrDeviceOptions) {
-    if (size % sectorSize !== 0) throw new RangeError(`size ${size} is not a multiple of ${sectorSize}`)
-    if (ro.size < size || rw.size < size) throw new RangeError('a device is smaller than the rowr device')
-    this.ro = ro
-    this.rw = rw
+  /** The devices and their geometry were checked when they were opened (device-pair.ts); here they are facts. */
+  constructor({ ro, rw, size, sectorSize, map, journal }: EngineOptions) {
+    assert(Number.isSafeInteger(size) && size >= 0 && size % sectorSize === 0, `size ${size} is not a multiple of ${sectorSize}`)
+    assert(ro.size >= size && rw.size >= size, `a device is smaller than the ${size}-byte engine`)
+    this.#ro = ro
+    this.#rw = rw
     this.size = size
     this.sectorSize = sectorSize
-    this.map = map ?? new SectorMap(size / sectorSize)
-    if (this.map.sectors !== size / sectorSize) throw new RangeError('the map is for a device of another size')
+    this.#map = map ?? new SectorMap(size / sectorSize)
+    assert(this.#map.sectors === size / sectorSize, 'the map is for a device of another size')
     this.#journal = journal
+  }
+
+  /** Whether a request lies inside the device. */
+  #inside(offset: number, length: number): boolean {
+    return Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0 && offset + length <= this.size
   }
 
   /** Front ends validate every request; one outside the device here is a bug. */
   #check(offset: number, length: number): void {
-    assert(
-      Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0 && offset + length <= this.size,
-      `request ${offset}+${length} is outside the ${this.size}-byte device`,
-    )
+    assert(this.#inside(offset, length), `request ${offset}+${length} is outside the ${this.size}-byte device`)
   }
 
   #alignDown(n: number): number {
@@ -146,8 +184,42 @@ export class RowrDevice {
     return this.#alignDown(n + this.sectorSize - 1)
   }
 
-  /** Fills `buf` with the device's bytes from `offset`. */
-  async readInto(buf: Buffer, offset: number): Promise<void> {
+  /**
+   * Fills `buf` with the device's bytes from `offset`: true when that is
+   * done already, or a promise that settles when it is. A read is answered
+   * at once when it is small, no write overlapping it is in flight and every
+   * byte is in the page cache of the device that holds it (readNow); nothing
+   * on that path can block, so a cold device never stalls the caller, and it
+   * allocates nothing. Never throws: a failure rejects the promise.
+   */
+  read(buf: Buffer, offset: number): true | Promise<void> {
+    if (buf.length <= INLINE_READ_MAX && this.#inside(offset, buf.length) && this.#readNow(buf, offset)) return true
+    return this.#readLater(buf, offset)
+  }
+
+  /** The fast path of read(): false, having counted nothing, when any run cannot be read now. */
+  #readNow(buf: Buffer, offset: number): boolean {
+    const end = offset + buf.length
+    if (this.#inFlight.conflicts(offset, end, false)) return false
+    let fromRo = 0
+    let fromRw = 0
+    let runs = 0
+    for (let pos = offset; pos < end; runs++) {
+      const written = this.#map.isWritten(Math.floor(pos / this.sectorSize))
+      const runEnd = this.#runEnd(pos, end)
+      if (!(written ? this.#rw : this.#ro).readNow(buf, pos - offset, runEnd - pos, pos)) return false
+      if (written) fromRw += runEnd - pos
+      else fromRo += runEnd - pos
+      pos = runEnd
+    }
+    this.#stats.reads++
+    this.#stats.readBytesFromRo += fromRo
+    this.#stats.readBytesFromRw += fromRw
+    if (runs > 1) this.#stats.splitReads++
+    return true
+  }
+
+  async #readLater(buf: Buffer, offset: number): Promise<void> {
     this.#check(offset, buf.length)
     const request = await this.#enter(offset, offset + buf.length, false)
     try {
@@ -158,34 +230,6 @@ export class RowrDevice {
     } finally {
       this.#inFlight.leave(request)
     }
-  }
-
-  /**
-   * Fills `buf` from `offset` at once, without a thread-pool round trip,
-   * when it is small, no write overlapping it is in flight and every byte
-   * is already in the page cache; false otherwise, and `readInto` must be
-   * used. Nothing here can block, so a cold device never stalls the caller.
-   */
-  tryReadInto(buf: Buffer, offset: number): boolean {
-    const length = buf.length
-    this.#check(offset, length)
-    if (length > INLINE_READ_MAX || this.#inFlight.conflicts(offset, offset + length, false)) return false
-    let fromRo = 0
-    let fromRw = 0
-    let runs = 0
-    const complete = this.#forEachRun(offset, length, (written, pos, n) => {
-      runs++
-      if (written) fromRw += n
-      else fromRo += n
-      const device = written ? this.rw : this.ro
-      return device.tryReadNow?.(buf, pos - offset, n, pos) ?? false
-    })
-    if (!complete) return false
-    this.#stats.reads++
-    this.#stats.readBytesFromRo += fromRo
-    this.#stats.readBytesFromRw += fromRw
-    if (runs > 1) this.#stats.splitReads++
-    return true
   }
 
   async write(offset: number, data: Buffer, { fua = false } = {}): Promise<void> {
@@ -227,7 +271,7 @@ export class RowrDevice {
         if (offset < innerStart) await this.#writeZeroBytes(offset, innerStart - offset)
         if (innerEnd < end) await this.#writeZeroBytes(innerEnd, end - innerEnd)
         try {
-          await this.rw.zero(innerStart, innerEnd - innerStart, { allocate })
+          await this.#rw.zero(innerStart, innerEnd - innerStart, { allocate })
         } catch (e) {
           throw this.#failed('rw', 'write', innerStart, e)
         }
@@ -260,7 +304,7 @@ export class RowrDevice {
    * Runs `job` with the whole device to itself: every request in flight
    * finishes first, and new ones wait until it is done.
    */
-  async exclusive<T>(job: () => Promise<T>): Promise<T> {
+  async #exclusive<T>(job: () => Promise<T>): Promise<T> {
     const request = await this.#enter(0, this.size, true)
     try {
       return await job()
@@ -269,20 +313,79 @@ export class RowrDevice {
     }
   }
 
+  /** The written ranges, in order: what diff shows and commit copies. */
+  writtenRanges(): WrittenRange[] {
+    const { sectorSize } = this
+    return Array.from(this.#map.writtenRuns(), ([first, count]) => ({ offset: first * sectorSize, length: count * sectorSize }))
+  }
+
+  /** Forgets every write: the device reads as RO again. */
+  revert(): Promise<Emptied> {
+    return this.#exclusive(async () => {
+      const bytes = this.#map.writtenSectors * this.sectorSize
+      return { bytes, released: await this.#empty(() => this.#journal?.clear()) }
+    })
+  }
+
+  /**
+   * Folds the written sectors into RO, through `ro`: RO opened for writing
+   * by the caller, who made every check that takes. Then empties the map.
+   * The device shows the same data throughout: requests wait while it runs.
+   * Stopped by `step`, the map still describes RW, which still holds
+   * everything; running commit again finishes it.
+   */
+  commitInto(ro: BlockIo, step: JobStep): Promise<Emptied> {
+    assert(ro.size >= this.size, `${ro.path} is smaller than the ${this.size}-byte engine`)
+    return this.#exclusive(async () => {
+      await this.flush()
+      await this.#journal?.startCommit()
+      const ranges = this.writtenRanges()
+      const total = ranges.reduce((sum, r) => sum + r.length, 0)
+      const buf = Buffer.allocUnsafe(COMMIT_CHUNK)
+      let done = 0
+      for (const r of ranges) {
+        for (let pos = r.offset; pos < r.offset + r.length; pos += COMMIT_CHUNK) {
+          step(done, total)
+          const n = Math.min(COMMIT_CHUNK, r.offset + r.length - pos)
+          await this.#rw.read(buf, 0, n, pos)
+          await ro.write(buf, 0, n, pos)
+          done += n
+        }
+      }
+      if (total > 0) step(done, total)
+      await ro.datasync()
+      return { bytes: total, released: await this.#empty(() => this.#journal?.finishCommit(ro)) }
+    })
+  }
+
+  /**
+   * Empties the map, on disk by `clearJournal` first and then in memory,
+   * then gives RW's space back; returns whether it could. A round of the
+   * journal still running or queued (a FLUSH) holds the map as it was: it
+   * ends first, or it would write old bits into the emptied map.
+   */
+  async #empty(clearJournal: () => Promise<void> | undefined): Promise<boolean> {
+    await this.#durable.catch(() => undefined)
+    await clearJournal()
+    this.#map.clear()
+    return this.#rw.release(0, this.size)
+  }
+
   /** Marks the sectors of the byte range [start, end), both sector-aligned. */
   #mark(start: number, end: number): void {
     const first = start / this.sectorSize
     const count = (end - start) / this.sectorSize
-    if (this.map.setRange(first, count) > 0) this.#journal?.marked(first, count)
+    if (this.#map.setRange(first, count) > 0) this.#journal?.marked(first, count)
   }
 
   #makeDurable(): Promise<void> {
-    return this.#journal ? this.#journal.commit(this.#syncRw) : this.#syncRw()
+    this.#durable = this.#journal ? this.#journal.commit(this.#syncRw) : this.#syncRw()
+    return this.#durable
   }
 
   readonly #syncRw = async (): Promise<void> => {
     try {
-      await this.rw.datasync()
+      await this.#rw.datasync()
     } catch (e) {
       throw this.#failed('rw', 'flush', 0, e)
     }
@@ -290,7 +393,7 @@ export class RowrDevice {
 
   /** Counts a failure of RO or RW and names it; the caller throws what this returns. */
   #failed(device: 'ro' | 'rw', op: IoOp, offset: number, e: unknown): DeviceIoError {
-    const error = new DeviceIoError(device, device === 'ro' ? this.ro.path : this.rw.path, op, offset, e)
+    const error = new DeviceIoError(device, device === 'ro' ? this.#ro.path : this.#rw.path, op, offset, e)
     this.errors.record(error)
     return error
   }
@@ -302,7 +405,7 @@ export class RowrDevice {
    */
   #readFailed(offset: number, e: unknown): unknown {
     if (e instanceof DeviceIoError || e instanceof assert.AssertionError) return e
-    return this.#failed(this.map.isWritten(Math.floor(offset / this.sectorSize)) ? 'rw' : 'ro', 'read', offset, e)
+    return this.#failed(this.#map.isWritten(Math.floor(offset / this.sectorSize)) ? 'rw' : 'ro', 'read', offset, e)
   }
 
   /** Pulls the range into the page cache of whichever device serves it. */
@@ -337,25 +440,22 @@ export class RowrDevice {
     return out
   }
 
-  stats(): RowrStats {
+  stats(): EngineStats {
     const outside = this.#outsideCounts()
     return {
       ...this.#stats,
       overlapWaits: outside.overlapWaits - this.#since.overlapWaits,
       inlineWrites: outside.inlineWrites - this.#since.inlineWrites,
       writeStalls: outside.writeStalls - this.#since.writeStalls,
-      writtenSectors: this.map.writtenSectors,
-      writtenBytes: this.map.writtenSectors * this.sectorSize,
-      mapBytes: this.map.memoryBytes,
+      writtenSectors: this.#map.writtenSectors,
+      writtenBytes: this.#map.writtenSectors * this.sectorSize,
+      mapBytes: this.#map.memoryBytes,
     }
   }
 
   #outsideCounts() {
-    return {
-      overlapWaits: this.#inFlight.waits,
-      inlineWrites: this.rw.inlineWrites?.inline ?? 0,
-      writeStalls: this.rw.inlineWrites?.stalls ?? 0,
-    }
+    const { inlineWrites, writeStalls } = this.#rw.counters()
+    return { overlapWaits: this.#inFlight.waits, inlineWrites, writeStalls }
   }
 
   /**
@@ -379,16 +479,18 @@ export class RowrDevice {
    */
   #forEachRun(offset: number, length: number, visit: (written: boolean, pos: number, n: number) => boolean): boolean {
     const end = offset + length
-    const endSector = Math.ceil(end / this.sectorSize)
-    let pos = offset
-    while (pos < end) {
-      const sector = Math.floor(pos / this.sectorSize)
-      const written = this.map.isWritten(sector)
-      const runEnd = Math.min(end, (sector + this.map.runLength(sector, endSector)) * this.sectorSize)
-      if (!visit(written, pos, runEnd - pos)) return false
+    for (let pos = offset; pos < end; ) {
+      const runEnd = this.#runEnd(pos, end)
+      if (!visit(this.#map.isWritten(Math.floor(pos / this.sectorSize)), pos, runEnd - pos)) return false
       pos = runEnd
     }
     return true
+  }
+
+  /** Where the run that holds byte `pos` ends (its sectors all on one device), at most at `end`. */
+  #runEnd(pos: number, end: number): number {
+    const sector = Math.floor(pos / this.sectorSize)
+    return Math.min(end, (sector + this.#map.runLength(sector, Math.ceil(end / this.sectorSize))) * this.sectorSize)
   }
 
   /** Reads a range run by run, each run from the device that holds it. */
@@ -402,7 +504,7 @@ export class RowrDevice {
     this.#forEachRun(offset, length, (written, pos, n) => {
       if (written) this.#stats.readBytesFromRw += n
       else this.#stats.readBytesFromRo += n
-      const read = (written ? this.rw : this.ro).read(buf, bufOffset + pos - offset, n, pos)
+      const read = (written ? this.#rw : this.#ro).read(buf, bufOffset + pos - offset, n, pos)
       if (first === undefined) {
         first = read
         firstPos = pos
@@ -432,7 +534,7 @@ export class RowrDevice {
     const end = offset + data.length
     if (offset % this.sectorSize === 0 && end % this.sectorSize === 0) {
       try {
-        await this.rw.write(data, 0, data.length, offset)
+        await this.#rw.write(data, 0, data.length, offset)
       } catch (e) {
         throw this.#failed('rw', 'write', offset, e)
       }
@@ -453,7 +555,7 @@ export class RowrDevice {
     }
     data.copy(whole, offset - start)
     try {
-      await this.rw.write(whole, 0, whole.length, start)
+      await this.#rw.write(whole, 0, whole.length, start)
     } catch (e) {
       throw this.#failed('rw', 'write', start, e)
     }
