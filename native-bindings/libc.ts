@@ -70,7 +70,26 @@ export interface Libc {
   address(buf: Buffer): bigint
   /** The errno left by the last synchronous call on this thread. */
   errno(): number
+  /**
+   * FreeBSD's sysctlbyname(3) for a string node (kern.geom.confxml): its
+   * value, or the errno it failed with.
+   */
+  sysctlString(name: string): string | { readonly errno: number }
+  /**
+   * Blocks every signal on the calling thread (pthread_sigmask), so that
+   * the process's signals go to another thread; for threads that sleep in
+   * the kernel, where a signal would end the sleep.
+   */
+  blockSignals(): void
+  /**
+   * _exit(2): ends the process now, without Node's exit sequence, which
+   * waits for every worker thread, even one that sleeps in an ioctl.
+   */
+  exitNow(code: number): never
 }
+
+/** ENOMEM: the same number on Linux and FreeBSD. */
+const ENOMEM = 12
 
 /** flock(2)'s operations: the same numbers on Linux and FreeBSD. */
 export const LOCK_SH = 1
@@ -79,6 +98,13 @@ export const LOCK_NB = 4
 
 /** <linux/fs.h>: return EAGAIN instead of blocking. */
 const RWF_NOWAIT = 0x08
+
+/**
+ * pthread_sigmask's SIG_SETMASK and the size of sigset_t, the running
+ * kernel's (FreeBSD: sys/signal.h, 4 words; glibc: 1024 bits).
+ */
+const SIG_SETMASK = process.platform === 'freebsd' ? 3 : 2
+const SIGSET_BYTES = process.platform === 'freebsd' ? 16 : 128
 
 let loaded: Libc | undefined
 
@@ -93,6 +119,10 @@ export const libc = (): Libc => {
   // open is variadic too; its mode argument is read only with O_CREAT.
   const open = lib.func('int open(const char *path, int flags, int mode)')
   const close = lib.func('int close(int fd)')
+  // Bound on first use: glibc has no sysctlbyname.
+  let sysctlbyname: KoffiFunction | undefined
+  let pthreadSigmask: KoffiFunction | undefined
+  let exit: KoffiFunction | undefined
   const setsockopt = lib.func('int setsockopt(int fd, int level, int name, void *value, uint32_t length)')
   const flock = lib.func('int flock(int fd, int operation)')
   let fallocate: KoffiFunction | undefined
@@ -148,6 +178,31 @@ export const libc = (): Libc => {
     flock: (fd, operation) => flock(fd, operation),
     address: buf => koffi.address(buf),
     errno: () => koffi.errno(),
+    sysctlString: name => {
+      sysctlbyname ??= lib.func('int sysctlbyname(const char *name, void *oldp, _Inout_ size_t *oldlenp, void *newp, size_t newlen)')
+      // The value may grow between asking its size and reading it.
+      for (let attempt = 0; ; attempt++) {
+        const size = [0]
+        if (sysctlbyname(name, null, size, null, 0) !== 0) return { errno: koffi.errno() }
+        const value = Buffer.alloc(size[0]! + 4096)
+        const length = [value.length]
+        if (sysctlbyname(name, value, length, null, 0) === 0) {
+          const text = value.subarray(0, length[0])
+          return text.subarray(0, text.at(-1) === 0 ? -1 : undefined).toString()
+        }
+        const errno = koffi.errno()
+        if (errno !== ENOMEM || attempt === 3) return { errno }
+      }
+    },
+    blockSignals: () => {
+      pthreadSigmask ??= lib.func('int pthread_sigmask(int how, void *set, void *oldset)')
+      pthreadSigmask(SIG_SETMASK, Buffer.alloc(SIGSET_BYTES, 0xff), null)
+    },
+    exitNow: code => {
+      exit ??= lib.func('void _exit(int status)')
+      exit(code)
+      throw new Error('_exit returned')
+    },
   }
   return loaded
 }
