@@ -41,7 +41,7 @@ uninstall:
 # in place of libc (GEOM_ROWR_LIBC) to reach it.
 GGSIM_HEADERS := $(wildcard test/ggsim/*.h)
 GGSIM_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -fPIC -fvisibility=hidden
-GGSIM_KERNEL_SOURCES := test/ggsim/kernel.c test/ggsim/kernel-main.c test/ggsim/fuse-export.c
+GGSIM_KERNEL_SOURCES := test/ggsim/kernel.c test/ggsim/kernel-main.c test/ggsim/fuse-export.c test/ggsim/wire.c
 
 ggsim: build/ggsim.so build/ggsim-kernel
 
@@ -49,7 +49,7 @@ build/ggsim/%.o: test/ggsim/%.c $(GGSIM_HEADERS)
 	@mkdir -p build/ggsim
 	cc $(GGSIM_CFLAGS) $(if $(filter fuse-export,$*),$$(pkg-config --cflags fuse3)) -c -o $@ $<
 
-build/ggsim.so: build/ggsim/libc-boundary.o
+build/ggsim.so: build/ggsim/libc-boundary.o build/ggsim/wire.o
 	cc -shared -o $@ $^ -ldl -lpthread
 
 build/ggsim-kernel: $(patsubst test/ggsim/%.c,build/ggsim/%.o,$(GGSIM_KERNEL_SOURCES))

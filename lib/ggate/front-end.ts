@@ -141,14 +141,14 @@ export class GGateFrontEnd {
     this.#onExit = code => {
       if (o.keepOnExit) {
         // Node reports an uncaught error after 'exit', which _exit cuts short.
-        if (this.#fatal !== undefined) o.log(`uncaught: ${(this.#fatal as Error)?.stack ?? String(this.#fatal)}`)
+        if (this.#fatal !== undefined) o.log(`uncaught: ${this.#fatal instanceof Error ? this.#fatal.stack : String(this.#fatal)}`)
         o.log(`exiting: ${o.name} is left for a new daemon to take over (geom-rowr create with the same devices and map)`)
         libc().exitNow(code)
       }
       try {
         control.destroy(o.name, { force: true })
       } catch {
-        // Gone already.
+        // Gone already; on the way out nothing else could be done anyway.
       }
     }
     process.on('exit', this.#onExit)

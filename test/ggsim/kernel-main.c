@@ -24,41 +24,13 @@
 
 static int listen_fd = -1;
 
-static int
-read_full(int fd, void *buf, size_t n)
-{
-	for (size_t done = 0; done < n;) {
-		ssize_t r = read(fd, (char *)buf + done, n - done);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return -1;
-		done += (size_t)r;
-	}
-	return 0;
-}
-
-static int
-write_full(int fd, const void *buf, size_t n)
-{
-	for (size_t done = 0; done < n;) {
-		ssize_t w = send(fd, (const char *)buf + done, n - done, MSG_NOSIGNAL);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		done += (size_t)w;
-	}
-	return 0;
-}
-
 static void
 reply(int fd, int32_t error, const void *a, uint32_t alen, const void *b, uint32_t blen)
 {
 	struct wire_reply r = { .error = error, .length = alen + blen };
 
-	if (write_full(fd, &r, sizeof(r)) == 0 && write_full(fd, a, alen) == 0)
-		(void)write_full(fd, b, blen);
+	if (wire_write_full(fd, &r, sizeof(r)) == 0 && wire_write_full(fd, a, alen) == 0)
+		(void)wire_write_full(fd, b, blen);
 }
 
 /* A signal byte from the caller, or its end: what ends msleep(PCATCH). */
@@ -155,10 +127,10 @@ serve_connection(void *arg)
 	char *payload = NULL;
 	char byte;
 
-	if (read_full(fd, &r, sizeof(r)) != 0)
+	if (wire_read_full(fd, &r, sizeof(r)) != 0)
 		goto out;
 	payload = malloc(r.length > 0 ? r.length : 1);
-	if (payload == NULL || read_full(fd, payload, r.length) != 0)
+	if (payload == NULL || wire_read_full(fd, payload, r.length) != 0)
 		goto out;
 	switch (r.op) {
 	case WIRE_IOCTL:

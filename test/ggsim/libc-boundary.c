@@ -196,41 +196,13 @@ connect_or_start_kernel(void)
 }
 
 static int
-write_full(int fd, const void *buf, size_t n)
-{
-	for (size_t done = 0; done < n;) {
-		ssize_t w = send(fd, (const char *)buf + done, n - done, MSG_NOSIGNAL);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		done += (size_t)w;
-	}
-	return 0;
-}
-
-static int
-read_full(int fd, void *buf, size_t n)
-{
-	for (size_t done = 0; done < n;) {
-		ssize_t r = read(fd, (char *)buf + done, n - done);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return -1;
-		done += (size_t)r;
-	}
-	return 0;
-}
-
-static int
 send_request(int fd, uint32_t op, uint64_t arg, const void *a, size_t alen, const void *b, size_t blen)
 {
 	struct wire_request r = { .op = op, .length = (uint32_t)(alen + blen), .arg = arg };
 
-	if (write_full(fd, &r, sizeof(r)) != 0 || write_full(fd, a, alen) != 0)
+	if (wire_write_full(fd, &r, sizeof(r)) != 0 || wire_write_full(fd, a, alen) != 0)
 		return -1;
-	return write_full(fd, b, blen);
+	return wire_write_full(fd, b, blen);
 }
 
 /*
@@ -247,9 +219,9 @@ await_reply(int fd, struct wire_reply *r)
 	while (poll(&p, 1, -1) < 0) {
 		if (errno != EINTR)
 			return -1;
-		(void)write_full(fd, &signal_byte, 1);
+		(void)wire_write_full(fd, &signal_byte, 1);
 	}
-	return read_full(fd, r, sizeof(*r));
+	return wire_read_full(fd, r, sizeof(*r));
 }
 
 /* A ggctl ioctl, forwarded: the struct out, the struct (and a WRITE's data) back. */
@@ -273,11 +245,11 @@ ctl_ioctl(unsigned long request, void *arg)
 		return -1;
 	}
 	if (send_request(fd, WIRE_IOCTL, request, arg, size, user_data, data_out) != 0 || await_reply(fd, &r) != 0 ||
-	    r.length < (r.error == 0 ? size : 0) || read_full(fd, arg, r.length < size ? r.length : size) != 0)
+	    r.length < (r.error == 0 ? size : 0) || wire_read_full(fd, arg, r.length < size ? r.length : size) != 0)
 		goto out;
 	if (is_io)
 		io->gctl_data = user_data;
-	if (r.length > size && read_full(fd, user_data, r.length - size) != 0)
+	if (r.length > size && wire_read_full(fd, user_data, r.length - size) != 0)
 		goto out;
 	error = r.error;
 out:
@@ -306,7 +278,7 @@ open(const char *path, int flags, ...)
 			int fd = connect_or_start_kernel();
 			if (fd < 0)
 				break;
-			if (send_request(fd, WIRE_SESSION, 0, NULL, 0, NULL, 0) == 0 && read_full(fd, &r, sizeof(r)) == 0 && r.error == 0) {
+			if (send_request(fd, WIRE_SESSION, 0, NULL, 0, NULL, 0) == 0 && wire_read_full(fd, &r, sizeof(r)) == 0 && r.error == 0) {
 				pthread_mutex_lock(&ctl_lock);
 				if (ctl_fd_count < MAX_CTL_FDS) {
 					ctl_fds[ctl_fd_count++] = fd;
@@ -357,8 +329,8 @@ sysctlbyname(const char *name, void *oldp, size_t *oldlenp, const void *newp, si
 		return -1;
 	}
 	fd = connect_kernel();
-	if (fd >= 0 && send_request(fd, WIRE_CONFXML, 0, NULL, 0, NULL, 0) == 0 && read_full(fd, &r, sizeof(r)) == 0 &&
-	    r.error == 0 && (xml = calloc(1, r.length + 1)) != NULL && read_full(fd, xml, r.length) != 0) {
+	if (fd >= 0 && send_request(fd, WIRE_CONFXML, 0, NULL, 0, NULL, 0) == 0 && wire_read_full(fd, &r, sizeof(r)) == 0 &&
+	    r.error == 0 && (xml = calloc(1, r.length + 1)) != NULL && wire_read_full(fd, xml, r.length) != 0) {
 		free(xml);
 		xml = NULL;
 	}
@@ -395,7 +367,7 @@ ggsim_submit(int unit, uint32_t cmd, int64_t offset, int64_t length, void *data)
 	if (fd < 0)
 		return ENXIO;
 	if (send_request(fd, WIRE_SUBMIT, 0, &s, sizeof(s), data, cmd == BIO_WRITE ? (size_t)length : 0) == 0 &&
-	    read_full(fd, &r, sizeof(r)) == 0 && (r.length == 0 || read_full(fd, data, r.length) == 0))
+	    wire_read_full(fd, &r, sizeof(r)) == 0 && (r.length == 0 || wire_read_full(fd, data, r.length) == 0))
 		error = r.error;
 	real_close(fd);
 	return error;

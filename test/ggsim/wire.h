@@ -13,6 +13,7 @@
 #ifndef GGSIM_WIRE_H
 #define GGSIM_WIRE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 enum wire_op {
@@ -46,5 +47,9 @@ struct wire_submit {
 	int64_t offset;
 	int64_t length;
 };
+
+/* wire.c: 0 once all n bytes went or came, -1 on an error or the end of the stream. */
+int wire_read_full(int fd, void *buf, size_t n);
+int wire_write_full(int fd, const void *buf, size_t n);
 
 #endif
