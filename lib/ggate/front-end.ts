@@ -254,7 +254,7 @@ export class GGateFrontEnd {
         this.#control.destroy(name, { force })
       } catch (e) {
         if (!(e instanceof GGateError)) throw e
-        if (e.errno === FreeBsdErrno.EBUSY) throw providerBusy(name, device, 'destroy -f')
+        if (e.errno === FreeBsdErrno.EBUSY) throw providerBusy(name, device, `unmount it (umount ${device}) or use destroy -f`)
         // ENXIO: it is gone already.
         if (e.errno !== FreeBsdErrno.ENXIO) throw e
       }
@@ -299,15 +299,15 @@ export const providerOpenBy = (name: string): string[] => {
   return found ? providerUses(found) : []
 }
 
-/** DESTROY refused: who holds the provider, and the way out (`force`). */
-const providerBusy = (name: string, device: string, force: string): RowrError => {
+/** DESTROY refused: who holds the provider, and the way out. */
+const providerBusy = (name: string, device: string, fix: string): RowrError => {
   let uses: string[] = []
   try {
     uses = providerOpenBy(name)
   } catch {
     // The refusal stands without the names of its users.
   }
-  return new RowrError('EBUSY', `${name} (${device}) is open${uses.length ? ` (${uses.join(', ')})` : ''}: unmount it (umount ${device}) or use ${force}`)
+  return new RowrError('EBUSY', `${name} (${device}) is open${uses.length ? ` (${uses.join(', ')})` : ''}: ${fix}`)
 }
 
 /**
@@ -319,7 +319,10 @@ export const destroyProvider = (name: string, { force }: { force: boolean }): vo
   try {
     control.destroy(name, { force })
   } catch (e) {
-    if (e instanceof GGateError && e.errno === FreeBsdErrno.EBUSY) throw providerBusy(name, providerPath(name), `geom-rowr destroy -f ${name}`)
+    if (e instanceof GGateError && e.errno === FreeBsdErrno.EBUSY) {
+      // Its daemon is gone: an unmount would wait on I/O nobody serves.
+      throw providerBusy(name, providerPath(name), `nothing serves its I/O, which waits; end the wait with geom-rowr destroy -f ${name} (its users get I/O errors)`)
+    }
     if (!(e instanceof GGateError && e.errno === FreeBsdErrno.ENXIO)) throw e
   } finally {
     control.close()

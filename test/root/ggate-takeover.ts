@@ -123,7 +123,7 @@ t.test('an uncaught error in a daemon with a map: it exits at once, and create t
 
 t.test('stale cleanup leaves an open provider without a map to destroy -f, and cleans up one that is not open', async t => {
   if (!requires(t, NEEDS)) return
-  const { dir, runDir, sim, rowr, loop, unloop, daemonPid } = simulatedFreeBsd(t)
+  const { dir, runDir, sim, env, rowr, loop, unloop, daemonPid } = simulatedFreeBsd(t)
   const base = makeImage(path.join(dir, 'ro.img'), 8 << 20)
   const made: Record<string, { provider: string; pid: number; device: string }> = {}
   for (const name of ['h0', 'h1']) {
@@ -150,6 +150,25 @@ t.test('stale cleanup leaves an open provider without a map to destroy -f, and c
   t.equal(destroy.code, 1)
   t.match(destroy.stderr, message, 'destroy without -f refuses')
   t.ok(fs.existsSync(provider), 'still there')
+
+  // Opened after the probe and before the cleanup: DESTROY without force refuses.
+  const saved = Object.fromEntries(Object.keys(env).map(k => [k, process.env[k]]))
+  const restore = (): void => {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k]
+      else process.env[k] = v
+    }
+  }
+  Object.assign(process.env, env)
+  t.teardown(restore)
+  const { cleanupStale } = await import('../../lib/daemon/stale.js')
+  const { readState } = await import('../../lib/daemon/run-state.js')
+  await t.rejects(cleanupStale('h0', { kind: 'stale', state: readState('h0'), reason: 'its daemon is gone' }, () => undefined), {
+    code: 'EBUSY',
+    message: `h0 (${provider}) is open (held open through /dev/h0 (r1w1e0)): nothing serves its I/O, which waits; end the wait with geom-rowr destroy -f h0 (its users get I/O errors)`,
+  })
+  restore()
+  t.ok(fs.existsSync(provider), 'the cleanup left it')
 
   await unloop(device)
   t.ok(await waitUntil(async () => !(await rowr('list')).stdout.includes('h0 ')), 'closed, the next list cleans it up')
