@@ -4,6 +4,7 @@
 // GEOM_ROWR_LIBC names another library to load instead (the ggctl simulator
 // of the FreeBSD issue exports the same entry points).
 import { createRequire } from 'node:module'
+import { constants } from 'node:os'
 
 const require = createRequire(import.meta.url)
 
@@ -196,7 +197,14 @@ export const libc = (): Libc => {
     },
     blockSignals: () => {
       pthreadSigmask ??= lib.func('int pthread_sigmask(int how, void *set, void *oldset)')
-      pthreadSigmask(SIG_SETMASK, Buffer.alloc(SIGSET_BYTES, 0xff), null)
+      // Signal n is bit n - 1 of little-endian words. A fault's own signal
+      // stays open: blocked, the fault would end the process instead.
+      const set = Buffer.alloc(SIGSET_BYTES, 0xff)
+      for (const fault of ['SIGSEGV', 'SIGBUS', 'SIGFPE', 'SIGILL', 'SIGTRAP'] as const) {
+        const n = constants.signals[fault] - 1
+        set[n >> 3]! &= ~(1 << (n & 7))
+      }
+      pthreadSigmask(SIG_SETMASK, set, null)
     },
     exitNow: code => {
       exit ??= lib.func('void _exit(int status)')
