@@ -36,20 +36,24 @@ install: build
 uninstall:
 	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR)/geom-rowr $(DESTDIR)$(MANDIR)/geom-rowr.8
 
-# The ggctl simulator (test-only): GEOM Gate's kernel side in a shared
-# library that geom-rowr loads in place of libc (GEOM_ROWR_LIBC).
-GGSIM_SOURCES := $(wildcard test/ggsim/*.c)
+# The ggctl simulator (test-only): GEOM Gate's kernel side in a process of
+# its own (build/ggsim-kernel), and the shared library that geom-rowr loads
+# in place of libc (GEOM_ROWR_LIBC) to reach it.
 GGSIM_HEADERS := $(wildcard test/ggsim/*.h)
 GGSIM_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -fPIC -fvisibility=hidden
+GGSIM_KERNEL_SOURCES := test/ggsim/kernel.c test/ggsim/kernel-main.c test/ggsim/fuse-export.c test/ggsim/wire.c
 
-ggsim: build/ggsim.so
+ggsim: build/ggsim.so build/ggsim-kernel
 
 build/ggsim/%.o: test/ggsim/%.c $(GGSIM_HEADERS)
 	@mkdir -p build/ggsim
 	cc $(GGSIM_CFLAGS) $(if $(filter fuse-export,$*),$$(pkg-config --cflags fuse3)) -c -o $@ $<
 
-build/ggsim.so: $(patsubst test/ggsim/%.c,build/ggsim/%.o,$(GGSIM_SOURCES))
-	cc -shared -o $@ $^ $$(pkg-config --libs fuse3) -ldl
+build/ggsim.so: build/ggsim/libc-boundary.o build/ggsim/wire.o
+	cc -shared -o $@ $^ -ldl -lpthread
+
+build/ggsim-kernel: $(patsubst test/ggsim/%.c,build/ggsim/%.o,$(GGSIM_KERNEL_SOURCES))
+	cc -o $@ $^ $$(pkg-config --libs fuse3) -lpthread
 
 typecheck: node_modules
 	npx tsc -p tsconfig.json --noEmit

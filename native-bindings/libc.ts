@@ -4,6 +4,7 @@
 // GEOM_ROWR_LIBC names another library to load instead (the ggctl simulator
 // of the FreeBSD issue exports the same entry points).
 import { createRequire } from 'node:module'
+import { constants } from 'node:os'
 
 const require = createRequire(import.meta.url)
 
@@ -80,6 +81,22 @@ export interface Libc {
   address(buf: Buffer): bigint
   /** The errno left by the last synchronous call on this thread. */
   errno(): number
+  /**
+   * FreeBSD's sysctlbyname(3) for a string node (kern.geom.confxml): its
+   * value, or the errno it failed with.
+   */
+  sysctlString(name: string): string | { readonly errno: number }
+  /**
+   * Blocks every signal on the calling thread (pthread_sigmask), so that
+   * the process's signals go to another thread; for threads that sleep in
+   * the kernel, where a signal would end the sleep.
+   */
+  blockSignals(): void
+  /**
+   * _exit(2): ends the process now, without Node's exit sequence, which
+   * waits for every worker thread, even one that sleeps in an ioctl.
+   */
+  exitNow(code: number): never
 }
 
 export type AttributeSpace = 'system' | 'user'
@@ -91,6 +108,9 @@ const EXTATTR_NAMESPACE = { user: 1, system: 2 } as const
 /** Linux's names carry their namespace as a prefix. */
 const XATTR_PREFIX = { user: 'user.', system: 'trusted.' } as const
 
+/** ENOMEM: the same number on Linux and FreeBSD. */
+const ENOMEM = 12
+
 /** flock(2)'s operations: the same numbers on Linux and FreeBSD. */
 export const LOCK_SH = 1
 export const LOCK_EX = 2
@@ -98,6 +118,13 @@ export const LOCK_NB = 4
 
 /** <linux/fs.h>: return EAGAIN instead of blocking. */
 const RWF_NOWAIT = 0x08
+
+/**
+ * pthread_sigmask's SIG_SETMASK and the size of sigset_t, the running
+ * kernel's (FreeBSD: sys/signal.h, 4 words; glibc: 1024 bits).
+ */
+const SIG_SETMASK = process.platform === 'freebsd' ? 3 : 2
+const SIGSET_BYTES = process.platform === 'freebsd' ? 16 : 128
 
 let loaded: Libc | undefined
 
@@ -112,6 +139,10 @@ export const libc = (): Libc => {
   // open is variadic too; its mode argument is read only with O_CREAT.
   const open = lib.func('int open(const char *path, int flags, int mode)')
   const close = lib.func('int close(int fd)')
+  // Bound on first use: glibc has no sysctlbyname.
+  let sysctlbyname: KoffiFunction | undefined
+  let pthreadSigmask: KoffiFunction | undefined
+  let exit: KoffiFunction | undefined
   const setsockopt = lib.func('int setsockopt(int fd, int level, int name, void *value, uint32_t length)')
   const flock = lib.func('int flock(int fd, int operation)')
   // By the running kernel, not platform(): the ggctl simulator of the FreeBSD
@@ -188,6 +219,38 @@ export const libc = (): Libc => {
     removeAttribute: (fd, space, name) => attributes.remove(fd, ...attributeArgs(space, name)),
     address: buf => koffi.address(buf),
     errno: () => koffi.errno(),
+    sysctlString: name => {
+      sysctlbyname ??= lib.func('int sysctlbyname(const char *name, void *oldp, _Inout_ size_t *oldlenp, void *newp, size_t newlen)')
+      // The value may grow between asking its size and reading it.
+      for (let attempt = 0; ; attempt++) {
+        const size = [0]
+        if (sysctlbyname(name, null, size, null, 0) !== 0) return { errno: koffi.errno() }
+        const value = Buffer.alloc(size[0]! + 4096)
+        const length = [value.length]
+        if (sysctlbyname(name, value, length, null, 0) === 0) {
+          const text = value.subarray(0, length[0])
+          return text.subarray(0, text.at(-1) === 0 ? -1 : undefined).toString()
+        }
+        const errno = koffi.errno()
+        if (errno !== ENOMEM || attempt === 3) return { errno }
+      }
+    },
+    blockSignals: () => {
+      pthreadSigmask ??= lib.func('int pthread_sigmask(int how, void *set, void *oldset)')
+      // Signal n is bit n - 1 of little-endian words. A fault's own signal
+      // stays open: blocked, the fault would end the process instead.
+      const set = Buffer.alloc(SIGSET_BYTES, 0xff)
+      for (const fault of ['SIGSEGV', 'SIGBUS', 'SIGFPE', 'SIGILL', 'SIGTRAP'] as const) {
+        const n = constants.signals[fault] - 1
+        set[n >> 3]! &= ~(1 << (n & 7))
+      }
+      pthreadSigmask(SIG_SETMASK, set, null)
+    },
+    exitNow: code => {
+      exit ??= lib.func('void _exit(int status)')
+      exit(code)
+      throw new Error('_exit returned')
+    },
   }
   return loaded
 }

@@ -1,7 +1,9 @@
 // The ggctl simulator's GEOM Gate semantics (docs/ggate-abi.md),
 // driven through lib/ggate/ggctl.ts with the simulator loaded in place of
 // libc, and bios queued through its test entry point as the kernel would.
-// No FUSE mount here (GGSIM_MOUNT unset): test/root/ggate-sim.ts does that.
+// No FUSE mount here (GGSIM_MOUNT unset, the kernel's socket in
+// GGSIM_SOCKET): test/root/ggate-sim.ts does that.
+import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import { createRequire } from 'node:module'
 import path from 'node:path'
@@ -11,10 +13,14 @@ import { repoRoot, requires } from './fixtures/helpers.js'
 const simulator = path.join(repoRoot, 'build/ggsim.so')
 process.env.GEOM_ROWR_LIBC = simulator
 delete process.env.GGSIM_MOUNT
+const kernelDir = fs.mkdtempSync('/tmp/ggsim-test-')
+process.env.GGSIM_SOCKET = path.join(kernelDir, 'kernel.sock')
+t.teardown(() => fs.rmSync(kernelDir, { recursive: true, force: true }))
 
 const { GGateControl, GGateError, GGateIo } = await import('../lib/ggate/ggctl.js')
 const { BioCmd, FreeBsdErrno, ggateAbi } = await import('../native-bindings/ggate-abi.js')
 const { libc } = await import('../native-bindings/libc.js')
+const { parseGeomMesh } = await import('../lib/devices/geom-mesh.js')
 
 interface KoffiFn {
   async(...args: unknown[]): void
@@ -134,4 +140,118 @@ t.test('START and DONE: READ, WRITE with ENOMEM growth, EAGAIN, unknown seq, DES
   t.equal(io.done(0), false, 'DONE on a destroyed unit: ENOENT')
   failsWith(t, () => io.start(), FreeBsdErrno.ENXIO, 'START on a destroyed unit')
   t.equal(await submit(unit, BioCmd.READ, 0, Buffer.alloc(512)), FreeBsdErrno.ENXIO, 'no provider, no bios')
+})
+
+/** The fixture process on /dev/ggctl; lines of its output, as they come. */
+const ggctlProcess = (t: Test, ...args: string[]) => {
+  const child = spawn(process.execPath, [path.join(repoRoot, 'test/fixtures/ggctl-process.js'), ...args], {
+    env: process.env,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  })
+  const lines: unknown[] = []
+  let text = ''
+  child.stdout.on('data', (chunk: Buffer) => {
+    text += chunk.toString()
+    for (let at = text.indexOf('\n'); at >= 0; at = text.indexOf('\n')) {
+      lines.push(JSON.parse(text.slice(0, at)))
+      text = text.slice(at + 1)
+    }
+  })
+  const exited = new Promise<number | null>(resolve => child.on('exit', code => resolve(code)))
+  return { child, lines, exited }
+}
+
+/** The simulated kernel's view, through the same sysctl geom-rowr reads. */
+const mesh = () => {
+  const xml = libc().sysctlString('kern.geom.confxml')
+  if (typeof xml !== 'string') throw new Error(`sysctl failed: errno ${xml.errno}`)
+  return parseGeomMesh(xml)
+}
+
+t.test('providers outlive the process that made them; kern.geom.confxml shows them', async t => {
+  if (!requires(t, { root: true })) return
+  const maker = ggctlProcess(t, 'create', 'kept0')
+  t.equal(await maker.exited, 0)
+  t.type(maker.lines[0], 'number', 'it printed its unit')
+  const p = mesh().get('kept0')
+  t.match(p, { className: 'GATE', geom: 'kept0', mediaSize: 1 << 20, sectorSize: 512, mode: { r: 0, w: 0, e: 0 } }, 'the provider is still there')
+  t.same(p?.consumers.map(c => c.className), ['DEV'], 'with the DEV geom geom_dev tastes onto every provider')
+
+  const control = GGateControl.open()
+  t.teardown(() => control.close())
+  control.destroy('kept0', { force: false })
+  t.notOk(mesh().has('kept0'), 'destroyed by another process')
+})
+
+t.test('CANCEL by name gives the unit and requeues, in order, the bios a dead process took', async t => {
+  if (!requires(t, { root: true })) return
+  const control = GGateControl.open()
+  t.teardown(() => control.close())
+  const unit = control.create({ ...sizes, name: 'cancel0' })
+  t.teardown(() => control.destroy('cancel0', { force: true }))
+
+  const first = Buffer.alloc(512)
+  const second = Buffer.alloc(512)
+  const waitFor = async (check: () => boolean): Promise<boolean> => {
+    for (let i = 0; i < 200 && !check(); i++) await new Promise(resolve => setTimeout(resolve, 10))
+    return check()
+  }
+  // One at a time, so that the order they were taken in is known.
+  const taker = ggctlProcess(t, 'take', String(unit))
+  const reads = [submit(unit, BioCmd.READ, 4096, first)]
+  t.ok(await waitFor(() => taker.lines.length === 2), 'one process took the first bio')
+  const taker2 = ggctlProcess(t, 'take', String(unit))
+  reads.push(submit(unit, BioCmd.READ, 8192, second))
+  t.ok(await waitFor(() => taker2.lines.length === 2), 'another took the second')
+  taker.child.kill('SIGKILL')
+  taker2.child.kill('SIGKILL')
+  await Promise.all([taker.exited, taker2.exited])
+
+  t.equal(control.cancel('cancel0'), unit, 'CANCEL by name writes the unit back')
+  const io = new GGateIo(control, unit, Buffer.alloc(4096))
+  t.match(io.start(), { kind: 'bio', cmd: BioCmd.READ, offset: 4096 }, 'the first bio comes first')
+  io.data.fill(1, 0, 512)
+  t.equal(io.done(0), true)
+  t.match(io.start(), { kind: 'bio', cmd: BioCmd.READ, offset: 8192 })
+  io.data.fill(2, 0, 512)
+  t.equal(io.done(0), true)
+  t.same(await Promise.all(reads), [0, 0], 'both reads are answered by the new process')
+  t.same([first[0], second[0]], [1, 2])
+  failsWith(t, () => control.cancel('nosuch'), FreeBsdErrno.ENXIO, 'CANCEL of a name that does not exist')
+})
+
+t.test('a signal ends a sleeping START with ECANCELED (g_gate.c: msleep with PCATCH); a thread that blocks signals sleeps on', async t => {
+  if (!requires(t, { root: true })) return
+  const control = GGateControl.open()
+  t.teardown(() => control.close())
+  const unit = control.create({ ...sizes, name: 'sig0' })
+  t.teardown(() => control.destroy('sig0', { force: true }))
+  const signalUntil = async (p: ReturnType<typeof ggctlProcess>, lines: number): Promise<void> => {
+    for (let i = 0; i < 100 && p.lines.length < lines; i++) {
+      if (p.lines.length > 0) p.child.kill('SIGUSR2')
+      await new Promise(resolve => setTimeout(resolve, 20))
+    }
+  }
+
+  const interrupted = ggctlProcess(t, 'start', String(unit))
+  await signalUntil(interrupted, 2)
+  t.same(interrupted.lines, ['starting', { kind: 'cancelled' }], 'START returned 0 with gctl_error ECANCELED')
+  t.equal(await interrupted.exited, 0)
+  t.ok(mesh().has('sig0'), 'the provider is not destroyed by it')
+
+  const blocking = ggctlProcess(t, 'start', String(unit), 'block')
+  await signalUntil(blocking, 2)
+  t.same(blocking.lines, ['starting'], 'signals did not end the sleep')
+  const read = submit(unit, BioCmd.READ, 0, Buffer.alloc(512))
+  t.equal(await blocking.exited, 0)
+  t.match(blocking.lines[1], { kind: 'bio', cmd: BioCmd.READ }, 'a bio did')
+  // The process ended with the bio taken: CANCEL hands it over again.
+  control.cancel('sig0')
+  const io = new GGateIo(control, unit, Buffer.alloc(4096))
+  t.match(io.start(), { kind: 'bio', cmd: BioCmd.READ, offset: 0 })
+  t.equal(io.done(0), true)
+  t.equal(await read, 0)
 })

@@ -5,6 +5,8 @@
 // device is a GEOM Gate provider (lib/ggate), which the daemon starts itself;
 // here it is only taken away after a daemon died.
 import fs from 'node:fs'
+import { platform } from '../../native-bindings/libc.js'
+import { geomProviders, kernelUses, providerName } from '../devices/geom-users.js'
 import { RowrError, errnoCode } from '../errors.js'
 import { attachNbdModule, detachNbdModule, type NbdModuleAttachment } from './nbd-module.js'
 import { attachLoopOverFuse, detachLoopOverFuse, type LoopOverFuseAttachment } from './loop-over-fuse.js'
@@ -42,18 +44,25 @@ export const detach = async (attachment: Attachment, { force }: { force: boolean
     case 'loop':
       return detachLoopOverFuse(attachment, { force })
     case 'ggate':
-      return destroyProvider(attachment.name)
+      return destroyProvider(attachment.name, { force })
   }
 }
 
 /**
  * Whether something holds the block device exclusively: a mounted file
- * system, a swap area, a device-mapper or md table. An exclusive open fails
- * with EBUSY exactly then. The open runs on the thread pool, never on the
- * event loop: the first open of a freshly attached nbd device scans it for
- * partitions, and those reads come back to this process's NBD server.
+ * system, a swap area, a device-mapper or md table. On Linux an exclusive
+ * open fails with EBUSY exactly then; it runs on the thread pool, never on
+ * the event loop: the first open of a freshly attached nbd device scans it
+ * for partitions, and those reads come back to this process's NBD server.
+ * FreeBSD ignores O_EXCL on disks; GEOM's access counts say it instead
+ * (geom-users.ts).
  */
 export const deviceBusy = async (device: string): Promise<boolean> => {
+  if (platform() === 'freebsd') {
+    const name = providerName(device)
+    const provider = name === undefined ? undefined : geomProviders().get(name)
+    return provider !== undefined && kernelUses(provider).length > 0
+  }
   try {
     await (await fs.promises.open(device, fs.constants.O_RDONLY | fs.constants.O_EXCL)).close()
     return false

@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import { waitFor } from '../run-command.js'
 import { callControl } from '../daemon/control.js'
 import { processAlive, statePaths } from '../daemon/run-state.js'
-import { cleanupStale, probe, waitingMessage } from '../daemon/stale.js'
+import { cleanupStale, heldMessage, probe, waitingMessage } from '../daemon/stale.js'
 import { RowrError } from '../errors.js'
 import { warn } from './foreground.js'
 
@@ -34,12 +34,17 @@ export const destroy = async ({ name, force }: DestroyArgs): Promise<void> => {
     case 'starting':
       throw new RowrError('EBUSY', `${name} is still being created; try again in a moment`)
     case 'stale':
-      await cleanupStale(name, l, warn)
+      await cleanupStale(name, l, warn, { force })
       return
     case 'waiting':
       // Giving up loses what the kernel holds for the daemon: only on -f.
       if (!force) throw new RowrError('EBUSY', waitingMessage(l))
-      await cleanupStale(name, { kind: 'stale', state: l.state, reason: `${l.reason}, and destroy -f gave up waiting for a new one` }, warn)
+      await cleanupStale(name, { kind: 'stale', state: l.state, reason: `${l.reason}, and destroy -f gave up waiting for a new one` }, warn, { force })
+      return
+    case 'held':
+      // Its users' I/O fails once it is gone: only on -f.
+      if (!force) throw new RowrError('EBUSY', heldMessage(l))
+      await cleanupStale(name, { kind: 'stale', state: l.state, reason: `${l.reason}, and destroy -f took its open device away` }, warn, { force })
       return
     case 'unresponsive': {
       if (!force) {
@@ -52,7 +57,7 @@ export const destroy = async ({ name, force }: DestroyArgs): Promise<void> => {
         process.kill(l.state.pid, 'SIGKILL')
         await waitFor(() => !processAlive(l.state.pid), EXIT_WAIT_MS)
       }
-      await cleanupStale(name, { kind: 'stale', state: l.state, reason: `its daemon (pid ${l.state.pid}) did not answer and was killed` }, warn)
+      await cleanupStale(name, { kind: 'stale', state: l.state, reason: `its daemon (pid ${l.state.pid}) did not answer and was killed` }, warn, { force })
       return
     }
     case 'running': {

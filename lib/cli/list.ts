@@ -1,8 +1,8 @@
 // geom-rowr list and status.
 import { listNames } from '../daemon/run-state.js'
 import { describeAutoRw } from '../devices/auto-rw.js'
-import { cleanupStale, probe, waitingMessage, type Probe } from '../daemon/stale.js'
-import { RowrError } from '../errors.js'
+import { cleanupStale, heldMessage, probe, waitingMessage, type Probe } from '../daemon/stale.js'
+import { RowrError, isRowrError } from '../errors.js'
 import { noSuchDevice } from './destroy.js'
 import { warn } from './foreground.js'
 import { human } from '../units.js'
@@ -18,8 +18,18 @@ const probeAll = async (): Promise<{ name: string; probe: Probe }[]> => {
   const out: { name: string; probe: Probe }[] = []
   for (const name of listNames()) {
     const p = await probe(name)
-    if (p.kind === 'stale') await cleanupStale(name, p, warn)
-    else if (p.kind !== 'absent') out.push({ name, probe: p })
+    if (p.kind === 'absent') continue
+    if (p.kind !== 'stale') {
+      out.push({ name, probe: p })
+      continue
+    }
+    try {
+      await cleanupStale(name, p, warn)
+    } catch (e) {
+      // Opened since the probe: it stays, and the others are still listed.
+      if (!(isRowrError(e) && e.code === 'EBUSY')) throw e
+      warn(e.message)
+    }
   }
   return out
 }
@@ -39,6 +49,10 @@ export const list = async ({ json }: { json: boolean }): Promise<void> => {
       const s = p.state
       rows.push([name, `${s.attachment.device} (waiting for its daemon)`, String(s.mediasize), s.ro, s.rw])
       warn(waitingMessage(p))
+    } else if (p.kind === 'held') {
+      const s = p.state
+      rows.push([name, `${s.attachment.device} (open, its daemon is gone)`, String(s.mediasize), s.ro, s.rw])
+      warn(heldMessage(p))
     } else if (p.kind === 'running' || p.kind === 'unresponsive') {
       const s = p.state
       const device = p.kind === 'unresponsive' ? '(not answering)' : (s.device ?? s.nbd)
@@ -102,6 +116,7 @@ export const runningStatus = async (name: string): Promise<Record<string, unknow
   if (p.kind === 'absent' || p.kind === 'stale') throw noSuchDevice(name)
   if (p.kind === 'starting') throw new RowrError('EBUSY', `${name} is still being created; try again in a moment`)
   if (p.kind === 'waiting') throw new RowrError('EDAEMON', waitingMessage(p))
+  if (p.kind === 'held') throw new RowrError('EDAEMON', heldMessage(p))
   if (p.kind === 'unresponsive') {
     throw new RowrError(
       'EDAEMON',

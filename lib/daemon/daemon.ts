@@ -6,7 +6,7 @@ import { attach, checkAttachable, detach, deviceBusy, nbdModuleLoaded, type Atta
 import { reconnectNbdModule } from '../attach/nbd-module.js'
 import { TakeoverLog, readTakeoverLog } from '../persist/takeover-log.js'
 import { makeAutoRw, removeAutoRw } from '../devices/auto-rw.js'
-import { GGateFrontEnd } from '../ggate/front-end.js'
+import { GGateFrontEnd, providerOpenBy } from '../ggate/front-end.js'
 import { SectorMap } from '../engine/sector-map.js'
 import { MapFile } from '../persist/map-file.js'
 import { commit, exportImage, planCommit, revert, type JobContext } from '../lifecycle/jobs.js'
@@ -217,12 +217,13 @@ export class RowrDaemon {
       // Added before the engine's flush, so that it runs after it (teardown runs in reverse).
       const errorLog = new IoErrorLog(o.name, o.log)
       teardown.add('error log', () => errorLog.close())
-      // Only a kernel nbd device outlives its daemon (nbd-module.ts): then
-      // what was marked since the last flush is logged for a successor, and
-      // a successor takes a dead daemon's log over first.
+      // Only a kernel nbd device (nbd-module.ts) or a GEOM Gate provider
+      // outlives its daemon: then what was marked since the last flush is
+      // logged for a successor, and a successor takes a dead daemon's log
+      // over first.
       let journal: TakeoverLog | MapFile | undefined = mapFile
       let recovered = 0
-      if (mapFile && o.attach && platform() === 'linux' && nbdModuleLoaded()) {
+      if (mapFile && (ggate || (o.attach && nbdModuleLoaded()))) {
         if (waiting) {
           for (const [first, count] of readTakeoverLog(paths.dir)) {
             if (first + count > map.sectors) continue
@@ -257,20 +258,26 @@ export class RowrDaemon {
       let attachment: Attachment | null = null
       let provider: GGateFrontEnd | undefined
       if (ggate) {
-        const p = GGateFrontEnd.start({
+        const options = {
           engine,
           name: o.name,
           info: `geom-rowr ${o.ro} + ${base.rw}`,
           ...o.ggate,
+          keepOnExit: persistent,
           onGone: () => void daemon?.stop({ force: true }),
           log: o.log,
-        })
+        }
+        const p = waiting?.attachment.kind === 'ggate' ? GGateFrontEnd.takeOver(options) : GGateFrontEnd.start(options)
+        serving = true
         provider = p
         attachment = p.attachment
         teardown.add('GEOM Gate provider', () => p.destroy({ force: true }))
       } else if (o.attach) {
         const options = { name: o.name, nbdSocket: paths.nbd, mountDir: paths.mount, sectorSize: pair.sectorSize, persistent, log: o.log }
-        const a = waiting ? await reconnectNbdModule(waiting.attachment, { ...options, mediaSize: pair.mediaSize }) : await attach(options)
+        const a =
+          waiting?.attachment.kind === 'nbd'
+            ? await reconnectNbdModule(waiting.attachment, { ...options, mediaSize: pair.mediaSize })
+            : await attach(options)
         serving = true
         attachment = a
         teardown.add('kernel block device', ({ force }) => detach(a, { force }))
@@ -372,10 +379,15 @@ export class RowrDaemon {
 
   /** Refuses a job that changes what the device shows, or what RO holds, while the device is open. */
   async #checkNotOpen(force: string): Promise<void> {
-    const busy = this.#provider
-      ? `geom-rowr cannot tell whether GEOM Gate provider ${this.state.device} is open; unmount it`
-      : await this.#inUse()
+    const busy = this.#provider ? this.#providerInUse() : await this.#inUse()
     if (busy) throw new RowrError('EBUSY', `${busy}, or use ${force}`)
+  }
+
+  /** Who has the GEOM Gate provider open (kern.geom.confxml), or null. */
+  #providerInUse(): string | null {
+    const { name, device } = this.state
+    const uses = providerOpenBy(name)
+    return uses.length ? `${name} (${device}) is in use: ${uses.join(', ')}; unmount it (umount ${device}) or close it` : null
   }
 
   /** Runs one lifecycle job at a time, with its progress visible in status. */

@@ -6,6 +6,8 @@ import { detach, type Attachment } from '../attach/attachment.js'
 import { fuseMounted } from '../attach/loop-over-fuse.js'
 import { nbdConfigured, type NbdModuleAttachment } from '../attach/nbd-module.js'
 import { autoRwFile, removeAutoRw } from '../devices/auto-rw.js'
+import { geomProviders, providerUses } from '../devices/geom-users.js'
+import type { GGateAttachment } from '../ggate/front-end.js'
 import { RowrError, isRowrError } from '../errors.js'
 import { callControl, type ControlReply } from './control.js'
 import { logPath } from './daemon-log.js'
@@ -19,24 +21,48 @@ export type Probe =
   | (Extract<Liveness, { kind: 'running' }> & { readonly status: Record<string, unknown> })
   | { readonly kind: 'unresponsive'; readonly state: DeviceState }
   | Waiting
+  | Held
 
 /**
- * A device with a map whose daemon died while the kernel's nbd driver keeps
- * its device configured: the kernel holds its I/O for a new daemon
+ * A device with a map whose daemon died while its kernel device stays: the
+ * kernel's nbd driver keeps it configured, and a GEOM Gate provider lives
+ * until it is destroyed. The kernel holds its I/O for a new daemon
  * (geom-rowr create of the same NAME, devices and map) to take over.
  */
 export interface Waiting {
   readonly kind: 'waiting'
-  readonly state: DeviceState & { readonly attachment: NbdModuleAttachment; readonly map: string }
+  readonly state: DeviceState & { readonly attachment: NbdModuleAttachment | GGateAttachment; readonly map: string }
   readonly reason: string
 }
 
-const waitingFor = async (l: Extract<Liveness, { kind: 'stale' }>): Promise<Waiting | undefined> => {
+/**
+ * A GEOM Gate provider without a map whose daemon died while it is open
+ * (mounted): nothing can serve it again, and taking it away fails its
+ * users' I/O, so only destroy -f does that. Its I/O waits meanwhile
+ * (GEOM Gate's timeout is 0).
+ */
+export interface Held {
+  readonly kind: 'held'
+  readonly state: DeviceState & { readonly attachment: GGateAttachment }
+  readonly reason: string
+  readonly uses: readonly string[]
+}
+
+/** What a dead daemon's kernel device still is, if the kernel keeps it. */
+const leftInKernel = async (l: Extract<Liveness, { kind: 'stale' }>): Promise<Waiting | Held | undefined> => {
   const s = l.state
-  if (!s || s.map === null || s.attachment?.kind !== 'nbd') return undefined
-  const attachment = s.attachment
-  if (!(await nbdConfigured(attachment))) return undefined
-  return { kind: 'waiting', state: { ...s, attachment, map: s.map }, reason: l.reason }
+  const attachment = s?.attachment
+  if (!s || !attachment) return undefined
+  if (attachment.kind === 'nbd') {
+    if (s.map === null || !(await nbdConfigured(attachment))) return undefined
+    return { kind: 'waiting', state: { ...s, attachment, map: s.map }, reason: l.reason }
+  }
+  if (attachment.kind !== 'ggate') return undefined
+  const provider = geomProviders().get(attachment.name)
+  if (provider?.className !== 'GATE') return undefined
+  if (s.map !== null) return { kind: 'waiting', state: { ...s, attachment, map: s.map }, reason: l.reason }
+  const uses = providerUses(provider)
+  return uses.length ? { kind: 'held', state: { ...s, attachment }, reason: l.reason, uses } : undefined
 }
 
 /** The command that starts a new daemon for a waiting device. */
@@ -47,6 +73,10 @@ export const waitingMessage = (w: Waiting): string =>
   `${w.state.name}: ${w.reason}, and ${w.state.attachment.device} waits for a new one (its I/O is held, nothing is lost); ` +
   `start one with: ${restartCommand(w.state)}; or give up on the device (its users get I/O errors): geom-rowr destroy -f ${w.state.name}`
 
+export const heldMessage = (h: Held): string =>
+  `${h.state.name}: ${h.reason}, and ${h.state.attachment.device} is still open (${h.uses.join(', ')}), so it was left in place; ` +
+  `without a map no new daemon can serve it, and its I/O waits: end the wait with geom-rowr destroy -f ${h.state.name} (its users get I/O errors)`
+
 /**
  * Liveness, with a running daemon also asked for its status. One whose
  * process exists but does not answer is 'unresponsive': maybe hung, maybe
@@ -54,7 +84,7 @@ export const waitingMessage = (w: Waiting): string =>
  */
 export const probe = async (name: string): Promise<Probe> => {
   const l = liveness(name)
-  if (l.kind === 'stale') return (await waitingFor(l)) ?? l
+  if (l.kind === 'stale') return (await leftInKernel(l)) ?? l
   if (l.kind !== 'running') return l
   let reply: ControlReply
   try {
@@ -82,15 +112,23 @@ const leftoverAttachment = (name: string, state: DeviceState | undefined): Attac
   return { kind: 'loop', device: '', mount: paths.mount, file: path.join(paths.mount, name), fusePid }
 }
 
+/**
+ * Takes away what a dead daemon left. An open GEOM Gate provider is left
+ * unless `force` (DESTROY without force fails EBUSY, said with the fix): it
+ * holds its users' I/O. Linux's devices of a dead daemon that does not wait
+ * for a new one (a loop device over FUSE, an nbd device without a map) fail
+ * their I/O already: taking them away loses nothing.
+ */
 export const cleanupStale = async (
   name: string,
   stale: Extract<Liveness, { kind: 'stale' }>,
   log: (message: string) => void,
+  { force }: { force: boolean } = { force: false },
 ): Promise<void> => {
   const done: string[] = []
   const attachment = leftoverAttachment(name, stale.state)
   if (attachment) {
-    await detach(attachment, { force: true })
+    await detach(attachment, { force: force || attachment.kind !== 'ggate' })
     done.push(`detached ${attachment.device || attachment.kind}`)
   }
   if (stale.state?.rwAuto && !stale.state.map) {
@@ -137,6 +175,7 @@ export const claimName = async (
     if (differs === null) return l.state
     throw new RowrError('EINUSE', `${waitingMessage(l)} (this create differs: ${differs})`)
   }
+  if (l.kind === 'held') throw new RowrError('EINUSE', heldMessage(l))
   if (l.kind === 'unresponsive') {
     throw new RowrError(
       'EINUSE',

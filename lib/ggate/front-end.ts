@@ -5,6 +5,8 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { Worker } from 'node:worker_threads'
 import { BioCmd, FreeBsdErrno } from '../../native-bindings/ggate-abi.js'
+import { libc } from '../../native-bindings/libc.js'
+import { geomProviders, providerUses } from '../devices/geom-users.js'
 import type { Engine } from '../engine/engine.js'
 import { RowrError, ioFailure } from '../errors.js'
 import { GGCTL_PATH, GGateControl, GGateError } from './ggctl.js'
@@ -87,6 +89,11 @@ export interface GGateOptions {
   readonly workers?: number
   /** The first START buffer per worker; it grows when a bio needs more. */
   readonly startBuffer?: number
+  /**
+   * Whether the provider outlives a daemon that exits without destroying it
+   * (the device keeps a map: a new daemon takes it over).
+   */
+  readonly keepOnExit: boolean
   /** Called when the provider went away without destroy() (destroyed from outside). */
   readonly onGone: () => void
   readonly log: (message: string) => void
@@ -126,6 +133,11 @@ export class GGateFrontEnd {
   #inFlight = 0
   #peakInFlight = 0
   #destroyed = false
+  readonly #onExit: (code: number) => void
+  #fatal: unknown
+  readonly #onFatal = (e: unknown): void => {
+    this.#fatal = e
+  }
   #markClosed!: () => void
   /** Resolves once every worker has left the request loop. */
   readonly closed = new Promise<void>(resolve => (this.#markClosed = resolve))
@@ -135,6 +147,27 @@ export class GGateFrontEnd {
     this.unit = unit
     this.#engine = o.engine
     this.attachment = { kind: 'ggate', device: providerPath(o.name), name: o.name }
+    // Node waits for its worker threads as it exits, and one asleep in START
+    // never returns: after an uncaught error the daemon would hang with the
+    // provider up. A forced DESTROY wakes them (ECANCELED). A provider kept
+    // for a new daemon is left as it is, and the process ends at once
+    // instead: the kernel ends the STARTs of a process that exits, and keeps
+    // the bios they took for the next daemon's CANCEL.
+    this.#onExit = code => {
+      if (o.keepOnExit) {
+        // Node reports an uncaught error after 'exit', which _exit cuts short.
+        if (this.#fatal !== undefined) o.log(`uncaught: ${this.#fatal instanceof Error ? this.#fatal.stack : String(this.#fatal)}`)
+        o.log(`exiting: ${o.name} is left for a new daemon to take over (geom-rowr create with the same devices and map)`)
+        libc().exitNow(code)
+      }
+      try {
+        control.destroy(o.name, { force: true })
+      } catch {
+        // Gone already; on the way out nothing else could be done anyway.
+      }
+    }
+    process.on('exit', this.#onExit)
+    process.on('uncaughtExceptionMonitor', this.#onFatal)
     const workers = o.workers ?? DEFAULT_WORKERS
     const data: StartLoopData = { fd: control.fd, unit, bufferSize: o.startBuffer ?? DEFAULT_START_BUFFER }
     for (let i = 0; i < workers; i++) {
@@ -178,6 +211,36 @@ export class GGateFrontEnd {
     return new GGateFrontEnd(control, unit, o)
   }
 
+  /**
+   * Serves provider NAME, left by a daemon that died, as hastd's init_ggate
+   * and ggatel's rescue do: CANCEL by name puts the bios that daemon took
+   * and never finished back in the queue and returns the unit. Its users
+   * never see the change. The provider must have the engine's geometry.
+   */
+  static takeOver(o: GGateOptions): GGateFrontEnd {
+    const { name, engine } = o
+    const found = geomProviders().get(name)
+    if (found?.className !== 'GATE') {
+      throw new RowrError('EATTACH', `GEOM Gate provider ${name} is gone: nothing is left to take over; create ${name} again after geom-rowr destroy ${name}`)
+    }
+    if (found.mediaSize !== engine.size || found.sectorSize !== engine.sectorSize) {
+      throw new RowrError(
+        'EATTACH',
+        `provider ${name} has ${found.mediaSize} bytes in ${found.sectorSize}-byte sectors, the devices now give ${engine.size} in ${engine.sectorSize}-byte sectors; ` +
+          `create ${name} again with the devices and --sector-size it had, or give up on it: geom-rowr destroy -f ${name}`,
+      )
+    }
+    const control = openControl()
+    let unit: number
+    try {
+      unit = control.cancel(name)
+    } catch (e) {
+      control.close()
+      throw new RowrError('EATTACH', `cannot take over GEOM Gate provider ${name}: ${(e as Error).message}; it still waits; try again, or give up on it: geom-rowr destroy -f ${name}`, { cause: e })
+    }
+    return new GGateFrontEnd(control, unit, o)
+  }
+
   #onMessage(worker: Worker, m: LoopMessage): void {
     if (m.type === 'grown') {
       this.#bufferGrows++
@@ -211,13 +274,13 @@ export class GGateFrontEnd {
         this.#control.destroy(name, { force })
       } catch (e) {
         if (!(e instanceof GGateError)) throw e
-        if (e.errno === FreeBsdErrno.EBUSY) {
-          throw new RowrError('EBUSY', `${name} (${device}) is open: unmount it (umount ${device}) or use destroy -f`)
-        }
+        if (e.errno === FreeBsdErrno.EBUSY) throw providerBusy(name, device, `unmount it (umount ${device}) or use destroy -f`)
         // ENXIO: it is gone already.
         if (e.errno !== FreeBsdErrno.ENXIO) throw e
       }
       this.#destroyed = true
+      process.off('exit', this.#onExit)
+      process.off('uncaughtExceptionMonitor', this.#onFatal)
     }
     await this.closed
     this.#control.close()
@@ -250,12 +313,36 @@ const openControl = (): GGateControl => {
   }
 }
 
-/** Takes provider NAME away when its daemon is gone (stale cleanup). */
-export const destroyProvider = (name: string): void => {
+/** Who has provider NAME open, from kern.geom.confxml: a mount, an open of /dev/NAME, ... */
+export const providerOpenBy = (name: string): string[] => {
+  const found = geomProviders().get(name)
+  return found ? providerUses(found) : []
+}
+
+/** DESTROY refused: who holds the provider, and the way out. */
+const providerBusy = (name: string, device: string, fix: string): RowrError => {
+  let uses: string[] = []
+  try {
+    uses = providerOpenBy(name)
+  } catch {
+    // The refusal stands without the names of its users.
+  }
+  return new RowrError('EBUSY', `${name} (${device}) is open${uses.length ? ` (${uses.join(', ')})` : ''}: ${fix}`)
+}
+
+/**
+ * Takes provider NAME away when its daemon is gone (stale cleanup); without
+ * force, not while it is open.
+ */
+export const destroyProvider = (name: string, { force }: { force: boolean }): void => {
   const control = openControl()
   try {
-    control.destroy(name, { force: true })
+    control.destroy(name, { force })
   } catch (e) {
+    if (e instanceof GGateError && e.errno === FreeBsdErrno.EBUSY) {
+      // Its daemon is gone: an unmount would wait on I/O nobody serves.
+      throw providerBusy(name, providerPath(name), `nothing serves its I/O, which waits; end the wait with geom-rowr destroy -f ${name} (its users get I/O errors)`)
+    }
     if (!(e instanceof GGateError && e.errno === FreeBsdErrno.ENXIO)) throw e
   } finally {
     control.close()

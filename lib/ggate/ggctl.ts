@@ -147,6 +147,18 @@ export class GGateControl {
     this.#ioctl('DESTROY', s, `G_GATE_CMD_DESTROY of ${name}`)
   }
 
+  /**
+   * CANCEL by name, every seq: the bios a dead daemon took and never
+   * finished go back to the queue for the next START. Returns the unit.
+   */
+  cancel(name: string): number {
+    const s = new Struct('g_gate_ctl_cancel')
+    s.setI32('gctl_unit', GGateUnit.NAME_GIVEN)
+    s.setString('gctl_name', name, G_GATE_NAME_MAX)
+    this.#ioctl('CANCEL', s, `G_GATE_CMD_CANCEL of ${name}`)
+    return s.i32('gctl_unit')
+  }
+
   close(): void {
     if (this.#closed) return
     this.#closed = true
@@ -185,17 +197,17 @@ export class GGateIo {
     return c.ioctl(this.#control.fd, ggateAbi().ioctl[command], this.#io.bytes) === 0 ? 0 : c.errno()
   }
 
-  /** Blocks until the kernel hands over a bio, or says why not; a signal's EINTR is retried. */
+  /**
+   * Blocks until the kernel hands over a bio, or says why not. A signal
+   * that ends the sleep reads as 'cancelled' too (g_gate.c sets ECANCELED
+   * whenever msleep fails): the calling thread blocks signals.
+   */
   start(): Started {
     // gctl_error is not cleared by a successful START: clear it first.
     this.#io.setI32('gctl_error', 0)
     this.#io.setI64('gctl_length', this.#data.length)
-    for (;;) {
-      const errno = this.#call('START')
-      if (errno === FreeBsdErrno.EINTR) continue
-      if (errno !== 0) throw new GGateError('G_GATE_CMD_START', errno)
-      break
-    }
+    const errno = this.#call('START')
+    if (errno !== 0) throw new GGateError('G_GATE_CMD_START', errno)
     const error = this.#io.i32('gctl_error')
     if (error === FreeBsdErrno.ENOMEM) return { kind: 'grow', needed: this.#io.i64('gctl_length') }
     if (error === FreeBsdErrno.ECANCELED) return { kind: 'cancelled' }

@@ -4,6 +4,7 @@
 // its own, keeps the libuv pool free for the engine's file I/O.
 import { isMainThread, parentPort, workerData, type MessagePort } from 'node:worker_threads'
 import { BioCmd } from '../../native-bindings/ggate-abi.js'
+import { libc } from '../../native-bindings/libc.js'
 import { GGateControl, GGateIo } from './ggctl.js'
 
 export interface StartLoopData {
@@ -30,6 +31,10 @@ export type LoopMessage =
 
 /** The loop itself; this module runs it when it is a worker's entry point. */
 export const runStartLoop = (port: MessagePort, { fd, unit, bufferSize }: StartLoopData): void => {
+  // A signal ends START's sleep with ECANCELED, as a destroy does (g_gate.c:
+  // msleep with PCATCH), and FreeBSD hands a process's signal to any thread
+  // that does not block it: this thread leaves them all to the others.
+  libc().blockSignals()
   const send = (m: LoopMessage): void => port.postMessage(m)
   let shared = new SharedArrayBuffer(bufferSize)
   const io = new GGateIo(GGateControl.shared(fd), unit, Buffer.from(shared))

@@ -4,8 +4,8 @@
  * fsync and hole punch of that file becomes a bio on the provider's queue;
  * while the file is open the provider counts as open (DESTROY fails EBUSY).
  *
- * libfuse's high-level API on a thread of its own; no signal handlers, since
- * the process (Node.js) has its own.
+ * libfuse's high-level API on a thread of its own, in the simulated
+ * kernel's process (kernel-main.c).
  */
 #define FUSE_USE_VERSION 312
 #define _GNU_SOURCE
@@ -15,6 +15,7 @@
 #include <linux/falloc.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -113,15 +114,35 @@ sim_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t offset,
 	return 0;
 }
 
+/* An open file of a provider: what it holds of the DEV consumer's access counts. */
+struct open_file {
+	struct ggsim_provider *provider;
+	int readable;
+	int writable;
+};
+
+static struct ggsim_provider *
+provider_of(struct fuse_file_info *fi)
+{
+	return ((struct open_file *)(uintptr_t)fi->fh)->provider;
+}
+
 static int
 sim_open(const char *path, struct fuse_file_info *fi)
 {
 	int error;
-	struct ggsim_provider *p = ggsim_provider_open(path + 1, (fi->flags & O_ACCMODE) != O_RDONLY, &error);
+	struct open_file *f = calloc(1, sizeof(*f));
 
-	if (p == NULL)
+	if (f == NULL)
+		return -ENOMEM;
+	f->readable = (fi->flags & O_ACCMODE) != O_WRONLY;
+	f->writable = (fi->flags & O_ACCMODE) != O_RDONLY;
+	f->provider = ggsim_provider_open(path + 1, f->readable, f->writable, &error);
+	if (f->provider == NULL) {
+		free(f);
 		return -linux_errno(error);
-	fi->fh = (uintptr_t)p;
+	}
+	fi->fh = (uintptr_t)f;
 	fi->direct_io = 1;
 	return 0;
 }
@@ -129,8 +150,11 @@ sim_open(const char *path, struct fuse_file_info *fi)
 static int
 sim_release(const char *path, struct fuse_file_info *fi)
 {
+	struct open_file *f = (struct open_file *)(uintptr_t)fi->fh;
+
 	(void)path;
-	ggsim_provider_close((struct ggsim_provider *)(uintptr_t)fi->fh);
+	ggsim_provider_close(f->provider, f->readable, f->writable);
+	free(f);
 	return 0;
 }
 
@@ -138,7 +162,7 @@ sim_release(const char *path, struct fuse_file_info *fi)
 static int
 transfer(struct fuse_file_info *fi, uint32_t cmd, char *buf, size_t size, off_t offset)
 {
-	struct ggsim_provider *p = (struct ggsim_provider *)(uintptr_t)fi->fh;
+	struct ggsim_provider *p = provider_of(fi);
 	int64_t mediasize = ggsim_provider_mediasize(p);
 	uint32_t sectorsize = ggsim_provider_sectorsize(p);
 
@@ -177,14 +201,14 @@ sim_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 {
 	(void)path;
 	(void)datasync;
-	int error = ggsim_provider_io((struct ggsim_provider *)(uintptr_t)fi->fh, BIO_FLUSH, 0, 0, NULL);
+	int error = ggsim_provider_io(provider_of(fi), BIO_FLUSH, 0, 0, NULL);
 	return -linux_errno(error);
 }
 
 static int
 sim_fallocate(const char *path, int mode, off_t offset, off_t length, struct fuse_file_info *fi)
 {
-	struct ggsim_provider *p = (struct ggsim_provider *)(uintptr_t)fi->fh;
+	struct ggsim_provider *p = provider_of(fi);
 	uint32_t sectorsize = ggsim_provider_sectorsize(p);
 
 	(void)path;
@@ -280,10 +304,4 @@ ggsim_fuse_stop(void)
 		pthread_detach(loop_thread);
 	}
 	fuse = NULL;
-}
-
-__attribute__((destructor)) static void
-unmount_at_exit(void)
-{
-	ggsim_fuse_stop();
 }

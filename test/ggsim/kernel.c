@@ -1,30 +1,34 @@
 /*
- * The kernel side of GEOM Gate, simulated in process: the semantics of
- * /dev/ggctl's ioctls as docs/ggate-abi.md describes FreeBSD's
- * sys/geom/gate/g_gate.c (interface version 3). Providers live in this
- * process; their bios come from fuse-export.c (or ggsim_submit in tests).
+ * The kernel side of GEOM Gate, simulated: the semantics of /dev/ggctl's
+ * ioctls as FreeBSD's sys/geom/gate/g_gate.c has them (interface version 3;
+ * docs/ggate-abi.md), and kern.geom.confxml for the providers as
+ * sys/geom/geom_dump.c writes it. This runs in the simulated kernel's
+ * process (kernel-main.c); bios come from fuse-export.c, or from
+ * ggsim_unit_io in tests.
  *
- * One mutex guards everything: units, queues and bios. A bio is owned by
- * the thread that submitted it and lives on its stack until it is done.
+ * One mutex guards everything: units, queues, bios and sessions. A bio is
+ * owned by the thread that submitted it and lives on its stack until it is
+ * done.
  */
+#define _GNU_SOURCE
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
+#include <time.h>
 
 #include "g_gate_abi.h"
 #include "ggsim.h"
-
-#define EXPORT __attribute__((visibility("default")))
 
 /* kern.geom.gate.maxunits' default. */
 #define MAX_UNITS 256
 /* g_gate.c caps gctl_maxcount at this; 0 means no limit. */
 #define MAX_QUEUE 4096
-#define MAX_CTL_FDS 64
+/* How often a sleeping START looks for a signal or its caller's exit. */
+#define START_POLL_NS (20 * 1000 * 1000L)
+/* How long a kernel nobody has opened yet waits for its first session. */
+#define FIRST_SESSION_SECONDS 10
 
 struct bio {
 	uint64_t seq;
@@ -47,27 +51,35 @@ struct bioq {
 struct ggsim_provider {
 	int unit;
 	char name[G_GATE_NAME_MAX + 1];
+	char info[G_GATE_INFOSIZE];
 	int64_t mediasize;
 	uint32_t sectorsize;
 	uint32_t flags;
 	uint32_t maxcount;
+	uint32_t timeout;
 	struct bioq inqueue;
 	struct bioq outqueue;
 	uint32_t queue_count;
 	uint64_t next_seq;
 	int destroying;
-	/* Open FUSE files: the provider is "open" (acr/acw > 0) while any is. */
-	int opens;
-	/* The unit table, open files and sleeping STARTs each hold one. */
+	/*
+	 * The access counts of its DEV consumer (geom_dev.c: one per
+	 * provider; an open takes r and w, never e): the open FUSE files.
+	 * The provider is open (DESTROY fails EBUSY) while either is not 0.
+	 */
+	int acr;
+	int acw;
+	/* The unit table, open files and ioctls in progress each hold one. */
 	int refs;
 	pthread_cond_t start_cv;
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t lifecycle_cv = PTHREAD_COND_INITIALIZER;
 static struct ggsim_provider *units[MAX_UNITS];
-static int ctl_fds[MAX_CTL_FDS];
-static int ctl_fd_count;
-static int fuse_running;
+static int sessions;
+static int session_seen;
+static int shutting_down;
 
 static void
 bioq_insert_tail(struct bioq *q, struct bio *bp)
@@ -81,16 +93,20 @@ bioq_insert_tail(struct bioq *q, struct bio *bp)
 	q->tail = bp;
 }
 
+/* After `after`, or at the head when it is NULL. */
 static void
-bioq_insert_head(struct bioq *q, struct bio *bp)
+bioq_insert_after(struct bioq *q, struct bio *after, struct bio *bp)
 {
-	bp->prev = NULL;
-	bp->next = q->head;
-	if (q->head != NULL)
-		q->head->prev = bp;
+	bp->prev = after;
+	bp->next = after != NULL ? after->next : q->head;
+	if (bp->next != NULL)
+		bp->next->prev = bp;
 	else
 		q->tail = bp;
-	q->head = bp;
+	if (after != NULL)
+		after->next = bp;
+	else
+		q->head = bp;
 }
 
 static void
@@ -134,6 +150,16 @@ find_by_name(const char *name)
 	return NULL;
 }
 
+static int
+unit_count(void)
+{
+	int n = 0;
+
+	for (int unit = 0; unit < MAX_UNITS; unit++)
+		n += units[unit] != NULL;
+	return n;
+}
+
 /* g_gate_hold(): by unit, or by name when unit is G_GATE_NAME_GIVEN. */
 static struct ggsim_provider *
 hold(int unit, const char *name)
@@ -151,20 +177,11 @@ is_power_of_two(uint32_t n)
 	return n != 0 && (n & (n - 1)) == 0;
 }
 
-/* The FUSE mount goes away once nothing can use it any more. */
 static void
-maybe_stop_fuse(void)
+copy_name(char *to, const char *from)
 {
-	if (!fuse_running || ctl_fd_count > 0)
-		return;
-	for (int unit = 0; unit < MAX_UNITS; unit++) {
-		if (units[unit] != NULL)
-			return;
-	}
-	fuse_running = 0;
-	pthread_mutex_unlock(&lock);
-	ggsim_fuse_stop();
-	pthread_mutex_lock(&lock);
+	memcpy(to, from, G_GATE_NAME_MAX);
+	to[G_GATE_NAME_MAX] = '\0';
 }
 
 static int
@@ -180,8 +197,7 @@ ctl_create(struct g_gate_ctl_create *c)
 		return EINVAL;
 	if (c->gctl_unit < G_GATE_NAME_GIVEN)
 		return EINVAL;
-	memcpy(name, c->gctl_name, G_GATE_NAME_MAX);
-	name[G_GATE_NAME_MAX] = '\0';
+	copy_name(name, c->gctl_name);
 	if (c->gctl_unit == G_GATE_NAME_GIVEN && name[0] == '\0')
 		return EINVAL;
 	/* The readprov fast path needs a second provider; not simulated. */
@@ -210,10 +226,15 @@ ctl_create(struct g_gate_ctl_create *c)
 		return ENOMEM;
 	p->unit = unit;
 	strcpy(p->name, name);
+	/* strlcpy into sc_info: cut at the field's end. */
+	memcpy(p->info, c->gctl_info, G_GATE_INFOSIZE);
+	p->info[G_GATE_INFOSIZE - 1] = '\0';
 	p->mediasize = c->gctl_mediasize;
 	p->sectorsize = c->gctl_sectorsize;
 	p->flags = c->gctl_flags;
 	p->maxcount = c->gctl_maxcount > MAX_QUEUE ? MAX_QUEUE : c->gctl_maxcount;
+	p->timeout = c->gctl_timeout;
+	p->next_seq = 1;
 	p->refs = 1;
 	pthread_cond_init(&p->start_cv, NULL);
 	units[unit] = p;
@@ -238,12 +259,11 @@ ctl_destroy(struct g_gate_ctl_destroy *d)
 {
 	char name[G_GATE_NAME_MAX + 1];
 
-	memcpy(name, d->gctl_name, G_GATE_NAME_MAX);
-	name[G_GATE_NAME_MAX] = '\0';
+	copy_name(name, d->gctl_name);
 	struct ggsim_provider *p = hold(d->gctl_unit, name);
 	if (p == NULL)
 		return ENXIO;
-	if (!d->gctl_force && p->opens > 0)
+	if (!d->gctl_force && (p->acr != 0 || p->acw != 0))
 		return EBUSY;
 	p->destroying = 1;
 	fail_queue(p, &p->inqueue, ENXIO);
@@ -251,48 +271,67 @@ ctl_destroy(struct g_gate_ctl_destroy *d)
 	pthread_cond_broadcast(&p->start_cv);
 	units[p->unit] = NULL;
 	provider_release(p);
-	maybe_stop_fuse();
+	pthread_cond_broadcast(&lifecycle_cv);
 	return 0;
 }
 
+/*
+ * Bios userspace took and did not finish go back to the head of the input
+ * queue in their order, for the next START (a daemon that takes a provider
+ * over). Like g_gate.c, no sleeping START is woken: a new daemon's STARTs
+ * find them queued.
+ */
 static int
 ctl_cancel(struct g_gate_ctl_cancel *c)
 {
 	char name[G_GATE_NAME_MAX + 1];
-	struct bio *bp, *prev;
+	struct bio *bp, *next, *last = NULL;
 
-	memcpy(name, c->gctl_name, G_GATE_NAME_MAX);
-	name[G_GATE_NAME_MAX] = '\0';
+	copy_name(name, c->gctl_name);
 	struct ggsim_provider *p = hold(c->gctl_unit, name);
 	if (p == NULL)
 		return ENXIO;
-	/* Back to the head of the input queue, in their original order. */
-	for (bp = p->outqueue.tail; bp != NULL; bp = prev) {
-		prev = bp->prev;
-		if (c->gctl_seq == 0 || c->gctl_seq == bp->seq) {
-			bioq_remove(&p->outqueue, bp);
-			bioq_insert_head(&p->inqueue, bp);
-		}
+	for (bp = p->outqueue.head; bp != NULL; bp = next) {
+		next = bp->next;
+		if (c->gctl_seq != 0 && c->gctl_seq != bp->seq)
+			continue;
+		bioq_remove(&p->outqueue, bp);
+		bioq_insert_after(&p->inqueue, last, bp);
+		last = bp;
+		if (c->gctl_seq != 0)
+			break;
 	}
-	pthread_cond_broadcast(&p->start_cv);
+	if (c->gctl_unit == G_GATE_NAME_GIVEN)
+		c->gctl_unit = p->unit;
 	return 0;
 }
 
 static int
-ctl_start(struct g_gate_ctl_io *io)
+ctl_start(struct g_gate_ctl_io *io, int (*interrupted)(void *), void *ctx)
 {
 	struct ggsim_provider *p = hold(io->gctl_unit, NULL);
 	struct bio *bp;
+	struct timespec until;
 
 	if (p == NULL)
 		return ENXIO;
 	p->refs++;
-	while ((bp = p->inqueue.head) == NULL && !p->destroying)
-		pthread_cond_wait(&p->start_cv, &lock);
-	if (bp == NULL) {
-		io->gctl_error = FREEBSD_ECANCELED;
-		provider_release(p);
-		return 0;
+	for (;;) {
+		if ((bp = p->inqueue.head) != NULL)
+			break;
+		if (p->destroying || interrupted(ctx)) {
+			/* msleep(PCATCH) interrupted: ECANCELED, like a destroy. */
+			io->gctl_error = FREEBSD_ECANCELED;
+			provider_release(p);
+			return 0;
+		}
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += START_POLL_NS;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&p->start_cv, &lock, &until);
 	}
 	io->gctl_cmd = bp->cmd;
 	if (bp->cmd == BIO_WRITE && bp->length > io->gctl_length) {
@@ -327,96 +366,36 @@ ctl_done(struct g_gate_ctl_io *io)
 		return 0; /* probably cancelled */
 	bioq_remove(&p->outqueue, bp);
 	if (io->gctl_error == FREEBSD_EAGAIN) {
-		bioq_insert_head(&p->inqueue, bp);
+		bioq_insert_after(&p->inqueue, NULL, bp);
 		pthread_cond_signal(&p->start_cv);
 		return 0;
 	}
 	p->queue_count--;
-	if (io->gctl_error == 0 && bp->cmd == BIO_READ)
+	if (io->gctl_error == 0 && bp->cmd == BIO_READ) {
+		/* copyin() of a buffer shorter than the bio would fault. */
+		if (io->gctl_length < bp->length) {
+			bio_finish(bp, EFAULT);
+			return 0;
+		}
 		memcpy(bp->data, io->gctl_data, (size_t)bp->length);
+	}
 	bio_finish(bp, io->gctl_error);
 	return 0;
 }
 
 int
-ggsim_ctl_open(void)
-{
-	const char *mountpoint = getenv("GGSIM_MOUNT");
-	int fd;
-
-	/* /dev/ggctl is mode 0600 root. */
-	if (geteuid() != 0) {
-		errno = EACCES;
-		return -1;
-	}
-	/* A real descriptor, so that the number is unique and close works. */
-	fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	pthread_mutex_lock(&lock);
-	if (ctl_fd_count == MAX_CTL_FDS) {
-		pthread_mutex_unlock(&lock);
-		close(fd);
-		errno = EMFILE;
-		return -1;
-	}
-	if (!fuse_running && mountpoint != NULL && mountpoint[0] != '\0') {
-		if (ggsim_fuse_start(mountpoint) != 0) {
-			pthread_mutex_unlock(&lock);
-			close(fd);
-			errno = ENXIO;
-			return -1;
-		}
-		fuse_running = 1;
-	}
-	ctl_fds[ctl_fd_count++] = fd;
-	pthread_mutex_unlock(&lock);
-	return fd;
-}
-
-int
-ggsim_ctl_is(int fd)
-{
-	int found = 0;
-
-	pthread_mutex_lock(&lock);
-	for (int i = 0; i < ctl_fd_count && !found; i++)
-		found = ctl_fds[i] == fd;
-	pthread_mutex_unlock(&lock);
-	return found;
-}
-
-void
-ggsim_ctl_close(int fd)
-{
-	pthread_mutex_lock(&lock);
-	for (int i = 0; i < ctl_fd_count; i++) {
-		if (ctl_fds[i] == fd) {
-			ctl_fds[i] = ctl_fds[--ctl_fd_count];
-			break;
-		}
-	}
-	maybe_stop_fuse();
-	pthread_mutex_unlock(&lock);
-}
-
-int
-ggsim_ctl_ioctl(int fd, unsigned long request, void *arg)
+ggsim_ctl_ioctl(unsigned long request, void *arg, int (*interrupted)(void *), void *ctx)
 {
 	int error;
 
-	(void)fd;
 	/* Every struct starts with gctl_version. */
 	if (request != G_GATE_CMD_CREATE && request != G_GATE_CMD_DESTROY &&
 	    request != G_GATE_CMD_CANCEL && request != G_GATE_CMD_START &&
-	    request != G_GATE_CMD_DONE) {
-		errno = ENOTTY;
-		return -1;
-	}
+	    request != G_GATE_CMD_DONE)
+		return ENOTTY;
 	if (*(uint32_t *)arg != G_GATE_VERSION) {
 		fprintf(stderr, "ggsim: Version mismatch %u != %d.\n", *(uint32_t *)arg, G_GATE_VERSION);
-		errno = EINVAL;
-		return -1;
+		return EINVAL;
 	}
 	pthread_mutex_lock(&lock);
 	if (request == G_GATE_CMD_CREATE)
@@ -426,19 +405,129 @@ ggsim_ctl_ioctl(int fd, unsigned long request, void *arg)
 	else if (request == G_GATE_CMD_CANCEL)
 		error = ctl_cancel(arg);
 	else if (request == G_GATE_CMD_START)
-		error = ctl_start(arg);
+		error = ctl_start(arg, interrupted, ctx);
 	else
 		error = ctl_done(arg);
 	pthread_mutex_unlock(&lock);
-	if (error != 0) {
-		errno = error;
-		return -1;
+	return error;
+}
+
+int
+ggsim_session_open(void)
+{
+	int error = 0;
+
+	pthread_mutex_lock(&lock);
+	if (shutting_down) {
+		error = ESHUTDOWN;
+	} else {
+		sessions++;
+		session_seen = 1;
 	}
-	return 0;
+	pthread_mutex_unlock(&lock);
+	return error;
+}
+
+void
+ggsim_session_close(void)
+{
+	pthread_mutex_lock(&lock);
+	sessions--;
+	pthread_cond_broadcast(&lifecycle_cv);
+	pthread_mutex_unlock(&lock);
+}
+
+void
+ggsim_wait_until_idle(void)
+{
+	time_t started = time(NULL);
+	struct timespec until;
+
+	pthread_mutex_lock(&lock);
+	while (sessions > 0 || unit_count() > 0 ||
+	    (!session_seen && time(NULL) - started < FIRST_SESSION_SECONDS)) {
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec++;
+		pthread_cond_timedwait(&lifecycle_cv, &lock, &until);
+	}
+	shutting_down = 1;
+	pthread_mutex_unlock(&lock);
+}
+
+/* g_conf_cat_escaped(): markup characters and bytes past 0x7e as &#xNN;. */
+static void
+put_escaped(FILE *out, const char *s)
+{
+	for (const unsigned char *c = (const unsigned char *)s; *c != '\0'; c++) {
+		if (*c == '&' || *c == '<' || *c == '>' || *c == '\'' || *c == '"' || *c > 0x7e)
+			fprintf(out, "&#x%X;", *c);
+		else if (*c == '\t' || *c == '\n' || *c == '\r' || *c > 0x1f)
+			fputc(*c, out);
+		else
+			fputc('?', out);
+	}
+}
+
+/*
+ * The GATE class with a geom and provider per unit (g_gate_dumpconf's
+ * config, its info unescaped as g_gate.c prints it), and the DEV class
+ * with the geom and consumer geom_dev.c tastes onto every provider; the
+ * layout and indentation of geom_dump.c's g_conf_class, g_conf_geom,
+ * g_conf_consumer and g_conf_provider. A provider's mode is the sum of its
+ * consumers': here its DEV consumer's.
+ */
+char *
+ggsim_confxml(void)
+{
+	static const char gate_class, dev_class;
+	char *text = NULL;
+	size_t length = 0;
+	FILE *out = open_memstream(&text, &length);
+
+	if (out == NULL)
+		return NULL;
+	pthread_mutex_lock(&lock);
+	fputs("<mesh>\n", out);
+	fprintf(out, "  <class id=\"%p\">\n    <name>GATE</name>\n", (const void *)&gate_class);
+	for (int unit = 0; unit < MAX_UNITS; unit++) {
+		struct ggsim_provider *p = units[unit];
+		if (p == NULL)
+			continue;
+		fprintf(out, "    <geom id=\"%p\">\n      <class ref=\"%p\"/>\n      <name>", (void *)&p->inqueue, (const void *)&gate_class);
+		put_escaped(out, p->name);
+		fputs("</name>\n      <rank>1</rank>\n      <config>\n", out);
+		fprintf(out, "\t<access>%s</access>\n", (p->flags & G_GATE_FLAG_READONLY) ? "read-only" :
+		    (p->flags & G_GATE_FLAG_WRITEONLY) ? "write-only" : "read-write");
+		fprintf(out, "\t<timeout>%u</timeout>\n\t<info>%s</info>\n", p->timeout, p->info);
+		fprintf(out, "\t<queue_count>%u</queue_count>\n\t<queue_size>%u</queue_size>\n", p->queue_count, p->maxcount);
+		fprintf(out, "\t<ref>%d</ref>\n\t<unit>%d</unit>\n      </config>\n", p->refs, p->unit);
+		fprintf(out, "\t<provider id=\"%p\">\n\t  <geom ref=\"%p\"/>\n", (void *)p, (void *)&p->inqueue);
+		fprintf(out, "\t  <mode>r%dw%de0</mode>\n\t  <name>", p->acr, p->acw);
+		put_escaped(out, p->name);
+		fprintf(out, "</name>\n\t  <mediasize>%jd</mediasize>\n\t  <sectorsize>%u</sectorsize>\n", (intmax_t)p->mediasize, p->sectorsize);
+		fputs("\t  <stripesize>0</stripesize>\n\t  <stripeoffset>0</stripeoffset>\n\t  <config>\n\t  </config>\n\t</provider>\n", out);
+		fputs("    </geom>\n", out);
+	}
+	fputs("  </class>\n", out);
+	fprintf(out, "  <class id=\"%p\">\n    <name>DEV</name>\n", (const void *)&dev_class);
+	for (int unit = 0; unit < MAX_UNITS; unit++) {
+		struct ggsim_provider *p = units[unit];
+		if (p == NULL)
+			continue;
+		fprintf(out, "    <geom id=\"%p\">\n      <class ref=\"%p\"/>\n      <name>", (void *)&p->outqueue, (const void *)&dev_class);
+		put_escaped(out, p->name);
+		fputs("</name>\n      <rank>2</rank>\n", out);
+		fprintf(out, "\t<consumer id=\"%p\">\n\t  <geom ref=\"%p\"/>\n\t  <provider ref=\"%p\"/>\n", (void *)&p->start_cv, (void *)&p->outqueue, (void *)p);
+		fprintf(out, "\t  <mode>r%dw%de0</mode>\n\t</consumer>\n    </geom>\n", p->acr, p->acw);
+	}
+	fputs("  </class>\n</mesh>\n", out);
+	pthread_mutex_unlock(&lock);
+	fclose(out);
+	return text;
 }
 
 struct ggsim_provider *
-ggsim_provider_open(const char *name, int writable, int *error)
+ggsim_provider_open(const char *name, int readable, int writable, int *error)
 {
 	struct ggsim_provider *p;
 
@@ -449,7 +538,8 @@ ggsim_provider_open(const char *name, int writable, int *error)
 	else if (writable && (p->flags & G_GATE_FLAG_READONLY))
 		*error = EPERM;
 	else {
-		p->opens++;
+		p->acr += readable;
+		p->acw += writable;
 		p->refs++;
 		*error = 0;
 	}
@@ -458,10 +548,11 @@ ggsim_provider_open(const char *name, int writable, int *error)
 }
 
 void
-ggsim_provider_close(struct ggsim_provider *p)
+ggsim_provider_close(struct ggsim_provider *p, int readable, int writable)
 {
 	pthread_mutex_lock(&lock);
-	p->opens--;
+	p->acr -= readable;
+	p->acw -= writable;
 	provider_release(p);
 	pthread_mutex_unlock(&lock);
 }
@@ -495,7 +586,7 @@ ggsim_provider_io(struct ggsim_provider *p, uint32_t cmd, int64_t offset, int64_
 		error = ENOMEM;
 	else {
 		pthread_cond_init(&bp.cv, NULL);
-		bp.seq = ++p->next_seq;
+		bp.seq = p->next_seq++;
 		p->queue_count++;
 		bioq_insert_tail(&p->inqueue, &bp);
 		pthread_cond_signal(&p->start_cv);
@@ -504,6 +595,26 @@ ggsim_provider_io(struct ggsim_provider *p, uint32_t cmd, int64_t offset, int64_
 		pthread_cond_destroy(&bp.cv);
 		error = bp.error;
 	}
+	pthread_mutex_unlock(&lock);
+	return error;
+}
+
+int
+ggsim_unit_io(int unit, uint32_t cmd, int64_t offset, int64_t length, void *data)
+{
+	struct ggsim_provider *p;
+	int error;
+
+	pthread_mutex_lock(&lock);
+	p = unit >= 0 && unit < MAX_UNITS ? units[unit] : NULL;
+	if (p != NULL)
+		p->refs++;
+	pthread_mutex_unlock(&lock);
+	if (p == NULL)
+		return ENXIO;
+	error = ggsim_provider_io(p, cmd, offset, length, data);
+	pthread_mutex_lock(&lock);
+	provider_release(p);
 	pthread_mutex_unlock(&lock);
 	return error;
 }
@@ -532,28 +643,4 @@ ggsim_provider_stat(const char *name, int64_t *mediasize, uint32_t *sectorsize)
 	}
 	pthread_mutex_unlock(&lock);
 	return p != NULL ? 0 : ENOENT;
-}
-
-/*
- * For tests of the simulator itself: queue a bio on a unit as the kernel
- * would, and wait for userspace to finish it. Returns a FreeBSD errno.
- */
-EXPORT int
-ggsim_submit(int unit, uint32_t cmd, int64_t offset, int64_t length, void *data)
-{
-	struct ggsim_provider *p;
-	int error;
-
-	pthread_mutex_lock(&lock);
-	p = unit >= 0 && unit < MAX_UNITS ? units[unit] : NULL;
-	if (p != NULL)
-		p->refs++;
-	pthread_mutex_unlock(&lock);
-	if (p == NULL)
-		return ENXIO;
-	error = ggsim_provider_io(p, cmd, offset, length, data);
-	pthread_mutex_lock(&lock);
-	provider_release(p);
-	pthread_mutex_unlock(&lock);
-	return error;
 }

@@ -1,57 +1,22 @@
 // The FreeBSD front end end to end on Linux: geom-rowr runs its GEOM Gate
-// code path (GEOM_ROWR_PLATFORM=freebsd) against the ggctl simulator
-// (GEOM_ROWR_LIBC=build/ggsim.so), which shows the provider as a file in a
-// FUSE mount (GGSIM_MOUNT); a loop device and ext4 sit on that file.
+// code path against the ggctl simulator (test/fixtures/simulated-freebsd.ts),
+// which shows the provider as a file in a FUSE mount; a loop device and
+// ext4 sit on that file.
 import fs from 'node:fs'
 import path from 'node:path'
-import t, { type Test } from 'tap'
-import { cli, makeImage, repoRoot, requires, run, sha256, shortDir, waitUntil } from '../fixtures/helpers.js'
+import t from 'tap'
+import { makeImage, repoRoot, requires, run, sha256, waitUntil } from '../fixtures/helpers.js'
 import { ext4Image, leftovers, mount } from '../fixtures/kernel.js'
+import { mounted, simulatedFreeBsd } from '../fixtures/simulated-freebsd.js'
 
 const NEEDS = { root: true, fuse: true, tools: ['losetup', 'mkfs.ext4', 'e2fsck', 'mount', 'fio'] }
-const simulator = path.join(repoRoot, 'build/ggsim.so')
-
-/** Whether a FUSE mount is at `dir`, per the kernel. */
-const mounted = (dir: string): boolean =>
-  fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some(l => l.split(' ')[4] === dir)
-
-const simulated = (t: Test) => {
-  const dir = shortDir(t)
-  const runDir = path.join(dir, 'run')
-  const sim = path.join(dir, 'ggsim')
-  const mnt = path.join(dir, 'mnt')
-  fs.mkdirSync(mnt)
-  const env = { GEOM_ROWR_PLATFORM: 'freebsd', GEOM_ROWR_LIBC: simulator, GGSIM_MOUNT: sim, GEOM_ROWR_RUNDIR: runDir }
-  const rowr = (...args: string[]) => run(process.execPath, [cli, ...args], env)
-  const loops: string[] = []
-  /** A loop device on the provider's file, as the tests' stand-in for mounting /dev/NAME. */
-  const loop = async (file: string): Promise<string> => {
-    const r = await run('losetup', ['--find', '--show', '--direct-io=on', file])
-    t.equal(r.code, 0, r.stderr)
-    loops.push(r.stdout.trim())
-    return r.stdout.trim()
-  }
-  const unloop = async (device: string): Promise<void> => {
-    t.equal((await run('losetup', ['-d', device])).code, 0, `losetup -d ${device}`)
-    loops.splice(loops.indexOf(device), 1)
-  }
-  t.teardown(async () => {
-    await run('umount', ['-l', mnt])
-    for (const device of loops) await run('losetup', ['-d', device])
-    for (const name of fs.existsSync(runDir) ? fs.readdirSync(runDir) : []) {
-      if (!name.endsWith('.log')) await rowr('destroy', '-f', name)
-    }
-    if (mounted(sim)) await run('umount', ['-l', sim])
-  })
-  return { dir, runDir, sim, mnt, rowr, loop, unloop }
-}
 
 const status = async (rowr: (...a: string[]) => Promise<{ stdout: string }>, name: string) =>
   JSON.parse((await rowr('status', '--json', name)).stdout)
 
 t.test('the original module\'s procedure through GEOM Gate: ext4 on the provider, change, fsck, destroy', async t => {
   if (!requires(t, NEEDS)) return
-  const { dir, runDir, sim, mnt, rowr, loop, unloop } = simulated(t)
+  const { dir, runDir, sim, mnt, rowr, loop, unloop } = simulatedFreeBsd(t)
   const base = await ext4Image(dir)
   const baseHash = sha256(base)
   const rw = makeImage(path.join(dir, 'rw.img'), fs.statSync(base).size, 'zero')
@@ -77,7 +42,8 @@ t.test('the original module\'s procedure through GEOM Gate: ext4 on the provider
 
   const busy = await rowr('destroy', 'rowr0')
   t.equal(busy.code, 1, 'destroy refuses while the provider is open')
-  t.match(busy.stderr, `rowr0 (${provider}) is open: unmount it (umount ${provider}) or use destroy -f`)
+  // The loop device holds the provider's file: what an open of /dev/rowr0 is on FreeBSD.
+  t.match(busy.stderr, `rowr0 (${provider}) is open (held open through /dev/rowr0 (r1w1e0)): unmount it (umount ${provider}) or use destroy -f`)
 
   t.equal((await run('umount', [mnt])).code, 0)
   const fsck = await run('e2fsck', ['-fn', device])
@@ -109,7 +75,7 @@ t.test('the original module\'s procedure through GEOM Gate: ext4 on the provider
 
 t.test('concurrent bios, and writes larger than the first START buffer', async t => {
   if (!requires(t, NEEDS)) return
-  const { dir, rowr } = simulated(t)
+  const { dir, rowr } = simulatedFreeBsd(t)
   const size = 32 << 20
   const base = makeImage(path.join(dir, 'ro.img'), size)
   const rw = makeImage(path.join(dir, 'rw.img'), size, 'zero')
@@ -152,7 +118,7 @@ t.test('concurrent bios, and writes larger than the first START buffer', async t
 
 t.test('destroy -f while the provider is held: pending bios fail, the daemon exits cleanly', async t => {
   if (!requires(t, NEEDS)) return
-  const { dir, runDir, sim, rowr, loop } = simulated(t)
+  const { dir, runDir, sim, rowr, loop } = simulatedFreeBsd(t)
   const base = makeImage(path.join(dir, 'ro.img'), 16 << 20)
   const rw = makeImage(path.join(dir, 'rw.img'), 16 << 20, 'zero')
   const created = await rowr('create', 'f0', base, rw)
@@ -163,7 +129,7 @@ t.test('destroy -f while the provider is held: pending bios fail, the daemon exi
 
   const busy = await rowr('destroy', 'f0')
   t.equal(busy.code, 1)
-  t.match(busy.stderr, 'is open: unmount it')
+  t.match(busy.stderr, 'is open (held open through /dev/f0 (r1w1e0)): unmount it')
   const read = await run('dd', [`if=${device}`, 'of=/dev/null', 'bs=64k', 'iflag=direct'])
   t.equal(read.code, 0, 'the provider still serves after the refused destroy')
 
@@ -179,11 +145,53 @@ t.test('destroy -f while the provider is held: pending bios fail, the daemon exi
 
 t.test('a name GEOM Gate already has is refused, with nothing half-created', async t => {
   if (!requires(t, NEEDS)) return
-  const { dir, runDir, rowr } = simulated(t)
+  const { dir, runDir, rowr } = simulatedFreeBsd(t)
   const base = makeImage(path.join(dir, 'ro.img'), 1 << 20)
   const rw = makeImage(path.join(dir, 'rw.img'), 1 << 20, 'zero')
   const taken = await rowr('create', 'null', base, rw)
   t.equal(taken.code, 1)
   t.match(taken.stderr, '/dev/null already exists (another GEOM provider has that name); choose another NAME')
   t.same(fs.existsSync(runDir) ? fs.readdirSync(runDir).filter(n => !n.endsWith('.log')) : [], [])
+})
+
+t.test('revert, commit and destroy see who has the provider open, from kern.geom.confxml', async t => {
+  if (!requires(t, NEEDS)) return
+  const { dir, rowr, loop, unloop } = simulatedFreeBsd(t)
+  const base = makeImage(path.join(dir, 'ro.img'), 8 << 20)
+  const rw = makeImage(path.join(dir, 'rw.img'), 8 << 20, 'zero')
+  const created = await rowr('create', 'b0', base, rw)
+  t.equal(created.code, 0, created.stderr)
+  const provider = created.stdout.trim()
+  const write = async (fill: number): Promise<void> => {
+    fs.writeFileSync(path.join(dir, 'fill'), Buffer.alloc(64 << 10, fill))
+    const dd = await run('dd', [`if=${path.join(dir, 'fill')}`, `of=${provider}`, 'bs=64k', 'seek=2', 'oflag=direct', 'conv=notrunc,fsync'])
+    t.equal(dd.code, 0, dd.stderr)
+  }
+
+  // dd has closed the provider again: nothing has it open.
+  await write(1)
+  const reverted = await rowr('revert', 'b0')
+  t.equal(reverted.code, 0, `revert of a provider nobody has open: ${reverted.stderr}`)
+
+  const device = await loop(provider)
+  await write(2)
+  const uses = `b0 (${provider}) is in use: held open through /dev/b0 (r1w1e0); unmount it (umount ${provider}) or close it`
+  const refusedRevert = await rowr('revert', 'b0')
+  t.equal(refusedRevert.code, 1)
+  t.match(refusedRevert.stderr, `${uses}, or use revert -f`, 'revert names who has it open')
+  const refusedCommit = await rowr('commit', '-y', 'b0')
+  t.equal(refusedCommit.code, 1)
+  t.match(refusedCommit.stderr, `${uses}, or use commit -f`)
+  const refusedDestroy = await rowr('destroy', 'b0')
+  t.equal(refusedDestroy.code, 1)
+  t.match(refusedDestroy.stderr, `b0 (${provider}) is open (held open through /dev/b0 (r1w1e0)): unmount it (umount ${provider}) or use destroy -f`)
+  t.equal(fs.readFileSync(base).subarray(2 << 16, 3 << 16).equals(Buffer.alloc(64 << 10, 2)), false, 'RO is untouched')
+
+  await unloop(device)
+  // The kernel's FUSE release may land just after losetup -d: poll.
+  let committed = await rowr('commit', '-y', 'b0')
+  await waitUntil(async () => committed.code === 0 || (committed = await rowr('commit', '-y', 'b0')).code === 0)
+  t.equal(committed.code, 0, committed.stderr)
+  t.same(fs.readFileSync(base).subarray(2 << 16, 3 << 16), Buffer.alloc(64 << 10, 2), 'commit wrote RO once nothing had the provider open')
+  t.equal((await rowr('destroy', 'b0')).code, 0)
 })
