@@ -1,0 +1,70 @@
+// The Linux live boot, booted for real: a Debian 12 kernel under qemu boots
+// build/vm/live.iso on a virtual CD-ROM through boot/linux/rowr-live.sh, as
+// /init of an initramfs and once under initramfs-tools' own init. The
+// booted system runs test/vm/guest/live-boot.sh: it proves its root is
+// writable (writes, deletes, geom-rowr status --json from inside) while the
+// ISO stays the same; then changes kept on a second disk with the map on it
+// across two boots, rowr.reset=1, and the read-only fallback.
+import fs from 'node:fs'
+import path from 'node:path'
+import t, { type Test } from 'tap'
+import { sha256, shortDir } from '../fixtures/helpers.js'
+import { boot, checkResults, guestDir, requiresGuest, resultsDisk, type Disk } from '../fixtures/vm.js'
+
+/** Far above a boot on an idle 2-core machine; a hung guest fails at it. */
+const BOOT_BOUND_MS = 300_000
+
+const iso = path.join(guestDir, 'live.iso')
+
+/**
+ * Boots the ISO with `initrd` and the kernel arguments `append`, the results
+ * disk first and `disks` after it; the guest reports its checks for
+ * `scenario` (live-boot.sh), at least `minLines` of them.
+ */
+const liveBoot = async (
+  t: Test,
+  o: { scenario: string; initrd?: string; append?: string; disks?: readonly Disk[]; minLines: number },
+): Promise<string> => {
+  t.setTimeout(BOOT_BOUND_MS + 60_000)
+  const results = resultsDisk(shortDir(t), o.scenario)
+  const b = await boot(t, {
+    name: `live-${o.scenario}`,
+    initrd: o.initrd ?? 'live.cpio',
+    append: `vmtest=${o.scenario} ${o.append ?? ''}`.trim(),
+    disks: [{ file: results }, ...(o.disks ?? []), { file: iso, cdrom: true }],
+    boundMs: BOOT_BOUND_MS,
+  })
+  const lines = checkResults(t, results, b)
+  t.ok(lines.length >= o.minLines, `every step reported (${lines.length} lines)`)
+  return b.console
+}
+
+t.test('a live system booted from the ISO through rowr-live.sh', async t => {
+  if (!requiresGuest(t)) return
+  const isoSum = sha256(iso)
+  const dir = shortDir(t)
+  // The persistent RW: larger than the image, for the map in its tail.
+  const persist = path.join(dir, 'persist.img')
+  fs.writeFileSync(persist, '')
+  fs.truncateSync(persist, 1 << 30)
+  const keep = { disks: [{ file: persist }], append: 'rowr.rw=/dev/vdb rowr.map=on-rw' }
+
+  await t.test('RW in RAM (rowr.rw=auto): a writable root', t => liveBoot(t, { scenario: 'ram', minLines: 25 }))
+  await t.test('RW on a disk with the map on it, first boot; the medium found by its label', t =>
+    liveBoot(t, { scenario: 'persist', ...keep, append: `${keep.append} rowr.media=LABEL=ROWR_LIVE`, minLines: 23 }),
+  )
+  await t.test('the same disk, second boot, under initramfs-tools (boot=rowr): the first boot\'s changes are there', t =>
+    liveBoot(t, { scenario: 'resume', ...keep, initrd: 'live-itools.cpio', append: `${keep.append} boot=rowr`, minLines: 18 }),
+  )
+  await t.test('rowr.reset=1 starts clean', t =>
+    liveBoot(t, { scenario: 'reset', ...keep, append: `${keep.append} rowr.reset=1`, minLines: 17 }),
+  )
+  await t.test('a RW disk too small for the image: the image boots read-only', async t => {
+    const small = path.join(dir, 'small.img')
+    fs.writeFileSync(small, '')
+    fs.truncateSync(small, 1 << 20)
+    const console = await liveBoot(t, { scenario: 'readonly', disks: [{ file: small }], append: 'rowr.rw=/dev/vdb', minLines: 7 })
+    t.match(console, /falling back to a READ-ONLY system/, 'the console says it boots read-only')
+  })
+  t.equal(sha256(iso), isoSum, 'the ISO is unchanged')
+})
