@@ -66,7 +66,7 @@ vmguest: build
 test: setup typecheck lint vmguest
 	npx tap
 
-# Only the virtual-machine tests: Linux's nbd driver.
+# Only the virtual-machine tests: Linux's nbd driver and the live boot.
 vmtest: setup vmguest
 	npx tap test/vm
 

@@ -175,8 +175,9 @@ writable_root() { # TARGET
 	if [ "$reset" = 1 ]; then
 		if [ -n "$map_option" ]; then
 			say "rowr.reset=1: forgetting the changes kept on $rw"
-			out=$(rowr revert --ro "$loop" --rw "$rw" --map-on-rw 2>&1) ||
-				refuse "rowr.reset=1: geom-rowr revert --ro $loop --rw $rw --map-on-rw failed: $out" || return
+			# -f: also when they were made on another image, as after an upgrade.
+			out=$(rowr revert -f --ro "$loop" --rw "$rw" --map-on-rw 2>&1) ||
+				refuse "rowr.reset=1: geom-rowr revert -f --ro $loop --rw $rw --map-on-rw failed: $out" || return
 			echo "$out"
 		else
 			say "rowr.reset=1: nothing to forget, the changes are kept only with rowr.map=on-rw"
@@ -184,8 +185,15 @@ writable_root() { # TARGET
 	fi
 	# Its own exit status, not a pipeline's: the last line printed is the device.
 	# shellcheck disable=SC2086 # the map option is one word or none
-	out=$(rowr create --systemd-mark $map_option "$name" "$loop" "$rw" 2>&1) ||
-		refuse "geom-rowr create $name $loop $rw failed: $out" || return
+	if ! out=$(rowr create --systemd-mark $map_option "$name" "$loop" "$rw" 2>&1); then
+		case $out in
+		*"belongs to other devices"*)
+			out="$out. At boot this means the changes kept on $rw were made on another system image (an upgraded medium): they do not fit this one, so no --force; boot the medium they belong to, or boot once with rowr.reset=1 to forget them and start over"
+			;;
+		esac
+		refuse "geom-rowr create $name $loop $rw failed: $out"
+		return
+	fi
 	echo "$out"
 	device=$(echo "$out" | tail -n 1)
 	if ! protect_daemon; then
