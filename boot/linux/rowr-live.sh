@@ -169,8 +169,9 @@ writable_root() { # TARGET
 	prepare_chroot || return
 	if [ "$rw" != auto ]; then
 		say "waiting up to $media_timeout s for RW $rw"
-		rw=$(wait_for "$rw" "$media_timeout") ||
+		found=$(wait_for "$rw" "$media_timeout") ||
 			refuse "RW $rw did not appear within $media_timeout s; set rowr.rw (or rowr.media_timeout)" || return
+		rw=$found
 	fi
 	if [ "$reset" = 1 ]; then
 		if [ -n "$map_option" ]; then
@@ -206,7 +207,7 @@ writable_root() { # TARGET
 		return
 	fi
 	if [ "$rw" = auto ]; then
-		# The auto RW, where the booted system's geom-rowr looks for it.
+		# The auto RW: the path the daemon names it by is its path in the booted system too.
 		mount --bind "$image/var/tmp" "$1/var/tmp" || say "cannot bind the auto RW's /var/tmp on the new root's"
 	fi
 	say "$name ($device) mounted read-write on $1"
