@@ -60,7 +60,7 @@ typecheck: node_modules
 
 lint: system-deps
 	shellcheck scripts/*.sh .ci/run
-	shellcheck -s sh boot/*.sh boot/rc.d/* test/vm/guest/*.sh
+	shellcheck -s sh boot/*.sh boot/linux/*.sh boot/rc.d/* test/vm/guest/*.sh
 
 # The guests test/vm boots under qemu, from Debian's packages and dist/
 # (cached in build/vm/; rebuilt when an input changes).
@@ -70,7 +70,7 @@ vmguest: build
 test: setup typecheck lint vmguest
 	npx tap
 
-# Only the virtual-machine tests: Linux's nbd driver.
+# Only the virtual-machine tests: Linux's nbd driver and the live boot.
 vmtest: setup vmguest
 	npx tap test/vm
 

@@ -7,8 +7,12 @@
 #                 /init runs the scenario named by the kernel argument vmtest=NAME
 #   live.cpio     an initramfs with busybox, the modules and boot/linux/rowr-live.sh
 #                 as /init: nothing of geom-rowr, which comes from the system image
-#   live.iso      an ISO 9660 medium holding data/system.img, an ext4 system image
-#                 (busybox root, node, geom-rowr, test/vm/guest/live-init.sh as /sbin/init)
+#   live-itools.cpio  the same script under initramfs-tools: Debian's
+#                 initramfs-tools init and scripts, rowr-live.sh as scripts/rowr
+#                 (boot=rowr); assembled here, not by mkinitramfs
+#   live.iso      an ISO 9660 medium (volume ROWR_LIVE) holding data/system.img, an
+#                 ext4 system image (busybox root, node, geom-rowr,
+#                 test/vm/guest/live-init.sh as /sbin/init)
 # The .debs and their extracted files are kept between runs; the images are
 # rebuilt only when one of their inputs changed.
 set -euo pipefail
@@ -25,7 +29,7 @@ if [ -z "$kernel_pkg" ]; then
   kernel_pkg=$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-image-6\.[0-9.]*-[0-9]*-amd64\)$/\1/p' | head -n 1)
 fi
 kver=${kernel_pkg#linux-image-}
-debs="$kernel_pkg busybox-static"
+debs="$kernel_pkg busybox-static initramfs-tools-core"
 
 # Downloaded once per package name; a stale package list is refreshed once.
 for pkg in $debs; do
@@ -34,11 +38,11 @@ for pkg in $debs; do
   fi
 done
 pkgroot=$out/pkgroot-$kver
-if [ ! -e "$pkgroot/.done" ]; then
+if [ "$(cat "$pkgroot/.done" 2>/dev/null)" != "$debs" ]; then
   rm -rf "$out"/pkgroot-*
   for pkg in $debs; do dpkg -x "$out/debs/${pkg}"_*.deb "$pkgroot"; done
   depmod -b "$pkgroot" "$kver"
-  touch "$pkgroot/.done"
+  echo "$debs" >"$pkgroot/.done"
 fi
 
 # Rebuild only when an input changed: this script, the guest scripts, the
@@ -47,9 +51,9 @@ key=$( {
   echo "$kver"
   node --version
   cat scripts/build-vm-guest.sh package-lock.json
-  find dist test/vm/guest -type f -print0 | sort -z | xargs -0 sha256sum
+  find dist test/vm/guest boot/linux -type f -print0 | sort -z | xargs -0 sha256sum
 } | sha256sum | cut -d' ' -f1)
-if [ -e "$out/key" ] && [ "$(cat "$out/key")" = "$key" ] && [ -e "$out/nbd.cpio" ]; then
+if [ -e "$out/key" ] && [ "$(cat "$out/key")" = "$key" ]; then
   echo "build-vm-guest: up to date ($kver)"
   exit 0
 fi
@@ -141,7 +145,65 @@ install -m 755 test/vm/guest/init.sh "$stage/init"
 mkdir -p "$stage/vmtest"
 install -m 755 test/vm/guest/nbd-driver.sh test/vm/guest/nbd-crash.sh test/vm/guest/nbd-common.sh test/vm/guest/report.sh "$stage/vmtest/"
 cpio_of "$stage" "$out/nbd.cpio"
-
 rm -rf "$stage"
+
+# modules.dep for the modules a guest has, which busybox's modprobe reads;
+# /etc/modules names the virtual machine's drivers (rowr-live.sh loads its own).
+modules_by_name() {
+  cp "$pkgroot/lib/modules/$kver"/modules.builtin* "$pkgroot/lib/modules/$kver/modules.order" "$1/lib/modules/$kver/"
+  depmod -b "$1" "$kver"
+  printf '%s\n' virtio_pci virtio_blk ata_piix sr_mod crc32c_generic >"$1/etc/modules"
+}
+
+# The live boot's initramfs: rowr-live.sh as /init.
+stage=$out/stage-live
+base_root "$stage"
+modules_by_name "$stage"
+install -m 755 boot/linux/rowr-live.sh "$stage/init"
+cpio_of "$stage" "$out/live.cpio"
+rm -rf "$stage"
+
+# The same under initramfs-tools: its init and scripts as mkinitramfs installs
+# them, rowr-live.sh as the boot script of boot=rowr, and udev's one duty
+# there (moving /dev into the new root) as the only init-bottom script.
+stage=$out/stage-itools
+itools=$pkgroot/usr/share/initramfs-tools
+base_root "$stage"
+modules_by_name "$stage"
+install -m 755 "$itools/init" "$stage/init"
+mkdir -p "$stage/conf" "$stage/scripts/init-bottom"
+cp "$pkgroot/etc/initramfs-tools/initramfs.conf" "$stage/conf/"
+echo "DPKG_ARCH=$(dpkg --print-architecture)" >"$stage/conf/arch.conf"
+cp "$stage/etc/modules" "$stage/conf/modules"
+cp "$itools/scripts/functions" "$itools/scripts/local" "$itools/scripts/nfs" "$stage/scripts/"
+install -m 755 boot/linux/rowr-live.sh "$stage/scripts/rowr"
+# shellcheck disable=SC2016 # expanded by the guest's init
+echo 'mount -n -o move /dev "${rootmnt:?}/dev"' >"$stage/scripts/init-bottom/ORDER"
+cpio_of "$stage" "$out/live-itools.cpio"
+rm -rf "$stage"
+
+# The live system's image: busybox, node and geom-rowr, the test's init, and
+# two files of the image's own that the booted system deletes and renames.
+stage=$out/stage-image
+base_root "$stage"
+install_project "$stage"
+mkdir -p "$stage/root" "$stage/vmtest"
+rm -f "$stage/sbin/init"
+install -m 755 test/vm/guest/live-init.sh "$stage/sbin/init"
+install -m 755 test/vm/guest/live-boot.sh test/vm/guest/report.sh test/vm/guest/nbd-common.sh "$stage/vmtest/"
+echo seed >"$stage/etc/rowr-seed"
+echo moved >"$stage/etc/rowr-moved"
+rm -rf "$out/iso"
+mkdir -p "$out/iso/data"
+# Room for what the boots write.
+truncate -s "$(($(du -sm "$stage" | cut -f1) + 64))M" "$out/iso/data/system.img"
+/sbin/mke2fs -q -F -t ext4 -d "$stage" "$out/iso/data/system.img"
+rm -rf "$stage"
+# xorriso's banner only when it fails.
+xorriso_out=$(xorriso -as mkisofs -iso-level 3 -R -V ROWR_LIVE -o "$out/live.iso" "$out/iso" 2>&1) || {
+  echo "$xorriso_out" >&2
+  exit 1
+}
+rm -rf "$out/iso"
 echo "$key" >"$out/key"
 echo "build-vm-guest: built $out ($kver)"

@@ -143,6 +143,28 @@ t.test('create --no-attach, list, status, destroy', async t => {
   t.equal((await cli('list')).stdout, '', 'nothing listed')
 })
 
+t.test("create --systemd-mark: the daemon's argv[0] begins with '@'; list, status and destroy know it", async t => {
+  const { run, cli, ro, rw, dir } = setup(t)
+  const plain = await cli('create', '--no-attach', 'p0', ro, makeImage(path.join(dir, 'rw-p0.img'), SIZE, 'zero'))
+  t.equal(plain.code, 0, plain.stderr)
+  const argv0 = (name: string): string => {
+    const pid = JSON.parse(fs.readFileSync(`${run}/${name}/state.json`, 'utf8')).pid as number
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0]!
+  }
+  t.not(argv0('p0')[0], '@', 'without it, argv[0] is node')
+  const marked = await cli('create', '--no-attach', '--systemd-mark', 'm0', ro, rw)
+  t.equal(marked.code, 0, marked.stderr)
+  t.equal(argv0('m0'), '@geom-rowr', "systemd's root storage daemon mark")
+  t.match((await cli('list')).stdout, /\nm0\s+nbd\+unix/)
+  t.equal(JSON.parse((await cli('status', '--json', 'm0')).stdout).name, 'm0')
+  const destroyed = await cli('destroy', 'm0', 'p0')
+  t.equal(destroyed.code, 0, destroyed.stderr)
+  t.same(names(run), [])
+  const foreground = await cli('create', '-v', '--systemd-mark', 'm1', ro, rw)
+  t.equal(foreground.code, 2, 'with -v it is a usage error')
+  t.match(foreground.stderr, /--systemd-mark marks the background daemon; with -v, start geom-rowr with an argv\[0\] that begins with '@'/)
+})
+
 t.test('destroy -f ends connected clients', async t => {
   const { run, cli, ro, rw } = setup(t)
   t.equal((await cli('create', '--no-attach', 'r1', ro, rw)).code, 0)

@@ -20,6 +20,7 @@ export interface CreateArgs extends MapArgs {
   readonly verbose: boolean
   readonly 'sector-size'?: number
   readonly attach: boolean
+  readonly 'systemd-mark': boolean
   readonly 'daemon-child': boolean
 }
 
@@ -65,7 +66,7 @@ export const create = async (a: CreateArgs): Promise<void> => {
       process.stdout.write(`${d.state.device ?? d.state.nbd}\n`)
     })
   } else {
-    const ready = await spawnDaemon(options)
+    const ready = await spawnDaemon(options, a['systemd-mark'])
     announce(ready.state, ready.warnings)
     process.stdout.write(`${ready.device}\n`)
   }
@@ -97,7 +98,14 @@ const runDaemonChild = async (o: DaemonOptions): Promise<void> => {
   }
 }
 
-const spawnDaemon = async (o: Omit<DaemonOptions, 'log'>): Promise<Extract<ChildMessage, { type: 'ready' }>> => {
+/**
+ * The argv[0] of a daemon that serves the root file system: systemd's
+ * shutdown spares processes whose argv[0] begins with '@' (its "root storage
+ * daemons"), which must outlive the remount of the root read-only.
+ */
+const SYSTEMD_MARKED_ARGV0 = '@geom-rowr'
+
+const spawnDaemon = async (o: Omit<DaemonOptions, 'log'>, systemdMark: boolean): Promise<Extract<ChildMessage, { type: 'ready' }>> => {
   const { fd: logFd, path: logPath } = openDaemonLog(o.name)
   const args = [
     ...DAEMON_NODE_FLAGS,
@@ -114,7 +122,11 @@ const spawnDaemon = async (o: Omit<DaemonOptions, 'log'>): Promise<Extract<Child
     o.ro,
     o.rw,
   ]
-  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', logFd, logFd, 'ipc'] })
+  const child = spawn(process.execPath, args, {
+    detached: true,
+    stdio: ['ignore', logFd, logFd, 'ipc'],
+    ...(systemdMark ? { argv0: SYSTEMD_MARKED_ARGV0 } : {}),
+  })
   fs.closeSync(logFd)
   try {
     const message = await new Promise<ChildMessage>((resolve, reject) => {

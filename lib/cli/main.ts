@@ -161,9 +161,19 @@ const build = (args: string[]): Argv => {
             describe: 'attach a kernel block device (--no-attach: serve NBD only and print its URI)',
           })
           .options(mapOptions)
+          .option('systemd-mark', {
+            type: 'boolean',
+            default: false,
+            describe: "the daemon serves the root file system: its argv[0] begins with '@', so systemd's shutdown does not kill it",
+          })
           .option('daemon-child', { type: 'boolean', hidden: true, default: false })
           .middleware(strictly('create', y), true)
-          .check(argv => checkMap(argv) && checkCommon(argv)),
+          .check(argv => {
+            if (argv['systemd-mark'] && argv.verbose) {
+              throw new UsageError("--systemd-mark marks the background daemon; with -v, start geom-rowr with an argv[0] that begins with '@' (exec -a @geom-rowr ...)")
+            }
+            return checkMap(argv) && checkCommon(argv)
+          }),
       argv => create(argv as unknown as CreateArgs),
     )
     .command(
