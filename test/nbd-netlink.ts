@@ -4,7 +4,6 @@
 import { endianness } from 'node:os'
 import t from 'tap'
 import {
-  NetlinkFormatError,
   errorCode,
   getFamilyRequest,
   nbdConnectRequest,

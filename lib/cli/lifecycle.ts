@@ -4,11 +4,11 @@
 // Ctrl-C; --json prints the summary for scripts.
 import path from 'node:path'
 import readline from 'node:readline/promises'
-import { callControl, type ControlRequest } from '../daemon/control.js'
+import { callControl } from '../daemon/control.js'
+import { answerOf, type ControlAnswer, type ControlRequest } from '../daemon/control-protocol.js'
 import { statePaths } from '../daemon/run-state.js'
 import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
 import { RowrError } from '../errors.js'
-import type { WrittenRange } from '../engine/engine.js'
 import {
   JobCancelled,
   commit as commitJob,
@@ -16,10 +16,7 @@ import {
   planCommit,
   revert as revertJob,
   type CommitPlan,
-  type CommitSummary,
-  type ExportSummary,
   type JobContext,
-  type RevertSummary,
 } from '../lifecycle/jobs.js'
 import { openOffline, type OfflineTarget } from '../lifecycle/offline.js'
 import { warn } from './foreground.js'
@@ -55,12 +52,12 @@ const label = (a: TargetArgs): string => a.name ?? resolveRwPath(a.rw!)
  * Runs a job in NAME's daemon, or here on the stopped devices. Ctrl-C asks
  * the job to stop at its next safe point; the command then exits 130.
  */
-const runJob = async <T extends object>(
+const runJob = async <R extends ControlRequest>(
   a: TargetArgs,
   title: string,
-  request: ControlRequest,
-  job: (ctx: JobContext) => Promise<T>,
-): Promise<T | undefined> => {
+  request: R,
+  job: (ctx: JobContext) => Promise<ControlAnswer<R>>,
+): Promise<ControlAnswer<R> | undefined> => {
   const bar = progressBar(`${label(a)}: ${title}`)
   let interrupted = false
   let stop = (): void => undefined
@@ -79,8 +76,7 @@ const runJob = async <T extends object>(
         ? setInterval(() => {
             callControl(control, { cmd: 'status' })
               .then(r => {
-                const j = (r as { job?: { done: number; total: number } }).job
-                if (j) bar.update(j.done, j.total)
+                if (r.ok && r.job) bar.update(r.job.done, r.job.total)
               })
               .catch(() => undefined)
           }, POLL_MS)
@@ -91,8 +87,7 @@ const runJob = async <T extends object>(
           if (reply.code === 'ECANCELED' && interrupted) return interruptedBy(reply.message)
           throw new RowrError(reply.code === 'EBUSY' ? 'EBUSY' : 'EDAEMON', reply.message)
         }
-        const { ok: _ok, ...summary } = reply
-        return summary as T
+        return answerOf(reply)
       } finally {
         clearInterval(poll)
       }
@@ -135,7 +130,7 @@ const print = (a: TargetArgs, summary: object, text: string): void => {
 }
 
 export const diff = async (a: TargetArgs): Promise<void> => {
-  const result = await runJob<{ ranges: WrittenRange[] }>(a, 'diff', { cmd: 'diff' }, async ctx => ({ ranges: ctx.engine.writtenRanges() }))
+  const result = await runJob(a, 'diff', { cmd: 'diff' }, async ctx => ({ ranges: ctx.engine.writtenRanges() }))
   if (!result) return
   const writtenBytes = result.ranges.reduce((sum, r) => sum + r.length, 0)
   if (a.json) {
@@ -147,7 +142,7 @@ export const diff = async (a: TargetArgs): Promise<void> => {
 }
 
 export const revert = async (a: TargetArgs): Promise<void> => {
-  const s = await runJob<RevertSummary>(a, 'revert', { cmd: 'revert', force: a.force }, revertJob)
+  const s = await runJob(a, 'revert', { cmd: 'revert', force: a.force }, revertJob)
   if (!s) return
   print(a, s, `${label(a)}: reverted: ${s.revertedBytes} bytes of writes forgotten${s.released ? '; their space on RW was released' : ''}`)
 }
@@ -183,7 +178,7 @@ const printPlan = (a: TargetArgs, plan: CommitPlan): void => {
  */
 export const commit = async (a: CommitArgs): Promise<void> => {
   const plan = (): Promise<CommitPlan | undefined> =>
-    runJob<CommitPlan>(a, 'commit --dry-run', { cmd: 'commit', force: a.force, dryRun: true }, planCommit)
+    runJob(a, 'commit --dry-run', { cmd: 'commit', force: a.force, dryRun: true }, planCommit)
   if (a['dry-run']) {
     const p = await plan()
     if (p) printPlan(a, p)
@@ -203,14 +198,14 @@ export const commit = async (a: CommitArgs): Promise<void> => {
       throw new RowrError('ENOTCONFIRMED', `${label(a)}: not committed; nothing was written`)
     }
   }
-  const s = await runJob<CommitSummary>(a, 'commit', { cmd: 'commit', force: a.force, dryRun: false }, commitJob)
+  const s = await runJob(a, 'commit', { cmd: 'commit', force: a.force, dryRun: false }, commitJob)
   if (!s) return
   print(a, s, `${label(a)}: committed ${s.committedBytes} bytes into RO; the map is empty${s.released ? ' and RW\'s space was released' : ''}`)
 }
 
 export const exportCommand = async (a: TargetArgs & { readonly file: string }): Promise<void> => {
   const file = path.resolve(a.file)
-  const s = await runJob<ExportSummary>(a, 'export', { cmd: 'export', file }, ctx => exportImage(ctx, file))
+  const s = await runJob(a, 'export', { cmd: 'export', file }, ctx => exportImage(ctx, file))
   if (!s) return
   print(a, s, `${label(a)}: exported ${s.bytes} bytes to ${s.file} (${s.dataBytes} bytes of data; the rest is sparse)`)
 }

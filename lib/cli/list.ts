@@ -7,6 +7,7 @@ import { noSuchDevice } from './destroy.js'
 import { warn } from './foreground.js'
 import { human } from '../units.js'
 import { healthLine, type IoErrorCounts } from '../engine/io-errors.js'
+import type { DeviceStatus, JobProgress } from '../daemon/control-protocol.js'
 
 export interface StatusArgs {
   readonly name?: string
@@ -64,34 +65,32 @@ export const list = async ({ json }: { json: boolean }): Promise<void> => {
   for (const r of rows) process.stdout.write(r.map((c, i) => (i < r.length - 1 ? c.padEnd(widths[i]!) : c)).join('  ') + '\n')
 }
 
-type Status = Record<string, unknown> & {
-  name: string
-  stats: Record<string, number>
-}
-
-const jobLine = (j: { name: string; done: number; total: number }): string =>
-  `${j.name}, ${human(j.done)} of ${human(j.total)}`
+const jobLine = (j: JobProgress): string => `${j.name}, ${human(j.done)} of ${human(j.total)}`
 
 /** A daemon started by an older geom-rowr does not count errors. */
-const stateLine = (s: Status): string => {
-  const errors = s.errors as IoErrorCounts | undefined
-  if (errors === undefined) return `unknown: the daemon of ${s.name} (pid ${String(s.pid)}) predates error counting`
+const stateLine = (s: DeviceStatus): string => {
+  const errors: IoErrorCounts | undefined = s.errors
+  if (errors === undefined) return `unknown: the daemon of ${s.name} (pid ${s.pid}) predates error counting`
   const state = healthLine(errors)
   return errors.last === null ? state : `${state}; geom-rowr reset ${s.name} clears it`
 }
 
-const describe = (s: Status): string => {
+const mapLine = (s: DeviceStatus): string => {
+  if (s.map === null) return 'in memory only (lost on destroy)'
+  return s.map === 'rw' ? `in RW's tail (${s.mapUuid})` : `${s.map} (${s.mapUuid})`
+}
+
+const describe = (s: DeviceStatus): string => {
   const st = s.stats
-  const mediasize = Number(s.mediasize)
-  const written = Number(s.writtenBytes)
+  const { mediasize, writtenBytes: written } = s
   const lines: [string, string][] = [
     ['state', stateLine(s)],
-    ['device', String(s.device ?? '(none: NBD only)')],
-    ['nbd', String(s.nbd)],
-    ['ro', `${String(s.ro)} (opened read-only)`],
-    ['rw', s.rwAuto ? `${describeAutoRw(String(s.rw), mediasize, s.map !== null)}, made by geom-rowr` : String(s.rw)],
-    ...(s.rwAllocated === undefined ? [] : [['rw allocated', `${Number(s.rwAllocated)} (${human(Number(s.rwAllocated))}) on RW itself`] as [string, string]]),
-    ['map', s.map === null ? 'in memory only (lost on destroy)' : s.map === 'rw' ? `in RW's tail (${String(s.mapUuid)})` : `${String(s.map)} (${String(s.mapUuid)})`],
+    ['device', s.device ?? '(none: NBD only)'],
+    ['nbd', s.nbd],
+    ['ro', `${s.ro} (opened read-only)`],
+    ['rw', s.rwAuto ? `${describeAutoRw(s.rw, mediasize, s.map !== null)}, made by geom-rowr` : s.rw],
+    ...(s.rwAllocated === undefined ? [] : [['rw allocated', `${s.rwAllocated} (${human(s.rwAllocated)}) on RW itself`] as [string, string]]),
+    ['map', mapLine(s)],
     ['mediasize', `${mediasize} (${human(mediasize)})`],
     ['sectorsize', String(s.sectorsize)],
     ['written', `${written} (${human(written)}, ${((100 * written) / mediasize).toFixed(2)}%) in ${st.writtenSectors} sectors`],
@@ -101,16 +100,16 @@ const describe = (s: Status): string => {
     ['zero-writes', `${st.zeroes}: ${st.zeroBytes} bytes (TRIM and WRITE_ZEROES)`],
     ['flushes', String(st.flushes)],
     ['overlap waits', String(st.overlapWaits)],
-    ['map memory', human(st.mapBytes!)],
+    ['map memory', human(st.mapBytes)],
     ['connections', String(s.connections)],
     ['pid', String(s.pid)],
-    ...(s.job ? [['job', jobLine(s.job as { name: string; done: number; total: number })] as [string, string]] : []),
+    ...(s.job ? [['job', jobLine(s.job)] as [string, string]] : []),
   ]
   return `${s.name}\n${lines.map(([k, v]) => `  ${`${k}:`.padEnd(15)}${v}`).join('\n')}\n`
 }
 
 /** The status of running device NAME, or an error that says why there is none. */
-export const runningStatus = async (name: string): Promise<Record<string, unknown>> => {
+export const runningStatus = async (name: string): Promise<DeviceStatus> => {
   const p = await probe(name)
   if (p.kind === 'stale') await cleanupStale(name, p, warn)
   if (p.kind === 'absent' || p.kind === 'stale') throw noSuchDevice(name)
@@ -127,13 +126,13 @@ export const runningStatus = async (name: string): Promise<Record<string, unknow
 }
 
 export const status = async ({ name, json }: StatusArgs): Promise<void> => {
-  let statuses: Status[]
+  let statuses: DeviceStatus[]
   if (name !== undefined) {
-    statuses = [(await runningStatus(name)) as Status]
+    statuses = [await runningStatus(name)]
   } else {
     statuses = []
     for (const { probe: p } of await probeAll()) {
-      if (p.kind === 'running') statuses.push(p.status as Status)
+      if (p.kind === 'running') statuses.push(p.status)
     }
   }
   if (json) {

@@ -4,7 +4,7 @@
 import { callControl } from '../daemon/control.js'
 import { statePaths } from '../daemon/run-state.js'
 import { RowrError } from '../errors.js'
-import { healthLine, type IoErrorCounts } from '../engine/io-errors.js'
+import { healthLine } from '../engine/io-errors.js'
 import { runningStatus } from './list.js'
 
 export interface ResetArgs {
@@ -15,7 +15,7 @@ export const reset = async ({ name }: ResetArgs): Promise<void> => {
   await runningStatus(name)
   const reply = await callControl(statePaths(name).control, { cmd: 'reset' })
   if (!reply.ok) throw new RowrError(reply.code === 'EBUSY' ? 'EBUSY' : 'EDAEMON', reply.message)
-  const cleared = reply.cleared as IoErrorCounts
+  const { cleared } = reply
   const was = cleared.last === null ? 'it was ok' : `it was ${healthLine(cleared)}`
   process.stdout.write(`${name}: statistics and error counts cleared (${was}); state: ok\n`)
 }

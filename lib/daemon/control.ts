@@ -4,23 +4,7 @@ import fs from 'node:fs'
 import net from 'node:net'
 import { RowrError, checkSocketPath, errnoCode } from '../errors.js'
 import { failureMessage } from '../failure-message.js'
-
-export type ControlRequest =
-  | { readonly cmd: 'status' }
-  | { readonly cmd: 'destroy'; readonly force: boolean }
-  | { readonly cmd: 'diff' }
-  | { readonly cmd: 'revert'; readonly force: boolean }
-  /** dryRun: every check, and the ranges it would write, without writing. */
-  | { readonly cmd: 'commit'; readonly force: boolean; readonly dryRun: boolean }
-  | { readonly cmd: 'export'; readonly file: string }
-  /** Clears the statistics and the error counts: the device is ok again. */
-  | { readonly cmd: 'reset' }
-  /** Stops the running job at its next safe point. */
-  | { readonly cmd: 'cancel' }
-
-export type ControlReply =
-  | { readonly ok: true; readonly [key: string]: unknown }
-  | { readonly ok: false; readonly code: string; readonly message: string }
+import { isControlRequest, type ControlAnswer, type ControlFailure, type ControlReply, type ControlRequest } from './control-protocol.js'
 
 /** A message larger than this is refused: nothing legitimate comes close. */
 const MAX_MESSAGE = 1 << 20
@@ -74,27 +58,8 @@ const readMessage = (socket: net.Socket): Promise<unknown> =>
     socket.on('error', onError)
   })
 
-const isRequest = (v: unknown): v is ControlRequest => {
-  if (typeof v !== 'object' || v === null || !('cmd' in v)) return false
-  switch (v.cmd) {
-    case 'status':
-    case 'diff':
-    case 'cancel':
-    case 'reset':
-      return true
-    case 'commit':
-      return 'force' in v && typeof v.force === 'boolean' && 'dryRun' in v && typeof v.dryRun === 'boolean'
-    case 'destroy':
-    case 'revert':
-      return 'force' in v && typeof v.force === 'boolean'
-    case 'export':
-      return 'file' in v && typeof v.file === 'string' && v.file.startsWith('/')
-    default:
-      return false
-  }
-}
-
-export type ControlHandler = (request: ControlRequest) => Promise<ControlReply>
+/** Answers a request; a throw becomes a failure reply with the error's code and message. */
+export type ControlHandler = (request: ControlRequest) => Promise<ControlReply<object>>
 
 export class ControlServer {
   readonly #server: net.Server
@@ -111,9 +76,9 @@ export class ControlServer {
       socket.on('error', () => socket.destroy())
       readMessage(socket)
         .then(async request => {
-          const reply: ControlReply = isRequest(request)
+          const reply: ControlReply<object> = isControlRequest(request)
             ? await handler(request).catch(
-                (e: Error): ControlReply => ({ ok: false, code: errnoCode(e) ?? 'EFAIL', message: failureMessage(e) }),
+                (e: Error): ControlFailure => ({ ok: false, code: errnoCode(e) ?? 'EFAIL', message: failureMessage(e) }),
               )
             : { ok: false, code: 'EINVAL', message: 'malformed control request' }
           socket.end(frame(reply))
@@ -141,9 +106,15 @@ export class ControlServer {
   }
 }
 
-/** Sends one request to a daemon; rejects with EDAEMON if nobody answers. */
-/** `timeoutMs` null: wait as long as the job takes (commit, export). */
-export const callControl = (path: string, request: ControlRequest, timeoutMs: number | null = 120_000): Promise<ControlReply> =>
+/**
+ * Sends one request to a daemon; rejects with EDAEMON if nobody answers.
+ * `timeoutMs` null: wait as long as the job takes (commit, export).
+ */
+export const callControl = <R extends ControlRequest>(
+  path: string,
+  request: R,
+  timeoutMs: number | null = 120_000,
+): Promise<ControlReply<ControlAnswer<R>>> =>
   new Promise((resolve, reject) => {
     const socket = net.connect(path)
     const timer =
@@ -160,7 +131,7 @@ export const callControl = (path: string, request: ControlRequest, timeoutMs: nu
     socket.once('connect', () => {
       socket.write(frame(request))
       readMessage(socket)
-        .then(reply => resolve(reply as ControlReply))
+        .then(reply => resolve(reply as ControlReply<ControlAnswer<R>>))
         .catch(e => reject(new RowrError('EDAEMON', `bad answer from the daemon at ${path}: ${(e as Error).message}`)))
         .finally(() => {
           clearTimeout(timer)

@@ -18,7 +18,8 @@ import { openDevicePair } from '../devices/device-pair.js'
 import { Engine } from '../engine/engine.js'
 import { RowrError, isRowrError } from '../errors.js'
 import { NbdServer, exportFor, nbdUri, type Listen } from '../nbd/server.js'
-import { ControlServer, type ControlReply, type ControlRequest } from './control.js'
+import { ControlServer } from './control.js'
+import { dispatch, type ControlHandlers, type DeviceStatus, type JobProgress } from './control-protocol.js'
 import { IoErrorLog } from './error-log.js'
 import { allocatedBytes, rwSpaceWarning } from '../devices/rw-space.js'
 import { DeviceClaims } from './claims.js'
@@ -90,7 +91,7 @@ export class RowrDaemon {
   readonly #mapFile: MapFile | undefined
   readonly #log: (message: string) => void
   readonly #health: Health
-  #job: { readonly name: string; done: number; total: number; readonly abort: AbortController } | undefined
+  #job: (JobProgress & { done: number; total: number; readonly abort: AbortController }) | undefined
   #stopping: Promise<void> | undefined
   #markDone!: () => void
   /** Resolves once the device has been stopped (by destroy or a signal). */
@@ -251,7 +252,7 @@ export class RowrDaemon {
       let daemon: RowrDaemon | undefined
       const control = await ControlServer.listen(paths.control, request => {
         if (!daemon) return Promise.resolve({ ok: false, code: 'EBUSY', message: `${o.name} is still starting` })
-        return daemon.#control(request)
+        return dispatch(daemon.#handlers, request)
       })
       teardown.add('control socket', () => control.close())
 
@@ -302,7 +303,7 @@ export class RowrDaemon {
     }
   }
 
-  status(): Record<string, unknown> {
+  status(): DeviceStatus {
     const stats = this.#engine.stats()
     const { attachment: _attachment, phase: _phase, ...state } = this.state
     return {
@@ -412,36 +413,33 @@ export class RowrDaemon {
     }
   }
 
-  async #control(request: ControlRequest): Promise<ControlReply> {
-    switch (request.cmd) {
-      case 'status':
-        return { ok: true, ...this.status() }
-      case 'destroy':
-        await this.stop({ force: request.force })
-        return { ok: true }
-      case 'diff':
-        return { ok: true, ranges: this.#engine.writtenRanges() }
-      case 'revert': {
-        if (!request.force) await this.#checkNotOpen('revert -f (its users then see RO\'s data under their feet)')
-        return { ok: true, ...(await this.#runJob('revert', revert)) }
-      }
-      case 'commit':
-        if (!request.force) await this.#checkNotOpen('commit -f (it then commits what the file system has written so far, which may be half an update)')
-        if (request.dryRun) return { ok: true, ...(await this.#runJob('commit --dry-run', planCommit)) }
-        return { ok: true, ...(await this.#runJob('commit', commit)) }
-      case 'export':
-        return { ok: true, ...(await this.#runJob('export', ctx => exportImage(ctx, request.file))) }
-      case 'reset': {
-        const cleared = this.#engine.errors.counts()
-        this.#engine.reset()
-        this.#provider?.resetStats()
-        this.#health.errorLog.reset()
-        this.#log(`reset: statistics and error counts cleared (${cleared.rwWrite + cleared.rwRead + cleared.roRead} I/O error(s))`)
-        return { ok: true, cleared }
-      }
-      case 'cancel':
-        this.#job?.abort.abort()
-        return { ok: true, cancelled: this.#job?.name ?? null }
-    }
+  readonly #handlers: ControlHandlers = {
+    status: async () => this.status(),
+    destroy: async ({ force }) => {
+      await this.stop({ force })
+      return {}
+    },
+    diff: async () => ({ ranges: this.#engine.writtenRanges() }),
+    revert: async ({ force }) => {
+      if (!force) await this.#checkNotOpen('revert -f (its users then see RO\'s data under their feet)')
+      return this.#runJob('revert', revert)
+    },
+    commit: async ({ force, dryRun }) => {
+      if (!force) await this.#checkNotOpen('commit -f (it then commits what the file system has written so far, which may be half an update)')
+      return dryRun ? this.#runJob('commit --dry-run', planCommit) : this.#runJob('commit', commit)
+    },
+    export: ({ file }) => this.#runJob('export', ctx => exportImage(ctx, file)),
+    reset: async () => {
+      const cleared = this.#engine.errors.counts()
+      this.#engine.reset()
+      this.#provider?.resetStats()
+      this.#health.errorLog.reset()
+      this.#log(`reset: statistics and error counts cleared (${cleared.rwWrite + cleared.rwRead + cleared.roRead} I/O error(s))`)
+      return { cleared }
+    },
+    cancel: async () => {
+      this.#job?.abort.abort()
+      return { cancelled: this.#job?.name ?? null }
+    },
   }
 }

@@ -9,7 +9,8 @@ import { autoRwFile, removeAutoRw } from '../devices/auto-rw.js'
 import { geomProviders, providerUses } from '../devices/geom-users.js'
 import type { GGateAttachment } from '../ggate/front-end.js'
 import { RowrError, isRowrError } from '../errors.js'
-import { callControl, type ControlReply } from './control.js'
+import { callControl } from './control.js'
+import { answerOf, type ControlReply, type DeviceStatus } from './control-protocol.js'
 import { logPath } from './daemon-log.js'
 import { checkName, claim, liveness, release, statePaths, type DeviceState, type Liveness } from './run-state.js'
 
@@ -18,7 +19,7 @@ const PING_MS = 5_000
 
 export type Probe =
   | Exclude<Liveness, { kind: 'running' }>
-  | (Extract<Liveness, { kind: 'running' }> & { readonly status: Record<string, unknown> })
+  | (Extract<Liveness, { kind: 'running' }> & { readonly status: DeviceStatus })
   | { readonly kind: 'unresponsive'; readonly state: DeviceState }
   | Waiting
   | Held
@@ -86,7 +87,7 @@ export const probe = async (name: string): Promise<Probe> => {
   const l = liveness(name)
   if (l.kind === 'stale') return (await leftInKernel(l)) ?? l
   if (l.kind !== 'running') return l
-  let reply: ControlReply
+  let reply: ControlReply<DeviceStatus>
   try {
     reply = await callControl(statePaths(name).control, { cmd: 'status' }, PING_MS)
   } catch (e) {
@@ -94,8 +95,7 @@ export const probe = async (name: string): Promise<Probe> => {
     return { kind: 'unresponsive', state: l.state }
   }
   if (!reply.ok) return { kind: 'unresponsive', state: l.state }
-  const { ok: _ok, ...status } = reply
-  return { ...l, status }
+  return { ...l, status: answerOf(reply) }
 }
 
 /** The kernel device a dead daemon may have left, from its state or its mount. */

@@ -35,7 +35,6 @@ import {
   mapBytes,
   pageCount,
   pageSlotAt,
-  type BindingKind,
   type DecodedHeader,
   type MapHeader,
 } from './map-format.js'

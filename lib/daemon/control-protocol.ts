@@ -1,0 +1,117 @@
+// What the CLI and a running daemon say to each other over the control
+// socket: one type per request and per answer, shared by both sides. The
+// daemon checks a request's shape once, where it reads it (isControlRequest);
+// the CLI takes the answers of its own daemon as typed.
+import type { EngineStats, WrittenRange } from '../engine/engine.js'
+import type { Health, IoErrorCounts } from '../engine/io-errors.js'
+import type { GGateStats } from '../ggate/front-end.js'
+import type { CommitPlan, CommitSummary, ExportSummary, RevertSummary } from '../lifecycle/jobs.js'
+import type { DeviceState } from './run-state.js'
+
+export type ControlRequest =
+  | { readonly cmd: 'status' }
+  | { readonly cmd: 'destroy'; readonly force: boolean }
+  | { readonly cmd: 'diff' }
+  | { readonly cmd: 'revert'; readonly force: boolean }
+  /** dryRun: every check, and the ranges it would write, without writing. */
+  | { readonly cmd: 'commit'; readonly force: boolean; readonly dryRun: boolean }
+  | { readonly cmd: 'export'; readonly file: string }
+  /** Clears the statistics and the error counts: the device is ok again. */
+  | { readonly cmd: 'reset' }
+  /** Stops the running job at its next safe point. */
+  | { readonly cmd: 'cancel' }
+
+export type ControlCommand = ControlRequest['cmd']
+
+/** A lifecycle job running in the daemon, as far as it got. */
+export interface JobProgress {
+  readonly name: string
+  readonly done: number
+  readonly total: number
+}
+
+/** What `status --json NAME` prints: the device's state without its internals, and its counters. */
+export interface DeviceStatus extends Omit<DeviceState, 'attachment' | 'phase'> {
+  readonly health: Health
+  readonly errors: IoErrorCounts
+  /** Bytes RW has allocated, where the platform can tell. */
+  readonly rwAllocated?: number
+  readonly writtenBytes: number
+  /** NBD client connections. */
+  readonly connections: number
+  readonly stats: EngineStats
+  /** Only with a GEOM Gate provider. */
+  readonly ggate?: GGateStats
+  /** Only with a persistent map: its device ID. */
+  readonly mapUuid?: string
+  readonly job?: JobProgress
+}
+
+/** The answer to each command, for the daemon that gives it. */
+export interface ControlAnswers {
+  readonly status: DeviceStatus
+  readonly destroy: Record<never, never>
+  readonly diff: { readonly ranges: readonly WrittenRange[] }
+  readonly revert: RevertSummary
+  readonly commit: CommitSummary | CommitPlan
+  readonly export: ExportSummary
+  readonly reset: { readonly cleared: IoErrorCounts }
+  readonly cancel: { readonly cancelled: string | null }
+}
+
+/** The answer to one request, as its sender knows it: a dry-run commit answers with a plan. */
+export type ControlAnswer<R extends ControlRequest> = R extends { readonly cmd: 'commit'; readonly dryRun: true }
+  ? CommitPlan
+  : R extends { readonly cmd: 'commit'; readonly dryRun: false }
+    ? CommitSummary
+    : ControlAnswers[R['cmd']]
+
+export interface ControlFailure {
+  readonly ok: false
+  readonly code: string
+  readonly message: string
+}
+
+export type ControlReply<A> = ({ readonly ok: true } & A) | ControlFailure
+
+/** The answer a successful reply carries, without its `ok`. */
+export const answerOf = <A extends object>(reply: { readonly ok: true } & A): A => {
+  const answer: { ok?: true } & A = { ...reply }
+  delete answer.ok
+  return answer
+}
+
+/** The daemon's side: one handler per command. */
+export type ControlHandlers = {
+  readonly [C in ControlCommand]: (request: Extract<ControlRequest, { readonly cmd: C }>) => Promise<ControlAnswers[C]>
+}
+
+/** Runs the handler a request names; a handler's throw is the caller's to turn into a failure. */
+export const dispatch = async (handlers: ControlHandlers, request: ControlRequest): Promise<ControlReply<object>> => {
+  // TypeScript cannot correlate request.cmd with the handler it selects.
+  const handler = handlers[request.cmd] as (r: ControlRequest) => Promise<object>
+  return { ok: true, ...(await handler(request)) }
+}
+
+const isBoolean = (v: object, key: string): boolean => key in v && typeof (v as Record<string, unknown>)[key] === 'boolean'
+
+/** Whether a message read from the socket is a request this daemon understands. */
+export const isControlRequest = (v: unknown): v is ControlRequest => {
+  if (typeof v !== 'object' || v === null || !('cmd' in v)) return false
+  switch (v.cmd) {
+    case 'status':
+    case 'diff':
+    case 'cancel':
+    case 'reset':
+      return true
+    case 'commit':
+      return isBoolean(v, 'force') && isBoolean(v, 'dryRun')
+    case 'destroy':
+    case 'revert':
+      return isBoolean(v, 'force')
+    case 'export':
+      return 'file' in v && typeof v.file === 'string' && v.file.startsWith('/')
+    default:
+      return false
+  }
+}
