@@ -1,12 +1,10 @@
-// Running a device in this process until it is destroyed or signalled.
-import { constants } from 'node:os'
+// What create and serve share: their messages on the terminal and their map options.
 import path from 'node:path'
-import { RowrDaemon, type DaemonOptions } from '../daemon/daemon.js'
 import { describeAutoRw } from '../devices/auto-rw.js'
 
 export type Log = (message: string) => void
 
-/** Timestamped log lines on stderr (the log file, for a detached daemon). */
+/** Timestamped log lines on stderr, for create -v and serve -v. */
 export const stderrLog =
   (name: string, enabled: boolean): Log =>
   message => {
@@ -40,32 +38,3 @@ export const mapOptions = (a: MapArgs): { map?: string; mapOnRw: boolean; force:
   force: a.force,
   discardMap: a['discard-map'],
 })
-
-/**
- * Starts the device, calls `ready`, and returns once it has been destroyed
- * (exit status 0) or stopped by SIGINT, SIGTERM or SIGHUP (128 + the
- * signal's number), flushing either way. A signal leaves a kernel device
- * that is open serving (RowrDaemon.signalled).
- */
-export const runInForeground = async (o: DaemonOptions, ready: (daemon: RowrDaemon) => void): Promise<void> => {
-  const daemon = await RowrDaemon.start(o)
-  let signalled: NodeJS.Signals | undefined
-  const onSignal = (signal: NodeJS.Signals): void => {
-    daemon.signalled(signal).then(
-      stopping => {
-        if (stopping) signalled ??= signal
-      },
-      e => o.log(`${signal}: ${(e as Error).message}`),
-    )
-  }
-  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP']
-  for (const s of signals) process.on(s, onSignal)
-  try {
-    ready(daemon)
-    await daemon.done
-  } finally {
-    for (const s of signals) process.off(s, onSignal)
-  }
-  o.log(`${o.name} stopped`)
-  if (signalled) process.exitCode = 128 + constants.signals[signalled]
-}

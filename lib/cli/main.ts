@@ -166,7 +166,6 @@ const build = (args: string[]): Argv => {
             default: false,
             describe: "the daemon serves the root file system: its argv[0] begins with '@', so systemd's shutdown does not kill it",
           })
-          .option('daemon-child', { type: 'boolean', hidden: true, default: false })
           .middleware(strictly('create', y), true)
           .check(argv => {
             if (argv['systemd-mark'] && argv.verbose) {

@@ -4,7 +4,8 @@ import { liveness } from '../daemon/run-state.js'
 import { clearStale } from '../daemon/stale.js'
 import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
 import type { Listen } from '../nbd/server.js'
-import { announce, mapOptions, runInForeground, stderrLog, warn, type MapArgs } from './foreground.js'
+import { runDevice } from '../daemon/run-device.js'
+import { announce, mapOptions, stderrLog, warn, type MapArgs } from './foreground.js'
 
 export interface ServeArgs extends MapArgs {
   readonly ro: string
@@ -33,7 +34,7 @@ export const serve = async (a: ServeArgs): Promise<void> => {
       : a.socket !== undefined
         ? { socket: path.resolve(a.socket) }
         : undefined
-  await runInForeground(
+  await runDevice(
     {
       name,
       ro: resolveDevicePath(a.ro),

@@ -14,7 +14,7 @@ leftovers() {
   done
   for p in /proc/[0-9]*; do
     cmd=$( (tr '\0' ' ' <"$p/cmdline") 2>/dev/null) || continue
-    case $cmd in *geom-rowr.js*) echo "process ${p#/proc/}: $cmd" ;; esac
+    case $cmd in */lib/daemon/main.js*) echo "process ${p#/proc/}: $cmd" ;; esac
   done
   for f in "$run"/*; do
     case $f in "$run/*"|*.log) ;; *) echo "run state $f" ;; esac
