@@ -214,7 +214,7 @@ t.test('an interrupted commit leaves the device as it was, resumes, and finishes
   const target = { ro: s.ro, rw: s.rw, map: s.map, mapOnRw: false, force: false }
   t.equal((await s.g('create', '--no-attach', '--map', s.map, 'c0', s.ro, s.rw)).code, 0, 'the map is made by a device')
   t.equal((await s.g('destroy', 'c0')).code, 0)
-  const first = await openOffline(target)
+  const first = await openOffline(target, m => t.comment(m))
   const data = Buffer.alloc(3 << 20, 0x66)
   await first.engine.write(1 << 20, data)
   const abort = new AbortController()
@@ -234,7 +234,7 @@ t.test('an interrupted commit leaves the device as it was, resumes, and finishes
   t.ok(roNow.subarray(1 << 20, 2 << 20).equals(data.subarray(0, 1 << 20)), 'the first MiB reached RO')
   t.notOk(roNow.subarray(3 << 20, 4 << 20).equals(data.subarray(0, 1 << 20)), 'the rest did not')
 
-  const resumed = await openOffline(target)
+  const resumed = await openOffline(target, m => t.comment(m))
   t.match(resumed.warnings.join('\n'), 'a commit into RO was interrupted; run geom-rowr commit again to finish it', 'RO changed, and the map knows why')
   const view = Buffer.alloc(3 << 20)
   await resumed.engine.read(view, 1 << 20)

@@ -93,7 +93,7 @@ const runJob = async <R extends ControlRequest>(
       }
     }
     const target = offlineTarget(a)
-    const device = await openOffline(target)
+    const device = await openOffline(target, warn)
     for (const w of device.warnings) warn(`warning: ${w}`)
     const abort = new AbortController()
     stop = () => abort.abort()

@@ -7,14 +7,12 @@ import { reconnectNbdModule } from '../attach/nbd-module.js'
 import { TakeoverLog, readTakeoverLog } from '../persist/takeover-log.js'
 import { makeAutoRw, removeAutoRw } from '../devices/auto-rw.js'
 import { GGateFrontEnd, providerOpenBy } from '../ggate/front-end.js'
-import { SectorMap } from '../engine/sector-map.js'
-import { MapFile } from '../persist/map-file.js'
+import type { SectorMap } from '../engine/sector-map.js'
+import type { MapFile } from '../persist/map-file.js'
 import { commit, exportImage, planCommit, revert, type JobContext } from '../lifecycle/jobs.js'
-import { mapOnRw, mapOnRwBytes, openMapFile } from '../persist/map-store.js'
-import { describeIds, rwIdentity, takeUnbound } from '../persist/rw-binding.js'
+import { mapOnRwBytes } from '../persist/map-store.js'
 import { platform } from '../../native-bindings/libc.js'
 import { BlockDevice } from '../devices/block-device.js'
-import { openDevicePair } from '../devices/device-pair.js'
 import { Engine } from '../engine/engine.js'
 import { RowrError, isRowrError } from '../errors.js'
 import { NbdServer, exportFor, nbdUri, type Listen } from '../nbd/server.js'
@@ -23,6 +21,7 @@ import { dispatch, type ControlHandlers, type DeviceStatus, type JobProgress } f
 import { IoErrorLog } from './error-log.js'
 import { allocatedBytes, rwSpaceWarning } from '../devices/rw-space.js'
 import { DeviceClaims } from './claims.js'
+import { assemble } from './assembly.js'
 import { claimName, type Waiting } from './stale.js'
 import { release, statePaths, writeState, type DeviceState } from './run-state.js'
 import { Teardown } from './teardown.js'
@@ -163,68 +162,16 @@ export class RowrDaemon {
         }
         writeState({ ...base, ...starting })
       }
-      const pair = openDevicePair(o.ro, base.rw, { sectorSize: o.sectorSize, rwMadeToFit: rwAuto })
-      teardown.add('devices', () => {
-        pair.ro.close()
-        pair.rw.close()
-      })
-      const claims = DeviceClaims.claim(
-        [
-          { role: 'ro', path: o.ro, identity: pair.ro.identity },
-          { role: 'rw', path: base.rw, identity: pair.rw.identity },
-        ],
-        { name: o.name },
-      )
-      teardown.add('claims', () => claims.release())
-      const ggate = o.attach && platform() === 'freebsd'
-      if (o.attach && !ggate) checkAttachable(pair.sectorSize)
-      for (const w of pair.warnings) o.log(`warning: ${w}`)
-
-      const warnings = [...pair.warnings]
-      const space = rwSpaceWarning(pair.rw, pair.mediaSize)
-      if (space) {
-        o.log(`warning: ${space}`)
-        warnings.push(space)
-      }
-      let mapFile: MapFile | undefined
-      const map = new SectorMap(pair.mediaSize / pair.sectorSize)
-      const identity = rwIdentity(pair.rw, pair.mediaSize, { mapInTail: o.mapOnRw })
-      if (persistent) {
-        const placement = o.mapOnRw
-          ? mapOnRw(pair.rw, pair.mediaSize, pair.sectorSize)
-          : openMapFile(o.map!, pair.mediaSize, pair.sectorSize, { discard: o.discardMap })
-        let made: MapFile | undefined
-        teardown.add('map', async () => {
-          if (started) return placement.close()
-          await made?.abandon()
-          placement.abandon()
-        })
-        if (!o.mapOnRw) claims.add([{ role: 'map', path: o.map! }])
-        const opened = await MapFile.open({ ...placement, ro: pair.ro, rw: pair.rw, identity, size: pair.mediaSize, sectorSize: pair.sectorSize, map, force: o.force ?? false, discard: o.discardMap })
-        if (!opened.resumed) made = opened.file
-        for (const w of opened.warnings) o.log(`warning: ${w}`)
-        warnings.push(...opened.warnings)
-        if (opened.resumed) o.log(`resumed ${placement.describe}: ${map.writtenSectors * pair.sectorSize} bytes written earlier`)
-        mapFile = opened.file
-      } else {
-        // Without a map RW is taken as empty: not a RW that holds a map's changes.
-        const discarded = await takeUnbound(identity, o.discardMap ?? false)
-        if (discarded.length) {
-          const w = `--discard-map: the changes ${pair.rw.path} held for device ID ${describeIds(identity, discarded)} are discarded; it is taken as empty`
-          o.log(`warning: ${w}`)
-          warnings.push(w)
-        }
-      }
       // Added before the engine's flush, so that it runs after it (teardown runs in reverse).
       const errorLog = new IoErrorLog(o.name, o.log)
       teardown.add('error log', () => errorLog.close())
+      const ggate = o.attach && platform() === 'freebsd'
       // Only a kernel nbd device (nbd-module.ts) or a GEOM Gate provider
       // outlives its daemon: then what was marked since the last flush is
       // logged for a successor, and a successor takes a dead daemon's log
       // over first.
-      let journal: TakeoverLog | MapFile | undefined = mapFile
       let recovered = 0
-      if (mapFile && (ggate || (o.attach && nbdModuleLoaded()))) {
+      const takeoverLog = (mapFile: MapFile, map: SectorMap): TakeoverLog => {
         if (waiting) {
           for (const [first, count] of readTakeoverLog(paths.dir)) {
             if (first + count > map.sectors) continue
@@ -235,16 +182,31 @@ export class RowrDaemon {
         }
         const log = new TakeoverLog(paths.dir, mapFile)
         teardown.add('takeover log', () => log.close())
-        journal = log
+        return log
       }
-      const engine = new Engine({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal })
+      const assembly = await assemble(
+        {
+          ro: o.ro,
+          rw: base.rw,
+          sectorSize: o.sectorSize,
+          rwMadeToFit: rwAuto,
+          claimant: { name: o.name },
+          map: o.mapOnRw ? 'rw' : o.map !== undefined ? { file: o.map } : null,
+          force: o.force ?? false,
+          discardMap: o.discardMap ?? false,
+          ...(ggate || (o.attach && nbdModuleLoaded()) ? { journal: takeoverLog } : {}),
+        },
+        teardown,
+      )
+      const { engine, pair, claims, mapFile } = assembly
+      if (o.attach && !ggate) checkAttachable(pair.sectorSize)
+      const warnings = [...assembly.warnings]
+      const space = rwSpaceWarning(pair.rw, pair.mediaSize)
+      if (space) warnings.push(space)
+      for (const w of warnings) o.log(`warning: ${w}`)
+      if (assembly.resumed) o.log(`resumed ${assembly.resumed}: ${engine.stats().writtenBytes} bytes written earlier`)
       engine.errors.onError = e => errorLog.report(e)
       if (recovered > 0) await engine.flush()
-      teardown.add('pending writes', async () => {
-        await engine.drain()
-        await engine.flush()
-        await mapFile?.closeClean()
-      })
       const server = new NbdServer(engine, exportFor(engine, o.name, `geom-rowr ${o.name}: ${o.ro} + ${base.rw}`), o.log)
       const listen = await server.listen(o.listen ?? { socket: paths.nbd })
       teardown.add('NBD server', ({ force }) => server.close({ force }))
@@ -294,6 +256,7 @@ export class RowrDaemon {
       }
       writeState(state)
       daemon = new RowrDaemon(state, warnings, claims, engine, server, teardown, provider, mapFile, o.log, { rw: pair.rw, errorLog })
+      assembly.started()
       started = true
       o.log(`${o.name} ready: ${state.device ?? state.nbd}`)
       return daemon

@@ -1,15 +1,14 @@
 // A stopped device opened in this process, for the lifecycle commands given
 // --ro RO --rw RW --map MAP (or --map-on-rw) in place of NAME.
 import fs from 'node:fs'
-import { openDevicePair } from '../devices/device-pair.js'
-import { RowrError } from '../errors.js'
+import { assemble } from '../daemon/assembly.js'
+import type { DeviceClaims } from '../daemon/claims.js'
+import { Teardown } from '../daemon/teardown.js'
 import { BlockDevice } from '../devices/block-device.js'
-import { Engine } from '../engine/engine.js'
-import { SectorMap } from '../engine/sector-map.js'
-import { DeviceClaims } from '../daemon/claims.js'
+import type { Engine } from '../engine/engine.js'
+import { RowrError } from '../errors.js'
 import { MapFile } from '../persist/map-file.js'
-import { mapOnRw, mapOnRwBase, openMapFile, type MapPlacement } from '../persist/map-store.js'
-import { rwIdentity } from '../persist/rw-binding.js'
+import { mapOnRwBase } from '../persist/map-store.js'
 
 export interface OfflineTarget {
   readonly ro: string
@@ -34,52 +33,36 @@ export interface OfflineDevice {
  * they are claimed as a running device claims them, so a running device's
  * (or another command's) are refused.
  */
-export const openOffline = async (t: OfflineTarget): Promise<OfflineDevice> => {
+export const openOffline = async (t: OfflineTarget, log: (message: string) => void): Promise<OfflineDevice> => {
   if (t.map !== undefined && !fs.existsSync(t.map)) {
     throw new RowrError('ENOENT', `map ${t.map} does not exist: give the map this device was created with`)
   }
   // The map knows its sector size; the devices' own may be smaller.
   const sectorSize = await mapSectorSize(t)
-  const pair = openDevicePair(t.ro, t.rw, sectorSize ? { sectorSize } : {})
-  let placement: MapPlacement | undefined
-  let claims: DeviceClaims | undefined
+  const teardown = new Teardown(log)
   try {
-    claims = DeviceClaims.claim(
-      [
-        { role: 'ro', path: t.ro, identity: pair.ro.identity },
-        { role: 'rw', path: t.rw, identity: pair.rw.identity },
-      ],
-      { offline: true },
-    )
-    placement = t.mapOnRw ? mapOnRw(pair.rw, pair.mediaSize, pair.sectorSize) : openMapFile(t.map!, pair.mediaSize, pair.sectorSize)
-    if (!t.mapOnRw) claims.add([{ role: 'map', path: t.map! }])
-    const map = new SectorMap(pair.mediaSize / pair.sectorSize)
-    const identity = rwIdentity(pair.rw, pair.mediaSize, { mapInTail: t.mapOnRw })
-    const opened = await MapFile.open({ ...placement, ro: pair.ro, rw: pair.rw, identity, size: pair.mediaSize, sectorSize: pair.sectorSize, map, force: t.force, existing: true })
-    const engine = new Engine({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal: opened.file })
-    const store = placement
-    const held = claims
-    return {
-      engine,
-      claims: held,
-      warnings: [...pair.warnings, ...opened.warnings],
-      close: async () => {
-        try {
-          await engine.flush()
-          await opened.file.closeClean()
-        } finally {
-          store.close()
-          pair.ro.close()
-          pair.rw.close()
-          held.release()
-        }
+    const assembly = await assemble(
+      {
+        ro: t.ro,
+        rw: t.rw,
+        ...(sectorSize ? { sectorSize } : {}),
+        claimant: { offline: true },
+        map: t.mapOnRw ? 'rw' : { file: t.map! },
+        force: t.force,
+        discardMap: false,
+        existingMap: true,
       },
+      teardown,
+    )
+    assembly.started()
+    return {
+      engine: assembly.engine,
+      claims: assembly.claims,
+      warnings: assembly.warnings,
+      close: () => teardown.run({ force: false }),
     }
   } catch (e) {
-    placement?.abandon()
-    pair.ro.close()
-    pair.rw.close()
-    claims?.release()
+    await teardown.run({ force: true }).catch(() => undefined)
     throw e
   }
 }
