@@ -2,7 +2,8 @@
 // (_IOR(0x12, 114, size_t) and _IO(0x12, 104)); FreeBSD numbers from
 // <sys/disk.h> as listed in docs/ggate-abi.md (FreeBSD's IOC_OUT is
 // 0x40000000, unlike Linux's 0x80000000).
-import { libc, platform, type Platform } from './libc.js'
+import { libc } from './libc.js'
+import { platform, type Platform } from './platform.js'
 import { endianness } from 'node:os'
 import { errnoName } from './errno.js'
 

@@ -1,10 +1,10 @@
 // The one place that loads the C library through koffi. Nothing koffi-typed
 // leaves this module: callers get plain functions over numbers and Buffers.
-//
-// GEOM_ROWR_LIBC names another library to load instead (the ggctl simulator
-// of the FreeBSD issue exports the same entry points).
+// The library may be the ggctl simulator's (platform.ts), which exports the
+// same entry points.
 import { createRequire } from 'node:module'
 import { constants } from 'node:os'
+import { libcPath, libcReplaced, platform } from './platform.js'
 
 const require = createRequire(import.meta.url)
 
@@ -21,17 +21,6 @@ interface Koffi {
   errno(): number
   address(buffer: Buffer): bigint
 }
-
-export type Platform = 'linux' | 'freebsd'
-
-export const platform = (): Platform => {
-  const override = process.env.GEOM_ROWR_PLATFORM
-  if (override === 'linux' || override === 'freebsd') return override
-  return process.platform === 'freebsd' ? 'freebsd' : 'linux'
-}
-
-const defaultLibc = (): string =>
-  process.platform === 'freebsd' ? 'libc.so.7' : 'libc.so.6'
 
 /** O_RDWR agrees; O_CLOEXEC is the running kernel's own (FreeBSD's or Linux's). */
 export const O_RDWR = 0x2
@@ -131,7 +120,7 @@ let loaded: Libc | undefined
 export const libc = (): Libc => {
   if (loaded) return loaded
   const koffi = require('koffi') as Koffi
-  const lib = koffi.load(process.env.GEOM_ROWR_LIBC ?? defaultLibc())
+  const lib = koffi.load(libcPath())
   // Declared with a pointer third argument rather than as variadic: koffi
   // cannot make async calls to variadic functions, and on amd64/arm64 the
   // calling conventions agree for this signature.
@@ -163,7 +152,7 @@ export const libc = (): Libc => {
     process.platform === 'freebsd' ? [EXTATTR_NAMESPACE[space], name] : [XATTR_PREFIX[space] + name]
   let fallocate: KoffiFunction | undefined
   let preadv2: KoffiFunction | undefined
-  if (platform() === 'linux' && !process.env.GEOM_ROWR_LIBC) {
+  if (platform() === 'linux' && !libcReplaced()) {
     fallocate = lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)')
     // The iovec is passed as raw bytes: building a koffi struct per call
     // costs more than the read it describes.

@@ -1,7 +1,7 @@
 // A netlink socket and descriptor duplication, which Node.js has no API for,
 // through koffi. Linux only; it loads the C library itself rather than
-// through libc.ts, whose GEOM_ROWR_LIBC override stands in for FreeBSD's
-// GEOM Gate and knows nothing of netlink. Nothing koffi-typed leaves here.
+// through libc.ts, whose library may be the ggctl simulator's (platform.ts),
+// which stands in for FreeBSD's GEOM Gate and knows nothing of netlink. Nothing koffi-typed leaves here.
 import { createRequire } from 'node:module'
 import { endianness } from 'node:os'
 import { errnoName } from './errno.js'

@@ -5,25 +5,13 @@
 // device is a GEOM Gate provider (lib/ggate), which the daemon starts itself;
 // here it is only taken away after a daemon died.
 import fs from 'node:fs'
-import { platform } from '../../native-bindings/libc.js'
-import { geomProviders, kernelUses, providerName } from '../devices/geom-users.js'
-import { RowrError, errnoCode } from '../errors.js'
+import { RowrError } from '../errors.js'
+import type { AttachOptions } from './attach-options.js'
 import { attachNbdModule, detachNbdModule, type NbdModuleAttachment } from './nbd-module.js'
 import { attachLoopOverFuse, detachLoopOverFuse, type LoopOverFuseAttachment } from './loop-over-fuse.js'
-import { destroyProvider, type GGateAttachment } from '../ggate/front-end.js'
+import { destroyProvider, type GGateAttachment } from '../ggate/provider.js'
 
 export type Attachment = LoopOverFuseAttachment | NbdModuleAttachment | GGateAttachment
-
-export interface AttachOptions {
-  readonly name: string
-  readonly nbdSocket: string
-  /** An empty directory for the FUSE mount. */
-  readonly mountDir: string
-  readonly sectorSize: number
-  /** The device keeps a map: a new daemon can take over from one that died (nbd driver only). */
-  readonly persistent: boolean
-  readonly log: (message: string) => void
-}
 
 /** Where the kernel's nbd driver is loaded (cannot be tested on machines without it). */
 export const nbdModuleLoaded = (): boolean => fs.existsSync('/sys/module/nbd')
@@ -45,31 +33,6 @@ export const detach = async (attachment: Attachment, { force }: { force: boolean
       return detachLoopOverFuse(attachment, { force })
     case 'ggate':
       return destroyProvider(attachment.name, { force })
-  }
-}
-
-/**
- * Whether something holds the block device exclusively: a mounted file
- * system, a swap area, a device-mapper or md table. On Linux an exclusive
- * open fails with EBUSY exactly then; it runs on the thread pool, never on
- * the event loop: the first open of a freshly attached nbd device scans it
- * for partitions, and those reads come back to this process's NBD server.
- * FreeBSD ignores O_EXCL on disks; GEOM's access counts say it instead
- * (geom-users.ts).
- */
-export const deviceBusy = async (device: string): Promise<boolean> => {
-  if (platform() === 'freebsd') {
-    const name = providerName(device)
-    const provider = name === undefined ? undefined : geomProviders().get(name)
-    return provider !== undefined && kernelUses(provider).length > 0
-  }
-  try {
-    await (await fs.promises.open(device, fs.constants.O_RDONLY | fs.constants.O_EXCL)).close()
-    return false
-  } catch (e) {
-    if (errnoCode(e) === 'EBUSY') return true
-    if (errnoCode(e) === 'ENOENT' || errnoCode(e) === 'ENXIO') return false
-    throw e
   }
 }
 

@@ -5,9 +5,9 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { RowrError } from '../errors.js'
-import type { AttachOptions } from './attachment.js'
+import type { AttachOptions } from './attach-options.js'
 import { CommandError, runCommand, sleep, waitFor } from '../run-command.js'
-import { processAlive } from '../daemon/run-state.js'
+import { processAlive } from '../processes.js'
 
 export interface LoopOverFuseAttachment {
   readonly kind: 'loop'

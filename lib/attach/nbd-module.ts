@@ -13,7 +13,7 @@
 import fs from 'node:fs'
 import { closeFd } from '../../native-bindings/netlink.js'
 import { RowrError } from '../errors.js'
-import type { AttachOptions } from './attachment.js'
+import type { AttachOptions } from './attach-options.js'
 import { negotiateForKernel } from './nbd-handshake.js'
 import { NetlinkRequestError, withNbdNetlink } from './nbd-netlink.js'
 

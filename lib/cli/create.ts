@@ -6,7 +6,7 @@ import { runDevice } from '../daemon/run-device.js'
 import { clearStale } from '../daemon/stale.js'
 import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
 import { RowrError } from '../errors.js'
-import { platform } from '../../native-bindings/libc.js'
+import { platform } from '../../native-bindings/platform.js'
 import { announce, mapOptions, stderrLog, warn, type MapArgs } from './foreground.js'
 
 export interface CreateArgs extends MapArgs {

@@ -2,10 +2,12 @@
 import fs from 'node:fs'
 import { waitFor } from '../run-command.js'
 import { callControl } from '../daemon/control.js'
-import { processAlive, statePaths } from '../daemon/run-state.js'
+import { statePaths } from '../daemon/run-state.js'
+import { processAlive } from '../processes.js'
 import { cleanupStale, heldMessage, probe, waitingMessage } from '../daemon/stale.js'
 import { RowrError } from '../errors.js'
 import { warn } from './foreground.js'
+import { noSuchDevice } from './running-device.js'
 
 export interface DestroyArgs {
   readonly name: string
@@ -13,9 +15,6 @@ export interface DestroyArgs {
 }
 
 const EXIT_WAIT_MS = 30_000
-
-export const noSuchDevice = (name: string): RowrError =>
-  new RowrError('ENONAME', `no device named ${name}; 'geom-rowr list' shows the devices`)
 
 /** Only a process that is a geom-rowr daemon is ever killed. */
 const isRowrDaemon = (pid: number): boolean => {

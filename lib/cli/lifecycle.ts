@@ -20,7 +20,7 @@ import {
 } from '../lifecycle/jobs.js'
 import { openOffline, type OfflineTarget } from '../lifecycle/offline.js'
 import { warn } from './foreground.js'
-import { runningStatus } from './list.js'
+import { runningStatus } from './running-device.js'
 import { progressBar } from './progress.js'
 
 export interface TargetArgs {

@@ -2,8 +2,8 @@
 import { listNames } from '../daemon/run-state.js'
 import { describeAutoRw } from '../devices/auto-rw.js'
 import { cleanupStale, heldMessage, probe, waitingMessage, type Probe } from '../daemon/stale.js'
-import { RowrError, isRowrError } from '../errors.js'
-import { noSuchDevice } from './destroy.js'
+import { isRowrError } from '../errors.js'
+import { runningStatus } from './running-device.js'
 import { warn } from './foreground.js'
 import { human } from '../units.js'
 import { healthLine, type IoErrorCounts } from '../engine/io-errors.js'
@@ -106,23 +106,6 @@ const describe = (s: DeviceStatus): string => {
     ...(s.job ? [['job', jobLine(s.job)] as [string, string]] : []),
   ]
   return `${s.name}\n${lines.map(([k, v]) => `  ${`${k}:`.padEnd(15)}${v}`).join('\n')}\n`
-}
-
-/** The status of running device NAME, or an error that says why there is none. */
-export const runningStatus = async (name: string): Promise<DeviceStatus> => {
-  const p = await probe(name)
-  if (p.kind === 'stale') await cleanupStale(name, p, warn)
-  if (p.kind === 'absent' || p.kind === 'stale') throw noSuchDevice(name)
-  if (p.kind === 'starting') throw new RowrError('EBUSY', `${name} is still being created; try again in a moment`)
-  if (p.kind === 'waiting') throw new RowrError('EDAEMON', waitingMessage(p))
-  if (p.kind === 'held') throw new RowrError('EDAEMON', heldMessage(p))
-  if (p.kind === 'unresponsive') {
-    throw new RowrError(
-      'EDAEMON',
-      `the daemon of ${name} (pid ${p.state.pid}) does not answer; geom-rowr destroy -f ${name} kills it and cleans up`,
-    )
-  }
-  return p.status
 }
 
 export const status = async ({ name, json }: StatusArgs): Promise<void> => {

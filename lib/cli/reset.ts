@@ -5,7 +5,7 @@ import { callControl } from '../daemon/control.js'
 import { statePaths } from '../daemon/run-state.js'
 import { RowrError } from '../errors.js'
 import { healthLine } from '../engine/io-errors.js'
-import { runningStatus } from './list.js'
+import { runningStatus } from './running-device.js'
 
 export interface ResetArgs {
   readonly name: string

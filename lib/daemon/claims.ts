@@ -18,7 +18,7 @@ import type { DeviceIdentity } from '../devices/block-device.js'
 import { tryLock } from '../devices/file-lock.js'
 import { kernelUsers, loopsOver, majorMinor, type KernelUsers } from '../devices/kernel-users.js'
 import { RowrError, errnoCode } from '../errors.js'
-import { platform } from '../../native-bindings/libc.js'
+import { platform } from '../../native-bindings/platform.js'
 import { claimKey, holdersOf, recordClaims, withRegistryLock, type Holder, type Role } from './registry.js'
 
 export interface ClaimTarget {

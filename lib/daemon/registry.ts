@@ -10,7 +10,8 @@ import path from 'node:path'
 import type { DeviceIdentity } from '../devices/block-device.js'
 import { tryLock } from '../devices/file-lock.js'
 import { RowrError, errnoCode } from '../errors.js'
-import { listNames, processAlive, runDir, statePaths } from './run-state.js'
+import { processAlive } from '../processes.js'
+import { listNames, runDir, statePaths } from './run-state.js'
 
 /** What a device uses a device for; 'commit' is its RO while a commit writes it. */
 export type Role = 'ro' | 'rw' | 'map' | 'commit'

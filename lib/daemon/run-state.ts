@@ -6,6 +6,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { RowrError, errnoCode } from '../errors.js'
 import type { Attachment } from '../attach/attachment.js'
+import { processAlive } from '../processes.js'
 
 export interface DeviceState {
   readonly name: string
@@ -131,15 +132,6 @@ export const listNames = (): string[] => {
   } catch (e) {
     if (errnoCode(e) === 'ENOENT') return []
     throw e
-  }
-}
-
-export const processAlive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (e) {
-    return errnoCode(e) === 'EPERM'
   }
 }
 

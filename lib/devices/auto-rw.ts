@@ -5,7 +5,7 @@
 import { execFileSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
-import { platform } from '../../native-bindings/libc.js'
+import { platform } from '../../native-bindings/platform.js'
 import { RowrError, errnoCode } from '../errors.js'
 import { runCommand } from '../run-command.js'
 

@@ -2,7 +2,8 @@
 import fs from 'node:fs'
 import { constants } from 'node:os'
 import { DiskIoctlError, diskDelete, diskFlush, diskGeometry } from '../../native-bindings/disk-ioctl.js'
-import { libc, platform } from '../../native-bindings/libc.js'
+import { libc } from '../../native-bindings/libc.js'
+import { platform } from '../../native-bindings/platform.js'
 import { RowrError, errnoCode } from '../errors.js'
 import { InlineWrites } from './inline-writes.js'
 

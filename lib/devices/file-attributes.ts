@@ -4,7 +4,8 @@
 // vfat, ramfs, some network file systems, tmpfs before Linux 6.6 for user.*.
 import fs from 'node:fs'
 import { constants } from 'node:os'
-import { ATTRIBUTE_ABSENT, libc, platform, type AttributeSpace } from '../../native-bindings/libc.js'
+import { ATTRIBUTE_ABSENT, libc, type AttributeSpace } from '../../native-bindings/libc.js'
+import { platform } from '../../native-bindings/platform.js'
 
 export type { AttributeSpace }
 

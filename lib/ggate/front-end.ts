@@ -2,30 +2,16 @@
 // engine serves. Request → (kernel) → START on a worker → here → engine →
 // DONE on the same worker.
 import fs from 'node:fs'
-import path from 'node:path'
 import { Worker } from 'node:worker_threads'
 import { BioCmd, FreeBsdErrno } from '../../native-bindings/ggate-abi.js'
 import { libc } from '../../native-bindings/libc.js'
-import { geomProviders, providerUses } from '../devices/geom-users.js'
+import { providerPath } from '../../native-bindings/platform.js'
+import { geomProviders } from '../devices/geom-users.js'
 import type { Engine } from '../engine/engine.js'
 import { RowrError, ioFailure } from '../errors.js'
-import { GGCTL_PATH, GGateControl, GGateError } from './ggctl.js'
+import { type GGateControl, GGateError } from './ggctl.js'
+import { openControl, providerBusy, type GGateAttachment } from './provider.js'
 import type { LoopMessage, StartLoopData } from './start-loop.js'
-
-export interface GGateAttachment {
-  readonly kind: 'ggate'
-  readonly device: string
-  readonly name: string
-}
-
-/**
- * Where provider NAME appears: /dev/NAME, or under the ggctl simulator
- * (GEOM_ROWR_LIBC with GGSIM_MOUNT) the file its FUSE mount shows.
- */
-export const providerPath = (name: string): string => {
-  const simMount = process.env.GGSIM_MOUNT
-  return process.env.GEOM_ROWR_LIBC && simMount ? path.join(simMount, name) : `/dev/${name}`
-}
 
 export interface Bio {
   readonly cmd: number
@@ -296,55 +282,5 @@ export class GGateFrontEnd {
     this.#failed = 0
     this.#bufferGrows = 0
     this.#peakInFlight = this.#inFlight
-  }
-}
-
-const openControl = (): GGateControl => {
-  try {
-    return GGateControl.open()
-  } catch (e) {
-    if (e instanceof GGateError && e.errno === FreeBsdErrno.ENOENT) {
-      throw new RowrError('EATTACH', `${GGCTL_PATH} does not exist: the geom_gate module is not loaded; load it with kldload geom_gate`)
-    }
-    if (e instanceof GGateError && e.errno === FreeBsdErrno.EACCES) {
-      throw new RowrError('EATTACH', `${GGCTL_PATH} is for root only: run geom-rowr create as root, or use --no-attach for NBD only`)
-    }
-    throw new RowrError('EATTACH', `cannot open ${GGCTL_PATH}: ${(e as Error).message}`, { cause: e })
-  }
-}
-
-/** Who has provider NAME open, from kern.geom.confxml: a mount, an open of /dev/NAME, ... */
-export const providerOpenBy = (name: string): string[] => {
-  const found = geomProviders().get(name)
-  return found ? providerUses(found) : []
-}
-
-/** DESTROY refused: who holds the provider, and the way out. */
-const providerBusy = (name: string, device: string, fix: string): RowrError => {
-  let uses: string[] = []
-  try {
-    uses = providerOpenBy(name)
-  } catch {
-    // The refusal stands without the names of its users.
-  }
-  return new RowrError('EBUSY', `${name} (${device}) is open${uses.length ? ` (${uses.join(', ')})` : ''}: ${fix}`)
-}
-
-/**
- * Takes provider NAME away when its daemon is gone (stale cleanup); without
- * force, not while it is open.
- */
-export const destroyProvider = (name: string, { force }: { force: boolean }): void => {
-  const control = openControl()
-  try {
-    control.destroy(name, { force })
-  } catch (e) {
-    if (e instanceof GGateError && e.errno === FreeBsdErrno.EBUSY) {
-      // Its daemon is gone: an unmount would wait on I/O nobody serves.
-      throw providerBusy(name, providerPath(name), `nothing serves its I/O, which waits; end the wait with geom-rowr destroy -f ${name} (its users get I/O errors)`)
-    }
-    if (!(e instanceof GGateError && e.errno === FreeBsdErrno.ENXIO)) throw e
-  } finally {
-    control.close()
   }
 }

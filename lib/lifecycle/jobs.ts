@@ -4,7 +4,7 @@
 // reports progress and stops at a safe point when its signal aborts, leaving
 // RO, RW and the map consistent either way.
 import fs from 'node:fs'
-import { deviceBusy } from '../attach/attachment.js'
+import { deviceBusy } from '../devices/device-busy.js'
 import { BlockDevice } from '../devices/block-device.js'
 import type { Engine, WrittenRange } from '../engine/engine.js'
 import { RowrError, errnoCode, isRowrError } from '../errors.js'
