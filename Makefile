@@ -58,9 +58,14 @@ build/ggsim-kernel: $(patsubst test/ggsim/%.c,build/ggsim/%.o,$(GGSIM_KERNEL_SOU
 typecheck: node_modules
 	npx tsc -p tsconfig.json --noEmit
 
-lint: system-deps
+# Shell scripts, then the TypeScript: Biome's lint rules (import cycles
+# included, biome.jsonc) and no export that nothing imports.
+lint: system-deps node_modules
 	shellcheck scripts/*.sh .ci/run
 	shellcheck -s sh boot/*.sh boot/linux/*.sh boot/rc.d/* test/vm/guest/*.sh
+	npx biome lint .
+	npx tsc -p scripts/tsconfig.json
+	node build/scripts/unused-exports.js .
 
 # The guests test/vm boots under qemu, from Debian's packages and dist/
 # (cached in build/vm/; rebuilt when an input changes).

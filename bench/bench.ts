@@ -220,7 +220,7 @@ const main = async (): Promise<void> => {
   fs.mkdirSync(path.dirname(opts.json!), { recursive: true })
   fs.writeFileSync(
     opts.json!,
-    JSON.stringify(
+    `${JSON.stringify(
       {
         date: new Date().toISOString(),
         machine: { cpus: (await import('node:os')).cpus().length, node: process.version },
@@ -234,7 +234,7 @@ const main = async (): Promise<void> => {
       },
       null,
       2,
-    ) + '\n',
+    )}\n`,
   )
   log(`raw results: ${opts.json}`)
 }

@@ -17,7 +17,7 @@ export interface FioJob {
   readonly extra?: readonly string[]
 }
 
-export interface FioResult {
+interface FioResult {
   readonly iops: number
   readonly bytesPerSecond: number
   /** Completion latency percentiles in microseconds. */

@@ -21,7 +21,7 @@ export interface Peer {
   start(work: string, base: string): Promise<RunningPeer>
 }
 
-export interface RunningPeer {
+interface RunningPeer {
   readonly uri: string
   readonly pid: number
   stop(): Promise<void>
@@ -55,7 +55,7 @@ const launch = async (what: string, file: string, args: string[], socket: string
 }
 
 /** geom-rowr as the compiled CLI at `cliPath` serves it. */
-export const geomRowrAt = (name: string, kind: 'rowr' | 'baseline', cliPath: string): Peer => ({
+const geomRowrAt = (name: string, kind: 'rowr' | 'baseline', cliPath: string): Peer => ({
   name,
   kind,
   start: async (work, base) => {
@@ -88,7 +88,7 @@ export const geomRowrBaseline = (checkout: string): Peer => {
   return geomRowrAt(`geom-rowr@${label}`, 'baseline', cliPath)
 }
 
-export const nbdkitCow: Peer = {
+const nbdkitCow: Peer = {
   name: 'nbdkit-cow',
   kind: 'cow',
   start: async (work, base) => {
@@ -98,7 +98,7 @@ export const nbdkitCow: Peer = {
   },
 }
 
-export const qemuNbd: Peer = {
+const qemuNbd: Peer = {
   name: 'qemu-nbd',
   kind: 'cow',
   start: async (work, base) => {
@@ -118,7 +118,7 @@ export const qemuNbd: Peer = {
   },
 }
 
-export const nbdkitFileReference: Peer = {
+const nbdkitFileReference: Peer = {
   name: 'nbdkit-file (no cow)',
   kind: 'reference',
   start: async (work, base) => {

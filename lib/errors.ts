@@ -1,7 +1,7 @@
 // Typed errors. Every refusal the user can meet carries a code, names the
 // device or NAME concerned, and says how to fix it.
 
-export type RowrErrorCode =
+type RowrErrorCode =
   | 'ENOENT' // a device path does not exist
   | 'ENOTDEV' // a path is neither a regular file nor a disk device
   | 'EMEDIASIZE' // RW is smaller than RO
@@ -42,7 +42,7 @@ export const errnoCode = (e: unknown): string | undefined =>
     : undefined
 
 /** What an engine or system failure means to a client, in errno names every front end can express. */
-export type IoFailure = 'ENOSPC' | 'EPERM' | 'ENOMEM' | 'EIO'
+type IoFailure = 'ENOSPC' | 'EPERM' | 'ENOMEM' | 'EIO'
 
 export const ioFailure = (e: unknown): IoFailure => {
   switch (errnoCode(e)) {

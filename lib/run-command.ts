@@ -14,7 +14,7 @@ export class CommandError extends Error {
   }
 }
 
-export interface CommandResult {
+interface CommandResult {
   readonly stdout: string
   readonly stderr: string
 }

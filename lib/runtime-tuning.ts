@@ -8,7 +8,7 @@
  * 1786 MiB/s with 8; 4K random reads and writes were the same within noise
  * (cached reads bypass the pool). A size the user set is kept.
  */
-export const THREAD_POOL_SIZE = 8
+const THREAD_POOL_SIZE = 8
 
 process.env.UV_THREADPOOL_SIZE ??= String(THREAD_POOL_SIZE)
 

@@ -16,7 +16,7 @@ interface DiskIoctls {
   readonly sectorSizeName: string
 }
 
-export const DISK_IOCTLS: Record<Platform, DiskIoctls> = {
+const DISK_IOCTLS: Record<Platform, DiskIoctls> = {
   linux: {
     mediaSize: 0x80081272,
     mediaSizeName: 'BLKGETSIZE64',
@@ -72,8 +72,8 @@ export const diskGeometry = (
  * DIOCGFLUSH = _IO('d', 135), DIOCGDELETE = _IOW('d', 136, off_t[2]), with
  * FreeBSD's IOC_VOID 0x20000000 and IOC_IN 0x80000000.
  */
-export const FREEBSD_DIOCGFLUSH = 0x20006487
-export const FREEBSD_DIOCGDELETE = 0x80106488
+const FREEBSD_DIOCGFLUSH = 0x20006487
+const FREEBSD_DIOCGDELETE = 0x80106488
 
 /** BIO_FLUSH to the disk under `fd`; resolves to 0 or the errno. */
 export const diskFlush = (fd: number): Promise<number> => libc().ioctlRetryable(fd, FREEBSD_DIOCGFLUSH, Buffer.alloc(0))

@@ -109,7 +109,7 @@ export const GGATE_STRUCTS = {
 export type GGateStructName = keyof typeof GGATE_STRUCTS
 
 /** The command number of each ioctl and the struct it carries. */
-export const GGATE_COMMANDS = {
+const GGATE_COMMANDS = {
   CREATE: [0, 'g_gate_ctl_create'],
   MODIFY: [1, 'g_gate_ctl_modify'],
   DESTROY: [2, 'g_gate_ctl_destroy'],
@@ -141,7 +141,7 @@ const fieldType = (koffi: KoffiStructs, type: string): unknown => {
   return array ? koffi.array(array[1]!, Number(array[2])) : type
 }
 
-export interface GGateAbi {
+interface GGateAbi {
   /** koffi struct types by name. */
   readonly types: Readonly<Record<GGateStructName, unknown>>
   readonly sizeof: (name: GGateStructName) => number

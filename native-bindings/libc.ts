@@ -26,7 +26,7 @@ interface Koffi {
 export const O_RDWR = 0x2
 export const O_CLOEXEC = process.platform === 'freebsd' ? 0x100000 : 0x80000
 
-export interface Libc {
+interface Libc {
   /** open(2); returns -1 and sets errno on failure. */
   open(path: string, flags: number): number
   /** close(2). */

@@ -56,7 +56,7 @@ const c = (): Calls => {
   return calls
 }
 
-export class SystemCallError extends Error {
+class SystemCallError extends Error {
   readonly errno: number
   constructor(call: string, errno: number) {
     super(`${call}: ${errnoName(errno)}`)

@@ -180,7 +180,7 @@ t.test('damage at any slot: the last good state, or a clear refusal; truncation:
         else b.fill(0)
         d.store.apply(b, slot * SLOT_BYTES)
       }
-      let opened
+      let opened: Awaited<ReturnType<typeof open>>
       try {
         opened = await open(d)
       } catch (e) {

@@ -5,7 +5,7 @@ import t, { type Test } from 'tap'
 import { BlockDevice } from '../lib/devices/block-device.js'
 import { Engine } from '../lib/engine/engine.js'
 import { NbdServer, exportFor, nbdUri } from '../lib/nbd/server.js'
-import { bytes, Cmd, connect, connectGo, Errno, nameAndInfos, option, request, Reader } from './fixtures/nbd-client.js'
+import { bytes, Cmd, connect, connectGo, Errno, nameAndInfos, option, request, type Reader } from './fixtures/nbd-client.js'
 import { makeImage, waitUntil } from './fixtures/helpers.js'
 
 const SIZE = 1 << 20

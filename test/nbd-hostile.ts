@@ -54,7 +54,7 @@ const hostileOption = (rand: Rand): Buffer => {
   data.writeUInt32BE(rand() < 0.8 ? name.length : int(rand, 1 << 16), 0)
   name.copy(data, 4)
   data.writeUInt16BE(infos.length, 4 + name.length)
-  infos.forEach((info, i) => data.writeUInt16BE(info, 6 + name.length + 2 * i))
+  for (const [i, info] of infos.entries()) data.writeUInt16BE(info, 6 + name.length + 2 * i)
   return option(rand() < 0.5 ? 7 : 6, data)
 }
 

@@ -20,7 +20,7 @@ t.test('on a terminal: share, bytes, redrawn in place, ended by a newline', asyn
   bar.update(0, 4 * MiB)
   bar.update(4 * MiB, 4 * MiB)
   bar.end()
-  t.match(out[0], /^\rrowr0: export \[-{30}\]   0% 0 B\/4\.0 MiB\x1b\[K$/)
+  t.match(out[0], /^\rrowr0: export \[-{30}\] {3}0% 0 B\/4\.0 MiB\x1b\[K$/)
   t.match(out.at(-2), /^\rrowr0: export \[#{30}\] 100% 4\.0 MiB\/4\.0 MiB/, 'the last update is always drawn')
   t.equal(out.at(-1), '\n')
 })

@@ -20,7 +20,7 @@ export const nbdModuleLoaded = (): boolean => fs.existsSync('/sys/module/nbd')
  * Largest logical sector size a Linux block device takes, loop and nbd alike:
  * the kernel's page size (blk_validate_block_size), 4096 on x86 and most arm64.
  */
-export const LINUX_MAX_SECTOR_SIZE = 4096
+const LINUX_MAX_SECTOR_SIZE = 4096
 
 export const attach = (options: AttachOptions): Promise<LoopOverFuseAttachment | NbdModuleAttachment> =>
   nbdModuleLoaded() ? attachNbdModule(options) : attachLoopOverFuse(options)

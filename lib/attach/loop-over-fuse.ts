@@ -6,7 +6,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { RowrError } from '../errors.js'
 import type { AttachOptions } from './attach-options.js'
-import { CommandError, runCommand, sleep, waitFor } from '../run-command.js'
+import { type CommandError, runCommand, sleep, waitFor } from '../run-command.js'
 import { processAlive } from '../processes.js'
 
 export interface LoopOverFuseAttachment {

@@ -8,7 +8,7 @@ import { ClientFlag, EXPORT_NAME_ZEROES, GREETING_LENGTH, HandshakeFlag, IHAVEOP
 
 const HANDSHAKE_MS = 15_000
 
-export interface NegotiatedSocket {
+interface NegotiatedSocket {
   /** A blocking descriptor of the socket, the caller's to hand over and close. */
   readonly fd: number
   readonly size: number

@@ -28,12 +28,12 @@ export interface NbdModuleAttachment {
  * again. Past it, requests fail with I/O errors (the file system then
  * usually turns itself read-only); geom-rowr destroy -f ends the wait sooner.
  */
-export const DEAD_CONNECTION_SECONDS = 3600
+const DEAD_CONNECTION_SECONDS = 3600
 
 /** 0: a request without a reply never fails on its own; it waits for a reconnected socket. */
 const REQUEST_TIMEOUT_SECONDS = 0
 
-export const nbdIndex = (device: string): number => {
+const nbdIndex = (device: string): number => {
   const m = /^\/dev\/nbd(\d+)$/.exec(device)
   if (!m) throw new Error(`${device} is not an nbd device`)
   return Number(m[1])

@@ -9,25 +9,25 @@ import { endianness } from 'node:os'
 /** <linux/netlink.h> */
 export const NETLINK_GENERIC = 16
 export const NlmsgType = { ERROR: 2, DONE: 3 } as const
-export const NlmFlag = { REQUEST: 0x1, MULTI: 0x2, ACK: 0x4 } as const
+const NlmFlag = { REQUEST: 0x1, MULTI: 0x2, ACK: 0x4 } as const
 /** nla_type's flag for an attribute that holds attributes. */
-export const NLA_F_NESTED = 0x8000
+const NLA_F_NESTED = 0x8000
 const NLA_TYPE_MASK = ~(0x8000 | 0x4000) & 0xffff
-export const NLMSG_HEADER_BYTES = 16
+const NLMSG_HEADER_BYTES = 16
 const GENL_HEADER_BYTES = 4
 const NLA_HEADER_BYTES = 4
 
 /** <linux/genetlink.h>: the controller that resolves family names. */
 export const GENL_ID_CTRL = 0x10
-export const CtrlCmd = { NEWFAMILY: 1, GETFAMILY: 3 } as const
-export const CtrlAttr = { FAMILY_ID: 1, FAMILY_NAME: 2 } as const
+const CtrlCmd = { NEWFAMILY: 1, GETFAMILY: 3 } as const
+const CtrlAttr = { FAMILY_ID: 1, FAMILY_NAME: 2 } as const
 const CTRL_VERSION = 2
 
 /** <linux/nbd-netlink.h> */
-export const NBD_FAMILY_NAME = 'nbd'
+const NBD_FAMILY_NAME = 'nbd'
 const NBD_GENL_VERSION = 1
-export const NbdCmd = { CONNECT: 1, DISCONNECT: 2, RECONFIGURE: 3, LINK_DEAD: 4, STATUS: 5 } as const
-export const NbdAttr = {
+const NbdCmd = { CONNECT: 1, DISCONNECT: 2, RECONFIGURE: 3, LINK_DEAD: 4, STATUS: 5 } as const
+const NbdAttr = {
   INDEX: 1,
   SIZE_BYTES: 2,
   BLOCK_SIZE_BYTES: 3,
@@ -38,10 +38,9 @@ export const NbdAttr = {
   DEAD_CONN_TIMEOUT: 8,
   DEVICE_LIST: 9,
 } as const
-export const NBD_SOCK_ITEM = 1
-export const NBD_SOCK_FD = 1
-export const NBD_DEVICE_ITEM = 1
-export const NbdDeviceAttr = { INDEX: 1, CONNECTED: 2 } as const
+const NBD_SOCK_ITEM = 1
+const NBD_SOCK_FD = 1
+const NbdDeviceAttr = { INDEX: 1, CONNECTED: 2 } as const
 
 const LE = endianness() === 'LE'
 const align4 = (n: number): number => (n + 3) & ~3
@@ -61,13 +60,13 @@ const attr = (type: number, payload: Buffer): Buffer => {
   return b
 }
 
-export const attrU32 = (type: number, v: number): Buffer => {
+const attrU32 = (type: number, v: number): Buffer => {
   const p = Buffer.alloc(4)
   u32(p, v, 0)
   return attr(type, p)
 }
 
-export const attrU64 = (type: number, v: number | bigint): Buffer => {
+const attrU64 = (type: number, v: number | bigint): Buffer => {
   const p = Buffer.alloc(8)
   if (LE) p.writeBigUInt64LE(BigInt(v))
   else p.writeBigUInt64BE(BigInt(v))
@@ -75,12 +74,12 @@ export const attrU64 = (type: number, v: number | bigint): Buffer => {
 }
 
 /** A NUL-terminated string, as NLA_NUL_STRING and the controller want it. */
-export const attrString = (type: number, s: string): Buffer => attr(type, Buffer.from(`${s}\0`))
+const attrString = (type: number, s: string): Buffer => attr(type, Buffer.from(`${s}\0`))
 
-export const attrNested = (type: number, children: readonly Buffer[]): Buffer => attr(type | NLA_F_NESTED, Buffer.concat(children))
+const attrNested = (type: number, children: readonly Buffer[]): Buffer => attr(type | NLA_F_NESTED, Buffer.concat(children))
 
 /** A generic netlink request: nlmsghdr, genlmsghdr, attributes. Port id 0: the kernel fills it in. */
-export const genlMessage = (o: {
+const genlMessage = (o: {
   family: number
   cmd: number
   version: number
@@ -158,7 +157,7 @@ export interface NetlinkMessage {
   readonly payload: Buffer
 }
 
-export class NetlinkFormatError extends Error {
+class NetlinkFormatError extends Error {
   override name = "NetlinkFormatError"
 }
 
@@ -184,7 +183,7 @@ export const errorCode = (m: NetlinkMessage): number => {
 }
 
 /** Attributes by type (the nested flag cleared); a repeated type keeps its first. */
-export const parseAttrs = (b: Buffer): Map<number, Buffer> => {
+const parseAttrs = (b: Buffer): Map<number, Buffer> => {
   const out = new Map<number, Buffer>()
   let at = 0
   while (at + NLA_HEADER_BYTES <= b.length) {
@@ -200,7 +199,7 @@ export const parseAttrs = (b: Buffer): Map<number, Buffer> => {
 }
 
 /** A generic netlink message's command and attributes. */
-export const parseGenl = (m: NetlinkMessage): { cmd: number; attrs: Map<number, Buffer> } => {
+const parseGenl = (m: NetlinkMessage): { cmd: number; attrs: Map<number, Buffer> } => {
   if (m.payload.length < GENL_HEADER_BYTES) throw new NetlinkFormatError('a generic netlink message without its header')
   return { cmd: m.payload[0]!, attrs: parseAttrs(m.payload.subarray(GENL_HEADER_BYTES)) }
 }

@@ -32,7 +32,7 @@ export class NetlinkRequestError extends Error {
   }
 }
 
-export class NbdNetlink {
+class NbdNetlink {
   readonly #socket: NetlinkSocket
   readonly #family: number
   #seq: number

@@ -9,7 +9,7 @@ import { RowrError } from '../errors.js'
 import { warn } from './foreground.js'
 import { noSuchDevice } from './running-device.js'
 
-export interface DestroyArgs {
+interface DestroyArgs {
   readonly name: string
   readonly force: boolean
 }

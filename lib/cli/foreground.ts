@@ -2,7 +2,7 @@
 import path from 'node:path'
 import { describeAutoRw } from '../devices/auto-rw.js'
 
-export type Log = (message: string) => void
+type Log = (message: string) => void
 
 /** Timestamped log lines on stderr, for create -v and serve -v. */
 export const stderrLog =

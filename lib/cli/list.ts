@@ -9,7 +9,7 @@ import { human } from '../units.js'
 import { healthLine, type IoErrorCounts } from '../engine/io-errors.js'
 import type { DeviceStatus, JobProgress } from '../daemon/control-protocol.js'
 
-export interface StatusArgs {
+interface StatusArgs {
   readonly name?: string
   readonly json: boolean
 }
@@ -40,7 +40,7 @@ export const list = async ({ json }: { json: boolean }): Promise<void> => {
   if (json) {
     // Devices still starting or not answering have no status to give.
     const statuses = probes.flatMap(({ probe: p }) => (p.kind === 'running' ? [p.status] : []))
-    process.stdout.write(JSON.stringify(statuses, null, 2) + '\n')
+    process.stdout.write(`${JSON.stringify(statuses, null, 2)}\n`)
     return
   }
   const rows = [['NAME', 'DEVICE', 'MEDIASIZE', 'RO', 'RW']]
@@ -62,7 +62,7 @@ export const list = async ({ json }: { json: boolean }): Promise<void> => {
   }
   if (rows.length === 1) return
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map(r => r[i]!.length)))
-  for (const r of rows) process.stdout.write(r.map((c, i) => (i < r.length - 1 ? c.padEnd(widths[i]!) : c)).join('  ') + '\n')
+  for (const r of rows) process.stdout.write(`${r.map((c, i) => (i < r.length - 1 ? c.padEnd(widths[i]!) : c)).join('  ')}\n`)
 }
 
 const jobLine = (j: JobProgress): string => `${j.name}, ${human(j.done)} of ${human(j.total)}`
@@ -119,7 +119,7 @@ export const status = async ({ name, json }: StatusArgs): Promise<void> => {
     }
   }
   if (json) {
-    process.stdout.write(JSON.stringify(name !== undefined ? statuses[0] : statuses, null, 2) + '\n')
+    process.stdout.write(`${JSON.stringify(name !== undefined ? statuses[0] : statuses, null, 2)}\n`)
   } else {
     process.stdout.write(statuses.map(describe).join('\n'))
   }

@@ -12,8 +12,8 @@ import { commit, diff, exportCommand, revert, type CommitArgs, type TargetArgs }
 import { serve } from './serve.js'
 import { reset } from './reset.js'
 
-export const EXIT_FAILURE = 1
-export const EXIT_USAGE = 2
+const EXIT_FAILURE = 1
+const EXIT_USAGE = 2
 
 /** A mistake in the command line itself. */
 class UsageError extends Error {}

@@ -9,7 +9,7 @@ const REDRAW_MS = 100
 /** The rate is measured over roughly this much of the recent past. */
 const RATE_WINDOW_MS = 5_000
 
-export interface Progress {
+interface Progress {
   update(done: number, total: number): void
   /** Names what the job does now, e.g. "syncing"; drawn until the next update. */
   step(what: string): void
@@ -25,7 +25,7 @@ export const clock = (seconds: number): string => {
   return h > 0 ? `${h}:${pad(m)}:${pad(sec)}` : `${m}:${pad(sec)}`
 }
 
-export interface ProgressOptions {
+interface ProgressOptions {
   readonly stream?: NodeJS.WriteStream
   /** Milliseconds; tests give their own clock. */
   readonly now?: () => number

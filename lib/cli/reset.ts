@@ -7,7 +7,7 @@ import { RowrError } from '../errors.js'
 import { healthLine } from '../engine/io-errors.js'
 import { runningStatus } from './running-device.js'
 
-export interface ResetArgs {
+interface ResetArgs {
   readonly name: string
 }
 

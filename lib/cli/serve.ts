@@ -7,7 +7,7 @@ import type { Listen } from '../nbd/server.js'
 import { runDevice } from '../daemon/run-device.js'
 import { announce, mapOptions, stderrLog, warn, type MapArgs } from './foreground.js'
 
-export interface ServeArgs extends MapArgs {
+interface ServeArgs extends MapArgs {
   readonly ro: string
   readonly rw: string
   readonly name?: string

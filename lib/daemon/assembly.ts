@@ -12,7 +12,7 @@ import { describeIds, rwIdentity, takeUnbound } from '../persist/rw-binding.js'
 import { DeviceClaims, type Claimant } from './claims.js'
 import type { Teardown } from './teardown.js'
 
-export interface AssemblyOptions {
+interface AssemblyOptions {
   /** Absolute paths. */
   readonly ro: string
   readonly rw: string
@@ -35,7 +35,7 @@ export interface AssemblyOptions {
   readonly journal?: (mapFile: MapFile, map: SectorMap) => MapJournal
 }
 
-export interface Assembly {
+interface Assembly {
   readonly engine: Engine
   readonly pair: DevicePair
   readonly claims: DeviceClaims

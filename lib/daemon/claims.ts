@@ -21,7 +21,7 @@ import { RowrError, errnoCode } from '../errors.js'
 import { platform } from '../../native-bindings/platform.js'
 import { claimKey, holdersOf, recordClaims, withRegistryLock, type Holder, type Role } from './registry.js'
 
-export interface ClaimTarget {
+interface ClaimTarget {
   readonly role: 'ro' | 'rw' | 'map'
   readonly path: string
   /** The identity of the descriptor already open on `path`, which the claim must match. */

@@ -21,7 +21,7 @@ export type ControlRequest =
   /** Stops the running job at its next safe point. */
   | { readonly cmd: 'cancel' }
 
-export type ControlCommand = ControlRequest['cmd']
+type ControlCommand = ControlRequest['cmd']
 
 /** A lifecycle job running in the daemon, as far as it got. */
 export interface JobProgress {
@@ -48,7 +48,7 @@ export interface DeviceStatus extends Omit<DeviceState, 'attachment' | 'phase'> 
 }
 
 /** The answer to each command, for the daemon that gives it. */
-export interface ControlAnswers {
+interface ControlAnswers {
   readonly status: DeviceStatus
   readonly destroy: Record<never, never>
   readonly diff: { readonly ranges: readonly WrittenRange[] }

@@ -59,7 +59,7 @@ const readMessage = (socket: net.Socket): Promise<unknown> =>
   })
 
 /** Answers a request; a throw becomes a failure reply with the error's code and message. */
-export type ControlHandler = (request: ControlRequest) => Promise<ControlReply<object>>
+type ControlHandler = (request: ControlRequest) => Promise<ControlReply<object>>
 
 export class ControlServer {
   readonly #server: net.Server

@@ -13,7 +13,7 @@ import path from 'node:path'
 import { errnoCode } from '../errors.js'
 
 export const KEPT_LOGS = 20
-export const LOG_CAP_BYTES = 1 << 20
+const LOG_CAP_BYTES = 1 << 20
 
 export const logDir = (): string => {
   const { GEOM_ROWR_LOGDIR, GEOM_ROWR_RUNDIR, XDG_STATE_HOME } = process.env

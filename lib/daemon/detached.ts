@@ -13,7 +13,7 @@ import { openDaemonLog } from './daemon-log.js'
 /** What the detached daemon is given: everything but its log, which is its standard error. */
 export type DetachedOptions = Omit<DaemonOptions, 'log'>
 
-export interface DaemonReady {
+interface DaemonReady {
   readonly type: 'ready'
   readonly device: string
   readonly state: { rw: string; rwAuto: boolean; mediasize: number; map: string | null }
@@ -32,7 +32,7 @@ const START_TIMEOUT_MS = 60_000
  * (its "root storage daemons"), which must outlive the remount of the root
  * read-only.
  */
-export const daemonArgv0 = (systemdMark: boolean): string => (systemdMark ? '@geom-rowr' : 'geom-rowr')
+const daemonArgv0 = (systemdMark: boolean): string => (systemdMark ? '@geom-rowr' : 'geom-rowr')
 
 const DAEMON_MAIN = fileURLToPath(new URL('./main.js', import.meta.url))
 

@@ -3,7 +3,7 @@
 // and the rest at most once a minute, with how many were not logged.
 import type { IoErrorEvent } from '../engine/io-errors.js'
 
-export const ERROR_LOG_INTERVAL_MS = 60_000
+const ERROR_LOG_INTERVAL_MS = 60_000
 
 interface Kind {
   lastLogged: number

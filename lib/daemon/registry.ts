@@ -16,7 +16,7 @@ import { listNames, runDir, statePaths } from './run-state.js'
 /** What a device uses a device for; 'commit' is its RO while a commit writes it. */
 export type Role = 'ro' | 'rw' | 'map' | 'commit'
 
-export interface Claim {
+interface Claim {
   readonly role: Role
   /** As the user gave it, for messages. */
   readonly path: string
@@ -61,7 +61,7 @@ export const holdersOf = (key: string, except?: string): Holder[] => {
 export const recordClaims = (name: string, claims: readonly Claim[]): void => {
   const p = claimsFile(name)
   const tmp = `${p}.tmp`
-  fs.writeFileSync(tmp, JSON.stringify({ pid: process.pid, claims } satisfies ClaimsFile) + '\n', { mode: 0o600 })
+  fs.writeFileSync(tmp, `${JSON.stringify({ pid: process.pid, claims } satisfies ClaimsFile)}\n`, { mode: 0o600 })
   fs.renameSync(tmp, p)
 }
 

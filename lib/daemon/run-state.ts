@@ -58,7 +58,7 @@ const realPath = (p: string): string => {
   }
 }
 
-export interface StatePaths {
+interface StatePaths {
   readonly dir: string
   readonly state: string
   readonly control: string
@@ -109,7 +109,7 @@ export const release = (name: string): void => {
 export const writeState = (state: DeviceState): void => {
   const p = statePaths(state.name).state
   const tmp = `${p}.tmp`
-  fs.writeFileSync(tmp, JSON.stringify(state, null, 2) + '\n', { mode: 0o600 })
+  fs.writeFileSync(tmp, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 })
   fs.renameSync(tmp, p)
 }
 

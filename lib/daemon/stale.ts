@@ -42,7 +42,7 @@ export interface Waiting {
  * users' I/O, so only destroy -f does that. Its I/O waits meanwhile
  * (GEOM Gate's timeout is 0).
  */
-export interface Held {
+interface Held {
   readonly kind: 'held'
   readonly state: DeviceState & { readonly attachment: GGateAttachment }
   readonly reason: string
@@ -67,7 +67,7 @@ const leftInKernel = async (l: Extract<Liveness, { kind: 'stale' }>): Promise<Wa
 }
 
 /** The command that starts a new daemon for a waiting device. */
-export const restartCommand = (s: Waiting['state']): string =>
+const restartCommand = (s: Waiting['state']): string =>
   ['geom-rowr create', ...(s.map === 'rw' ? ['--map-on-rw'] : ['--map', s.map]), `--sector-size ${s.sectorsize}`, s.name, s.ro, s.rwAuto ? 'auto' : s.rw].join(' ')
 
 export const waitingMessage = (w: Waiting): string =>

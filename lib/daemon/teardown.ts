@@ -2,7 +2,7 @@
 // half way or a running device is destroyed (g_union's fail1..fail4 labels
 // as one stack).
 
-export type Undo = (how: { force: boolean }) => unknown
+type Undo = (how: { force: boolean }) => unknown
 
 export class Teardown {
   readonly #steps: { what: string; undo: Undo }[] = []

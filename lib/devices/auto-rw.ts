@@ -37,7 +37,7 @@ export const describeAutoRw = (rw: string, size: number, kept = false): string =
     ? `${rw} (swap-backed md, ${size} bytes; detached on destroy)`
     : `${rw} (sparse, ${size} bytes; ${kept ? 'kept on destroy: the map describes its data' : 'removed on destroy'})`
 
-export interface AutoRw {
+interface AutoRw {
   readonly path: string
   /** Made by this call, not an earlier run's kept file. */
   readonly made: boolean

@@ -43,7 +43,7 @@ export interface BlockIo {
   counters(): DeviceCounters
 }
 
-export type DeviceKind = 'file' | 'disk'
+type DeviceKind = 'file' | 'disk'
 
 export interface DeviceIdentity {
   readonly kind: DeviceKind
@@ -80,7 +80,7 @@ const fsWrite = (fd: number, buf: Buffer, offset: number, length: number, positi
 /** The largest single pwrite (see BlockDevice.write). */
 const WRITE_PIECE = 256 * 1024
 
-export class ShortIoError extends Error {
+class ShortIoError extends Error {
   readonly code = 'EIO'
   constructor(op: 'read' | 'write', path: string, position: number) {
     super(`short ${op} at byte ${position} of ${path}: the device ended early`)

@@ -5,8 +5,8 @@ import { RowrError } from '../errors.js'
 import { mdBytes } from './auto-rw.js'
 import { BlockDevice } from './block-device.js'
 
-export const MIN_SECTOR_SIZE = 512
-export const MAX_SECTOR_SIZE = 65536
+const MIN_SECTOR_SIZE = 512
+const MAX_SECTOR_SIZE = 65536
 
 export interface DevicePair {
   readonly ro: BlockDevice
@@ -18,7 +18,7 @@ export interface DevicePair {
   readonly warnings: readonly string[]
 }
 
-export interface OpenPairOptions {
+interface OpenPairOptions {
   /** Overrides the sector size derived from the devices. */
   readonly sectorSize?: number
   /** How to make a bigger RW, for the mediasize hint. */

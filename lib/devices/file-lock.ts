@@ -5,10 +5,10 @@
 import { constants } from 'node:os'
 import { LOCK_EX, LOCK_NB, LOCK_SH, libc } from '../../native-bindings/libc.js'
 
-export type LockMode = 'shared' | 'exclusive'
+type LockMode = 'shared' | 'exclusive'
 
 /** What taking a lock gave: the lock, another holder's conflicting lock, or no locks on this file system. */
-export type LockResult = 'locked' | 'conflict' | 'unsupported'
+type LockResult = 'locked' | 'conflict' | 'unsupported'
 
 const CONFLICT = new Set([constants.errno.EWOULDBLOCK, constants.errno.EAGAIN])
 /** File systems without flock: some network and FUSE ones; devfs on FreeBSD. */

@@ -35,7 +35,7 @@ export interface GeomProvider {
   readonly consumers: readonly GeomConsumer[]
 }
 
-export class GeomMeshError extends Error {
+class GeomMeshError extends Error {
   override readonly name = 'GeomMeshError'
 }
 
@@ -48,7 +48,7 @@ const parseMode = (text: string, line: number): Access => {
 }
 
 /** g_conf_cat_escaped writes markup characters and every byte past 0x7e as &#xNN;. */
-const unescape = (text: string): string => {
+const unescapeXml = (text: string): string => {
   const bytes: number[] = []
   for (let i = 0; i < text.length; ) {
     const m = /^&#x([0-9A-Fa-f]{1,2});/.exec(text.slice(i, i + 6))
@@ -118,7 +118,7 @@ export const parseGeomMesh = (xml: string): Map<string, GeomProvider> => {
         return
       case '    <name>':
         if (className === undefined || geom) break
-        className = unescape(content ?? '')
+        className = unescapeXml(content ?? '')
         return
       case '  </class>':
         className = undefined
@@ -134,7 +134,7 @@ export const parseGeomMesh = (xml: string): Map<string, GeomProvider> => {
         return
       case '      <name>':
         if (!geom) break
-        geom.name = unescape(content ?? '')
+        geom.name = unescapeXml(content ?? '')
         return
       case '    </geom>':
         geom = undefined
@@ -166,7 +166,7 @@ export const parseGeomMesh = (xml: string): Map<string, GeomProvider> => {
         return
       case '\t  <name>':
         if (element?.kind !== 'provider') break
-        element.name = unescape(content ?? '')
+        element.name = unescapeXml(content ?? '')
         return
       case '\t  <mediasize>':
         if (element?.kind !== 'provider') break

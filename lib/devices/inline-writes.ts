@@ -21,7 +21,7 @@ const STALL_NS = 2_000_000n
 const FIRST_BACKOFF_MS = 1000
 const MAX_BACKOFF_MS = 64_000
 
-export interface Clock {
+interface Clock {
   /** Monotonic nanoseconds. */
   nanos(): bigint
 }

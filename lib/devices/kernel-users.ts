@@ -8,7 +8,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import type { DeviceIdentity } from './block-device.js'
 
-export interface Mount {
+interface Mount {
   readonly point: string
   readonly writable: boolean
 }
@@ -22,7 +22,7 @@ export const majorMinor = (rdev: number): string => {
 }
 
 /** mountinfo escapes space, tab, newline and backslash as octal. */
-const unescape = (field: string): string => field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)))
+const unescapeOctal = (field: string): string => field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)))
 
 const readMounts = (): { dev: string; mount: Mount }[] => {
   let text: string
@@ -38,7 +38,7 @@ const readMounts = (): { dev: string; mount: Mount }[] => {
     if (fields.length < 6 || dash < 0) continue
     const perMount = fields[5]!.split(',')
     const superOptions = (fields[dash + 3] ?? '').split(',')
-    out.push({ dev: fields[2]!, mount: { point: unescape(fields[4]!), writable: perMount.includes('rw') || superOptions.includes('rw') } })
+    out.push({ dev: fields[2]!, mount: { point: unescapeOctal(fields[4]!), writable: perMount.includes('rw') || superOptions.includes('rw') } })
   }
   return out
 }
@@ -98,7 +98,7 @@ export const kernelUsers = (dev: string): KernelUsers => {
   return { mounts, uses }
 }
 
-export interface LoopOver {
+interface LoopOver {
   /** /dev/loopN. */
   readonly device: string
   readonly users: KernelUsers

@@ -43,7 +43,7 @@ export interface MapJournal {
   finishCommit(ro: BlockIo): Promise<void>
 }
 
-export interface EngineOptions {
+interface EngineOptions {
   readonly ro: BlockIo
   readonly rw: BlockIo
   /** The combined device's size in bytes: a multiple of sectorSize. */
@@ -81,7 +81,7 @@ export interface EngineStats {
   mapBytes: number
 }
 
-export interface Extent {
+interface Extent {
   readonly length: number
   /** True when the range is served from RW. */
   readonly written: boolean

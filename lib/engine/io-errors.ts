@@ -5,10 +5,10 @@
 import assert from 'node:assert/strict'
 import { errnoCode } from '../errors.js'
 
-export type IoErrorKind = 'rwWrite' | 'rwRead' | 'roRead'
+type IoErrorKind = 'rwWrite' | 'rwRead' | 'roRead'
 export type IoOp = 'read' | 'write' | 'flush'
 
-export interface LastIoError {
+interface LastIoError {
   /** The errno name the device returned, e.g. "ENOSPC"; "EIO" when it gave none. */
   readonly errno: string
   readonly device: 'ro' | 'rw'

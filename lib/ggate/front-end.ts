@@ -13,7 +13,7 @@ import { type GGateControl, GGateError } from './ggctl.js'
 import { openControl, providerBusy, type GGateAttachment } from './provider.js'
 import type { LoopMessage, StartLoopData } from './start-loop.js'
 
-export interface Bio {
+interface Bio {
   readonly cmd: number
   readonly offset: number
   readonly length: number
@@ -66,7 +66,7 @@ const bioErrno = (e: unknown): number => {
   return FreeBsdErrno[failure === 'ENOMEM' ? 'EIO' : failure]
 }
 
-export interface GGateOptions {
+interface GGateOptions {
   readonly engine: Engine
   readonly name: string
   /** Shown by `geom gate list` / ggatel. */

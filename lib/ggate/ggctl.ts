@@ -82,7 +82,7 @@ export const fitBytes = (text: string, max: number): string => {
   return bytes.subarray(0, end).toString()
 }
 
-export interface CreateRequest {
+interface CreateRequest {
   readonly name: string
   readonly mediaSize: number
   readonly sectorSize: number
@@ -90,7 +90,7 @@ export interface CreateRequest {
 }
 
 /** What START handed over: a bio to serve, or why there is none. */
-export type Started =
+type Started =
   | { readonly kind: 'bio'; readonly cmd: number; readonly offset: number; readonly length: number }
   /** A WRITE larger than the buffer waits for a START with `needed` bytes. */
   | { readonly kind: 'grow'; readonly needed: number }

@@ -30,7 +30,7 @@ export type LoopMessage =
   | { readonly type: 'finished' }
 
 /** The loop itself; this module runs it when it is a worker's entry point. */
-export const runStartLoop = (port: MessagePort, { fd, unit, bufferSize }: StartLoopData): void => {
+const runStartLoop = (port: MessagePort, { fd, unit, bufferSize }: StartLoopData): void => {
   // A signal ends START's sleep with ECANCELED, as a destroy does (g_gate.c:
   // msleep with PCATCH), and FreeBSD hands a process's signal to any thread
   // that does not block it: this thread leaves them all to the others.
@@ -56,7 +56,10 @@ export const runStartLoop = (port: MessagePort, { fd, unit, bufferSize }: StartL
   const startNext = (): void => {
     for (;;) {
       const started = io.start()
-      if (started.kind === 'cancelled') return finish()
+      if (started.kind === 'cancelled') {
+        finish()
+        return
+      }
       if (started.kind === 'grow') {
         ensureBuffer(started.needed)
         continue

@@ -19,7 +19,7 @@ export interface OfflineTarget {
   readonly force: boolean
 }
 
-export interface OfflineDevice {
+interface OfflineDevice {
   readonly engine: Engine
   /** RO, RW and map, held as a running device holds them. */
   readonly claims: DeviceClaims

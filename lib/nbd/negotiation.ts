@@ -33,14 +33,14 @@ export interface ExportDescription {
   readonly maximumPayload: number
 }
 
-export interface OptionOutcome {
+interface OptionOutcome {
   readonly replies: Buffer[]
   /** What happens after the replies are sent. */
   readonly next: 'options' | 'transmission' | 'close'
 }
 
 /** The metadata contexts this server offers, by id. */
-export const META_CONTEXTS: ReadonlyMap<number, string> = new Map([
+const META_CONTEXTS: ReadonlyMap<number, string> = new Map([
   [1, BASE_ALLOCATION],
   [2, ROWR_WRITTEN],
 ])

@@ -15,7 +15,7 @@ export interface NbdRequest {
   readonly length: number
 }
 
-export class BadRequestMagic extends Error {
+class BadRequestMagic extends Error {
   readonly code = 'EBADMAGIC'
   constructor(magic: number) {
     super(`bad request magic 0x${magic.toString(16).padStart(8, '0')}`)

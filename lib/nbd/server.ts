@@ -10,7 +10,7 @@ import type { ExportDescription } from './negotiation.js'
 import { enlargeSocketBuffers } from '../../native-bindings/socket-buffers.js'
 
 /** Largest read or write payload a client may send (as nbdkit's default). */
-export const MAX_PAYLOAD = 32 * 1024 * 1024
+const MAX_PAYLOAD = 32 * 1024 * 1024
 
 export type Listen = { readonly socket: string } | { readonly port: number; readonly host: string }
 

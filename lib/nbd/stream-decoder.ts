@@ -27,7 +27,7 @@ export type DecodedMessage =
   /** The stream cannot be framed any further; nothing follows. */
   | { readonly kind: 'malformed'; readonly message: string }
 
-export interface DecoderLimits {
+interface DecoderLimits {
   /** Largest option data accepted during haggling. */
   readonly maxOptionLength: number
   /** Largest write payload received; longer ones are skipped. */

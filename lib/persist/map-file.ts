@@ -40,7 +40,7 @@ import {
 } from './map-format.js'
 import { describeIds, newDeviceId, takeUnbound, type RwIdentity } from './rw-binding.js'
 
-export interface OpenMapOptions {
+interface OpenMapOptions {
   /** Where the map lives: a map file, or RW itself (--map-on-rw). */
   readonly store: BlockIo
   /** The map's first byte in `store`. */
@@ -68,7 +68,7 @@ export interface OpenMapOptions {
   readonly existing?: boolean
 }
 
-export interface OpenedMap {
+interface OpenedMap {
   readonly file: MapFile
   /** False for a new, empty map. */
   readonly resumed: boolean

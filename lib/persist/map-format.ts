@@ -73,7 +73,7 @@ export interface MapHeader {
   readonly writtenFloor: number
 }
 
-export interface MapPage {
+interface MapPage {
   readonly index: number
   readonly epoch: bigint
   /** Counts this page's writes; the higher of two good slots is current. */
@@ -124,7 +124,7 @@ export const encodeHeader = (h: MapHeader): Buffer => {
 }
 
 /** Why a header slot cannot be used. */
-export type HeaderProblem = 'empty' | 'not-a-map' | 'newer-format' | 'damaged'
+type HeaderProblem = 'empty' | 'not-a-map' | 'newer-format' | 'damaged'
 
 export type DecodedHeader =
   | { readonly ok: true; readonly header: MapHeader }
@@ -198,7 +198,7 @@ export const encodePage = (p: MapPage): Buffer => {
   return seal(b)
 }
 
-export type DecodedPage =
+type DecodedPage =
   | { readonly ok: true; readonly page: MapPage }
   | { readonly ok: false; readonly problem: 'empty' | 'damaged' }
 

@@ -6,7 +6,7 @@ import { resizeHint } from '../devices/device-pair.js'
 import { RowrError, errnoCode } from '../errors.js'
 import { SLOT_BYTES, mapBytes } from './map-format.js'
 
-export interface MapPlacement {
+interface MapPlacement {
   readonly store: BlockIo
   /** The map's first byte in `store`. */
   readonly base: number

@@ -14,9 +14,9 @@ import { SLOT_BYTES, encodeStamp, slotIdentity, type BindingKind } from './map-f
 import { mapOnRwBase } from './map-store.js'
 
 /** The attribute's name within its namespace. */
-export const ID_ATTRIBUTE = 'geom-rowr.id'
+const ID_ATTRIBUTE = 'geom-rowr.id'
 
-export type StampRead =
+type StampRead =
   | { readonly kind: 'found'; readonly id: string }
   | { readonly kind: 'absent' }
   /** RW's file system keeps no extended attributes (of this namespace). */
@@ -143,7 +143,7 @@ export class RwIdentity {
 export const rwIdentity = (rw: BlockDevice, deviceSize: number, { mapInTail = false } = {}): RwIdentity =>
   new RwIdentity(rw, deviceSize, rw.identity.kind === 'file' ? fileAttributes(rw.fd) : null, { mapInTail })
 
-export interface FoundId {
+interface FoundId {
   readonly kind: BindingKind
   readonly id: string
 }

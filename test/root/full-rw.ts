@@ -46,7 +46,7 @@ t.test('a write that fills RW fails ENOSPC, status shows it degraded, reset clea
   t.equal(fresh.health, 'ok')
   t.same(fresh.errors, { rwWrite: 0, rwRead: 0, roRead: 0, last: null })
   t.equal(fresh.rwAllocated, 0, 'RW allocates nothing yet')
-  t.match((await g('status', 'full0')).stdout, /\n  state: +ok\n/)
+  t.match((await g('status', 'full0')).stdout, /\n {2}state: +ok\n/)
 
   const { r } = await connectGo(path.join(runDir, 'full0', 'nbd.sock'))
   r.socket.write(Buffer.concat([request(Cmd.WRITE, 1, 0, 64 * KiB), Buffer.alloc(64 * KiB, 1)]))
@@ -62,8 +62,8 @@ t.test('a write that fills RW fails ENOSPC, status shows it degraded, reset clea
   t.ok(Number.isFinite(Date.parse(full.errors.last.at)), 'at an ISO time')
   t.ok(full.rwAllocated > 64 * KiB && full.rwAllocated <= TMPFS, `RW's real allocation: ${full.rwAllocated}`)
   const text = (await g('status', 'full0')).stdout
-  t.match(text, /\n  state: +degraded: rw write ENOSPC at offset \d+ \(\d{4}-\d\d-\d\dT[^)]+\); \d+ I\/O error\(s\) since the last reset; geom-rowr reset full0 clears it\n/)
-  t.match(text, /\n  rw allocated: +\d+ \(/)
+  t.match(text, /\n {2}state: +degraded: rw write ENOSPC at offset \d+ \(\d{4}-\d\d-\d\dT[^)]+\); \d+ I\/O error\(s\) since the last reset; geom-rowr reset full0 clears it\n/)
+  t.match(text, /\n {2}rw allocated: +\d+ \(/)
   const log = fs.readFileSync(path.join(runDir, 'full0.log'), 'utf8')
   t.match(log, /write at byte \d+ failed: ENOSPC.*full0 is degraded/, 'the daemon logged it')
 
@@ -75,7 +75,7 @@ t.test('a write that fills RW fails ENOSPC, status shows it degraded, reset clea
   t.same(cleared.errors, { rwWrite: 0, rwRead: 0, roRead: 0, last: null })
   t.equal(cleared.stats.writes, 0, 'and clears the statistics')
   t.equal(cleared.writtenBytes, 64 * KiB, 'what was written stays')
-  t.match((await g('status', 'full0')).stdout, /\n  state: +ok\n/)
+  t.match((await g('status', 'full0')).stdout, /\n {2}state: +ok\n/)
   r.socket.destroy()
 })
 
