@@ -4,10 +4,11 @@
 //
 //   node dist/bench/bench.js [--reps 3] [--runtime 10] [--size-mib 1024]
 //        [--only TEXT] [--work DIR] [--long] [--json FILE]
-//        [--baseline CHECKOUT] [--peers NAME,NAME]
+//        [--baseline CHECKOUT]... [--peers NAME,NAME]
 //
 // --baseline adds geom-rowr built in another checkout (an earlier commit) as
 // one more server in the same alternating runs: a change's before/after.
+// Given more than once, each is a server of its own, with its own column.
 // --peers keeps only the named servers (geom-rowr, nbdkit-cow, qemu-nbd,
 // nbdkit-file, baseline).
 import { execFileSync } from 'node:child_process'
@@ -27,13 +28,13 @@ const { values: opts } = parseArgs({
     work: { type: 'string', default: '/var/tmp/geom-rowr-bench' },
     long: { type: 'boolean', default: false },
     json: { type: 'string', default: 'bench/results/latest.json' },
-    baseline: { type: 'string' },
+    baseline: { type: 'string', multiple: true },
     peers: { type: 'string' },
   },
 })
 
 const reps = Number(opts.reps)
-const allPeers: Peer[] = [...PEERS, ...(opts.baseline ? [geomRowrBaseline(opts.baseline)] : [])]
+const allPeers: Peer[] = [...PEERS, ...(opts.baseline ?? []).map(geomRowrBaseline)]
 const wanted = opts.peers?.split(',').map(n => n.trim())
 const chosen: Peer[] = wanted
   ? allPeers.filter(p => wanted.some(n => (n === 'baseline' ? p.kind === 'baseline' : p.name.startsWith(n))))
@@ -164,9 +165,9 @@ const main = async (): Promise<void> => {
   }
 
   const lines: string[] = []
-  const baseline = chosen.find(p => p.kind === 'baseline')
+  const baselines = chosen.filter(p => p.kind === 'baseline')
   lines.push(
-    `\n${'workload'.padEnd(58)} ${chosen.map(p => p.name.padStart(24)).join('')}  vs best cow peer${baseline ? `  vs ${baseline.name}` : ''}`,
+    `\n${'workload'.padEnd(58)} ${chosen.map(p => p.name.padStart(24)).join('')}  vs best cow peer${baselines.map(b => `  vs ${b.name}`.padStart(21)).join('')}`,
   )
   for (const w of workloads) {
     const row = table[w.name]!
@@ -182,11 +183,12 @@ const main = async (): Promise<void> => {
       .filter((v): v is number => v !== undefined)
     const best = w.higherIsBetter ? Math.max(...cow) : Math.min(...cow)
     const ratio = mine === undefined || !cow.length ? NaN : w.higherIsBetter ? mine / best : best / mine
-    const before = baseline && row[baseline.name]?.median
-    const change = mine === undefined || !before ? NaN : w.higherIsBetter ? mine / before : before / mine
-    lines.push(
-      `${`${w.name} [${w.unit}]`.padEnd(58)} ${cells.join('')}  ${ratio.toFixed(2).padStart(14)}x${baseline ? `${change.toFixed(3).padStart(20)}x` : ''}`,
-    )
+    const changes = baselines.map(b => {
+      const before = row[b.name]?.median
+      const change = mine === undefined || !before ? NaN : w.higherIsBetter ? mine / before : before / mine
+      return `${change.toFixed(3).padStart(20)}x`
+    })
+    lines.push(`${`${w.name} [${w.unit}]`.padEnd(58)} ${cells.join('')}  ${ratio.toFixed(2).padStart(14)}x${changes.join('')}`)
   }
   const rowr = (name: string) => table[name]?.['geom-rowr']?.median
   const ref = (name: string) => table[name]?.['nbdkit-file (no cow)']?.median
