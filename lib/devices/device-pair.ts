@@ -42,11 +42,15 @@ export const checkSectorSize = (n: number): void => {
  * How to get a RW large enough, losing nothing: a file grows in place
  * (truncate keeps its data); an md(4) device cannot, and recreating it
  * would destroy its contents, so a new one is made beside it, with the byte
- * size rounded up to whole pages.
+ * size rounded up to whole pages. Any other device cannot be grown from
+ * here: another one is needed.
  */
 export const resizeHint = (rw: string, bytes: number): string => {
   if (/^\/dev\/md\d+$/.test(rw)) {
     return `make a new md of that size (mdconfig -a -t swap -s ${mdBytes(bytes)}b prints its name) and give it as RW; ${rw} is left as it is`
+  }
+  if (rw.startsWith('/dev/')) {
+    return `give a device of at least ${bytes} bytes as RW, or a file (truncate -s ${bytes} FILE makes an empty one); ${rw} is left as it is`
   }
   return `truncate -s ${bytes} ${rw}`
 }

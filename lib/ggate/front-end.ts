@@ -189,7 +189,8 @@ export class GGateFrontEnd {
       if (e instanceof GGateError && e.errno === FreeBsdErrno.EEXIST) {
         throw new RowrError(
           'EINUSE',
-          `a GEOM Gate provider named ${name} already exists; destroy it first (geom-rowr destroy -f ${name}, or ggatec destroy -f -u UNIT)`,
+          `a GEOM Gate provider named ${name} already exists: choose another NAME. If it is a geom-rowr device, geom-rowr list shows it; ` +
+            'one whose daemon died is taken over by create with the same devices and map',
         )
       }
       throw new RowrError('EATTACH', `cannot create GEOM Gate provider ${name}: ${(e as Error).message}`, { cause: e })

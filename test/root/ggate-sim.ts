@@ -5,7 +5,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
-import { makeImage, repoRoot, requires, run, sha256, waitUntil } from '../fixtures/helpers.js'
+import { cli, makeImage, repoRoot, requires, run, sha256, waitUntil } from '../fixtures/helpers.js'
 import { ext4Image, leftovers, mount } from '../fixtures/kernel.js'
 import { mounted, simulatedFreeBsd } from '../fixtures/simulated-freebsd.js'
 
@@ -145,13 +145,27 @@ t.test('destroy -f while the provider is held: pending bios fail, the daemon exi
 
 t.test('a name GEOM Gate already has is refused, with nothing half-created', async t => {
   if (!requires(t, NEEDS)) return
-  const { dir, runDir, rowr } = simulatedFreeBsd(t)
+  const { dir, runDir, env, rowr } = simulatedFreeBsd(t)
   const base = makeImage(path.join(dir, 'ro.img'), 1 << 20)
   const rw = makeImage(path.join(dir, 'rw.img'), 1 << 20, 'zero')
   const taken = await rowr('create', 'null', base, rw)
   t.equal(taken.code, 1)
   t.match(taken.stderr, '/dev/null already exists (another GEOM provider has that name); choose another NAME')
   t.same(fs.existsSync(runDir) ? fs.readdirSync(runDir).filter(n => !n.endsWith('.log')) : [], [])
+
+  // A provider of that name made by someone else (here a geom-rowr of
+  // another run directory): the refusal never suggests taking it away.
+  const otherEnv = { ...env, GEOM_ROWR_RUNDIR: path.join(dir, 'other-run') }
+  const other = (...args: string[]) => run(process.execPath, [cli, ...args], otherEnv)
+  const theirs = await other('create', 'g1', base, makeImage(path.join(dir, 'rw-theirs.img'), 1 << 20, 'zero'))
+  t.equal(theirs.code, 0, theirs.stderr)
+  const clash = await rowr('create', 'g1', base, rw)
+  t.equal(clash.code, 1)
+  t.match(clash.stderr, 'a GEOM Gate provider named g1 already exists: choose another NAME')
+  t.notMatch(clash.stderr, /destroy -f|ggatec destroy/, 'no hint that would take the other provider away')
+  t.same(fs.readdirSync(runDir).filter(n => !n.endsWith('.log')), [])
+  t.equal((await other('status', '--json', 'g1')).code, 0, 'the other provider still serves')
+  t.equal((await other('destroy', 'g1')).code, 0)
 })
 
 t.test('revert, commit and destroy see who has the provider open, from kern.geom.confxml', async t => {
