@@ -261,7 +261,7 @@ export class GGateFrontEnd {
         this.#control.destroy(name, { force })
       } catch (e) {
         if (!(e instanceof GGateError)) throw e
-        if (e.errno === FreeBsdErrno.EBUSY) throw providerBusy(name, device, `unmount it (umount ${device}) or use destroy -f`)
+        if (e.errno === FreeBsdErrno.EBUSY) throw providerBusy(name, device, `unmount it (umount ${device}) first; destroy -f stops it even so, and a file system on it then loses what it has not written yet`)
         // ENXIO: it is gone already.
         if (e.errno !== FreeBsdErrno.ENXIO) throw e
       }

@@ -43,7 +43,7 @@ t.test('the original module\'s procedure through GEOM Gate: ext4 on the provider
   const busy = await rowr('destroy', 'rowr0')
   t.equal(busy.code, 1, 'destroy refuses while the provider is open')
   // The loop device holds the provider's file: what an open of /dev/rowr0 is on FreeBSD.
-  t.match(busy.stderr, `rowr0 (${provider}) is open (held open through /dev/rowr0 (r1w1e0)): unmount it (umount ${provider}) or use destroy -f`)
+  t.match(busy.stderr, `rowr0 (${provider}) is open (held open through /dev/rowr0 (r1w1e0)): unmount it (umount ${provider}) first; destroy -f stops it even so, and a file system on it then loses what it has not written yet`)
 
   t.equal((await run('umount', [mnt])).code, 0)
   const fsck = await run('e2fsck', ['-fn', device])
@@ -198,7 +198,7 @@ t.test('revert, commit and destroy see who has the provider open, from kern.geom
   t.match(refusedCommit.stderr, `${uses}, or use commit -f`)
   const refusedDestroy = await rowr('destroy', 'b0')
   t.equal(refusedDestroy.code, 1)
-  t.match(refusedDestroy.stderr, `b0 (${provider}) is open (held open through /dev/b0 (r1w1e0)): unmount it (umount ${provider}) or use destroy -f`)
+  t.match(refusedDestroy.stderr, `b0 (${provider}) is open (held open through /dev/b0 (r1w1e0)): unmount it (umount ${provider}) first; destroy -f stops it even so, and a file system on it then loses what it has not written yet`)
   t.equal(fs.readFileSync(base).subarray(2 << 16, 3 << 16).equals(Buffer.alloc(64 << 10, 2)), false, 'RO is untouched')
 
   await unloop(device)
