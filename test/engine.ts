@@ -501,9 +501,11 @@ t.test('revert waits for the map\'s flush rounds still running or queued, or the
   const ro = new MemoryDevice('/ro', size, { fill: (_p, into) => into.fill(3) })
   const rw = new HeldSyncs('/rw', size)
   const store = new MemoryDevice('/map', mapBytes(size, 512))
+  // RW's extended attributes, where the map stamps its device ID: the same RW each time it is opened.
+  const attributes = new MemoryAttributes()
   const open = async () => {
     const map = new SectorMap(sectors)
-    const opened = await MapFile.open({ store, base: 0, describe: 'map', ro, rw, identity: new RwIdentity(rw, size, new MemoryAttributes()), size, sectorSize: 512, map, force: false })
+    const opened = await MapFile.open({ store, base: 0, describe: 'map', ro, rw, identity: new RwIdentity(rw, size, attributes), size, sectorSize: 512, map, force: false })
     return { map, file: opened.file }
   }
   const { map, file } = await open()
