@@ -393,7 +393,7 @@ export class RowrDaemon {
       if (!force) await this.#checkNotOpen('commit -f (it then commits what the file system has written so far, which may be half an update)')
       return dryRun ? this.#runJob('commit --dry-run', planCommit) : this.#runJob('commit', commit)
     },
-    export: ({ file }) => this.#runJob('export', ctx => exportImage(ctx, file)),
+    export: ({ file, toDevice }) => this.#runJob('export', ctx => exportImage(ctx, file, { toDevice })),
     reset: async () => {
       const cleared = this.#engine.errors.counts()
       this.#engine.reset()
