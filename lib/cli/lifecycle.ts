@@ -76,7 +76,9 @@ const runJob = async <R extends ControlRequest>(
         ? setInterval(() => {
             callControl(control, { cmd: 'status' })
               .then(r => {
-                if (r.ok && r.job) bar.update(r.job.done, r.job.total)
+                if (!r.ok || !r.job) return
+                bar.update(r.job.done, r.job.total)
+                if (r.job.step) bar.step(r.job.step)
               })
               .catch(() => undefined)
           }, POLL_MS)
@@ -106,6 +108,7 @@ const runJob = async <R extends ControlRequest>(
         claims: device.claims,
         signal: abort.signal,
         progress: bar.update,
+        step: bar.step,
       })
     } catch (e) {
       if (interrupted && e instanceof JobCancelled) return interruptedBy(e.message)

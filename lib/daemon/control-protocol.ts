@@ -29,6 +29,8 @@ export interface JobProgress {
   readonly name: string
   readonly done: number
   readonly total: number
+  /** What it does past the copying (its final sync), named while it does it. */
+  readonly step?: string
 }
 
 /** What `status --json NAME` prints: the device's state without its internals, and its counters. */

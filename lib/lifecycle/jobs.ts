@@ -18,6 +18,11 @@ export interface JobContext {
   /** The device's claims on RO, RW and map: commit takes RO alone through them. */
   readonly claims?: DeviceClaims
   readonly progress: (done: number, total: number) => void
+  /**
+   * Names what the job does once the bytes are copied (e.g. "syncing"),
+   * which can take long enough to look like a hang at 100%.
+   */
+  readonly step: (what: string) => void
   readonly signal: AbortSignal
 }
 
@@ -116,6 +121,8 @@ export const commit = (ctx: JobContext): Promise<CommitSummary> =>
     const { bytes, released } = await ctx.engine.commitInto(roWritable, (done, total) => {
       ctx.progress(done, total)
       if (done < total && ctx.signal.aborted) throw new JobCancelled('commit')
+      // Every byte is copied: the engine syncs RO next.
+      if (done === total) ctx.step('syncing')
     })
     return { committedBytes: bytes, released }
   })
@@ -161,6 +168,7 @@ const copyOut = async (ctx: JobContext, out: BlockIo, skipZeros: boolean, cancel
     }
     ctx.progress(pos + n, engine.size)
   }
+  ctx.step('syncing')
   await out.datasync()
   return dataBytes
 }

@@ -3,17 +3,18 @@
 // option a disk is refused, and with it anything in use is: a mounted disk,
 // the device's own RO, RW or map, a loop device over RO's file, another
 // running device's RW, a disk too small. A refusal writes nothing.
+import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { makeImage, requires, run, sha256 } from '../fixtures/helpers.js'
+import { cli, makeImage, requires, run, sha256, waitUntil } from '../fixtures/helpers.js'
 import { ext4Image, kernelLab, mount } from '../fixtures/kernel.js'
 
 const NEEDS = { root: true, tools: ['losetup', 'mkfs.ext4', 'mount', 'qemu-io'] }
 const SIZE = 8 << 20
 
 const setup = (t: Test) => {
-  const { dir, mnt, g, loop } = kernelLab(t)
+  const { dir, runDir, mnt, g, loop } = kernelLab(t)
   const ro = makeImage(path.join(dir, 'ro.img'), SIZE)
   const rw = makeImage(path.join(dir, 'rw.img'), SIZE, 'zero')
   const map = path.join(dir, 'rw.map')
@@ -49,7 +50,7 @@ const setup = (t: Test) => {
     }
   }
   const offline = ['--ro', ro, '--rw', rw, '--map', map]
-  return { dir, mnt, g, loop, ro, rw, map, create, expected, disk, head, offline }
+  return { dir, runDir, mnt, g, loop, ro, rw, map, create, expected, disk, head, offline }
 }
 
 t.test('onto a free loop device, byte for byte, running and stopped; past its end nothing is touched', async t => {
@@ -133,4 +134,38 @@ t.test('refused: mounted, too small, the device\'s own RW, a loop over its RO, a
   // Stopped, its own RW and map are still its own.
   await expectRefused([...s.offline.map(a => (a === s.rw ? rwDisk : a)), rwDisk], `${rwDisk} is this device's RW`, s.rw)
   t.equal(sha256(s.ro), roHash, 'RO was never written')
+})
+
+t.test('the final sync is drawn while the running device\'s daemon syncs the disk', async t => {
+  if (!requires(t, { ...NEEDS, fuse: true, tools: [...NEEDS.tools, 'nbdkit', 'nbdfuse', 'fusermount3', 'script'] })) return
+  const s = setup(t)
+  await s.create('x5')
+  // A disk whose writes each take 200 ms to land: export's writes stay in
+  // its page cache, and the sync that writes them back takes seconds.
+  const socket = path.join(s.dir, 'slow.sock')
+  const fuse = path.join(s.dir, 'fuse')
+  fs.mkdirSync(fuse)
+  const nbdkit = spawn('nbdkit', ['--foreground', '--unix', socket, '--filter=delay', 'memory', String(SIZE), 'delay-write=200ms'], { stdio: 'ignore' })
+  const nbdfuse = new Promise<ReturnType<typeof spawn>>(resolve => void waitUntil(() => fs.existsSync(socket)).then(() => resolve(spawn('nbdfuse', [path.join(fuse, 'disk'), '--unix', socket], { stdio: 'ignore' }))))
+  let slow: string | undefined
+  t.teardown(async () => {
+    // The loop device first: while it holds the FUSE file, the unmount fails.
+    if (slow) await run('losetup', ['-d', slow])
+    await run('fusermount3', ['-u', fuse])
+    const f = await nbdfuse
+    if (f.exitCode === null) await new Promise(resolve => f.once('exit', resolve))
+    nbdkit.kill('SIGTERM')
+    if (nbdkit.exitCode === null) await new Promise(resolve => nbdkit.once('exit', resolve))
+  })
+  await nbdfuse
+  t.ok(await waitUntil(() => fs.existsSync(path.join(fuse, 'disk'))), 'the slow disk is a file')
+  const attached = await run('losetup', ['--find', '--show', path.join(fuse, 'disk')])
+  t.equal(attached.code, 0, attached.stderr)
+  slow = attached.stdout.trim()
+
+  const command = [process.execPath, cli, 'export', '--to-device', 'x5', slow].map(a => `'${a}'`).join(' ')
+  const drawn = await run('script', ['-q', '-e', '-c', command, '/dev/null'], { GEOM_ROWR_RUNDIR: s.runDir })
+  t.equal(drawn.code, 0, drawn.code === 0 ? 'exported on a terminal' : drawn.stdout)
+  t.match(drawn.stdout, /100% 8\.0 MiB\/8\.0 MiB syncing\.\.\./, 'the bar names the sync the daemon is in')
+  t.ok(s.head(slow).equals(s.expected()), 'and the disk holds the device')
 })
