@@ -292,25 +292,26 @@ const fileLocked = (file: string): boolean => {
 }
 
 /** Why writing `target` would change `o`, a device in use, or nothing. */
-const exportTargetUse = (target: string, o: Overlap, own: DeviceClaims | undefined, running: Map<string, string>): string | undefined => {
+const exportTargetUse = (target: string, o: Overlap, own: DeviceClaims | undefined, running: Map<string, string>): RowrError | undefined => {
   const subject = o.how ? `${target} shares its bytes with ${o.how}, which` : target
   const key = claimKey(o.identity)
+  const refusal = (why: string, instead = ''): RowrError => new RowrError('EINUSE', `${subject} ${why}: choose another device to export onto${instead}`)
   const role = own?.roleOf(key)
   if (role) {
-    const instead = role === 'ro' ? ': to write the device\'s changes into RO, use geom-rowr commit' : ''
-    return `${subject} is this device's ${ROLE_NAME[role]}; export never writes a device onto its own RO, RW or map${instead}`
+    const instead = role === 'ro' ? ' (to write the device\'s changes into RO, use geom-rowr commit)' : ''
+    return refusal(`is this device's ${ROLE_NAME[role]}; export never writes a device onto its own RO, RW or map`, instead)
   }
   const holder = holdersOf(key)[0]
-  if (holder) return `${subject} belongs to running device ${holder.name} as its ${ROLE_NAME[holder.role]}; export never writes onto a geom-rowr device's RO, RW or map`
+  if (holder) return refusal(`belongs to running device ${holder.name} as its ${ROLE_NAME[holder.role]}; export never writes onto a geom-rowr device's RO, RW or map`)
   const device = running.get(key)
-  if (device) return `${subject} is the kernel device of running geom-rowr device ${device}; export does not write onto a geom-rowr device`
+  if (device) return refusal(`is the kernel device of running geom-rowr device ${device}; export does not write onto a geom-rowr device`)
   if (o.identity.kind === 'file' && o.path !== undefined && fileLocked(o.path)) {
-    return `${subject} is in use by another process (${OTHER_PROCESS}; see which with: fuser -v ${o.path})`
+    return refusal(`is in use by another process (${OTHER_PROCESS}; see which with: fuser -v ${o.path})`)
   }
   // A loop device or a loop's backing disk: the exclusive open of the target cannot see their users.
   if (o.identity.kind === 'disk' && (o.relation === 'loop over it' || o.relation === 'backing')) {
     const users = kernelUsers(majorMinor(o.identity.rdev))
-    if (users.uses.length) return `${subject} is ${users.uses.join(', ')}`
+    if (users.uses.length) return refusal(`is ${users.uses.join(', ')}`)
   }
   return undefined
 }
@@ -330,8 +331,8 @@ export const openExportTarget = (target: string, own: DeviceClaims | undefined):
   withRegistryLock(
     () => {
       for (const o of related) {
-        const use = exportTargetUse(target, o, own, running)
-        if (use) throw new RowrError('EINUSE', `${use}: choose another device to export onto`)
+        const refusal = exportTargetUse(target, o, own, running)
+        if (refusal) throw refusal
       }
     },
     { create: false },

@@ -120,7 +120,7 @@ t.test('refused: mounted, too small, the device\'s own RW, a loop over its RO, a
   await expectRefused(['x3', rwDisk], `${rwDisk} is this device's RW; export never writes a device onto its own RO, RW or map: choose another device to export onto`, s.rw)
 
   const overRo = await s.loop(s.ro)
-  await expectRefused(['x3', overRo], `${overRo} shares its bytes with its backing file ${s.ro}, which is this device's RO; export never writes a device onto its own RO, RW or map: to write the device's changes into RO, use geom-rowr commit`, s.ro)
+  await expectRefused(['x3', overRo], `${overRo} shares its bytes with its backing file ${s.ro}, which is this device's RO; export never writes a device onto its own RO, RW or map: choose another device to export onto (to write the device's changes into RO, use geom-rowr commit)`, s.ro)
 
   // Another device's RW, from a stopped device's export.
   const ro2 = makeImage(path.join(s.dir, 'ro2.img'), SIZE)
