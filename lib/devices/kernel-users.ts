@@ -130,7 +130,7 @@ export const loopsOver = (target: DeviceIdentity): LoopOver[] => {
 }
 
 /** glibc's encoding of a "major:minor" as a dev_t, the inverse of majorMinor. */
-export const makeDev = (dev: string): number => {
+const makeDev = (dev: string): number => {
   const [major, minor] = dev.split(':').map(n => BigInt(n)) as [bigint, bigint]
   return Number((minor & 0xffn) | ((major & 0xfffn) << 8n) | ((minor & ~0xffn) << 12n) | ((major & ~0xfffn) << 32n))
 }
