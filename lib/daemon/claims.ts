@@ -337,8 +337,9 @@ export const openExportTarget = (target: string, own: DeviceClaims | undefined):
     },
     { create: false },
   )
+  let disk: BlockDevice
   try {
-    return BlockDevice.open(target, { writable: true, exclusive: linux })
+    disk = BlockDevice.open(target, { writable: true, exclusive: linux })
   } catch (e) {
     if (errnoCode(e) !== 'EBUSY') throw e
     const users = kernelUsers(majorMinor(rdev))
@@ -351,4 +352,10 @@ export const openExportTarget = (target: string, own: DeviceClaims | undefined):
       { cause: e },
     )
   }
+  // What was checked above is what is open.
+  if (disk.identity.kind !== 'disk' || disk.identity.rdev !== rdev) {
+    disk.close()
+    throw new RowrError('EINUSE', `${target} was replaced by another device while it was being opened; run this again`)
+  }
+  return disk
 }

@@ -218,10 +218,11 @@ export const exportImage = async (ctx: JobContext, file: string, { toDevice }: {
 }
 
 /**
- * Every byte, zeros too: a disk has no cheap way to read as zeros that can
- * be trusted (a discard promises nothing about what reads back, and
- * BLKZEROOUT writes zeros itself where the disk cannot), so writing them is
- * as fast and leaves a disk that reads back exactly as the device does.
+ * Every byte, zeros too. Skipping zeros would need the disk zeroed first:
+ * a discard promises nothing about what reads back, and BLKZEROOUT writes
+ * the zeros itself where the disk has no cheap way to zero (a USB stick,
+ * the usual target), so it saves nothing there; writing them is one path
+ * for every disk, and the disk reads back exactly as the device does.
  */
 const exportOntoDisk = async (ctx: JobContext, disk: string, st: fs.Stats | undefined): Promise<ExportSummary> => {
   if (!isDisk(st)) {
