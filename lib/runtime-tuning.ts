@@ -1,12 +1,13 @@
 // Process-wide settings of the Node.js runtime that the daemon's speed and
-// memory depend on, each measured with fio over NBD on a 2-core VM.
+// memory depend on, each chosen by measuring with fio over NBD (the figures:
+// bench/results/design-figures.md).
 
 /**
  * libuv's thread pool serves the engine's file I/O; it must be sized before
- * it first runs, so the command imports this module first. 1 MiB writes over
- * existing blocks went from 1298 MiB/s with libuv's default of 4 threads to
- * 1786 MiB/s with 8; 4K random reads and writes were the same within noise
- * (cached reads bypass the pool). A size the user set is kept.
+ * it first runs, so the command imports this module first. Large writes keep
+ * more threads busy than libuv's default of 4 and ran faster with 8; small
+ * random I/O did not change (cached reads bypass the pool). A size the user
+ * set is kept.
  */
 const THREAD_POOL_SIZE = 8
 
@@ -14,9 +15,9 @@ process.env.UV_THREADPOOL_SIZE ??= String(THREAD_POOL_SIZE)
 
 /**
  * V8 flags for the daemon: a young generation of fixed size from the start.
- * Left to grow, it made the daemon's RSS climb from 96 MB to 110 MB over the
- * first 25 s of 64K random reads and writes (flat afterwards); fixed at
- * 16 MiB, RSS was 123 MB at 10 s and at 40 s. Only command-line flags size it
+ * Left to grow, it made the daemon's RSS climb during the first seconds of
+ * random reads and writes, which looks like a leak; of fixed size, RSS is
+ * flat from the start. Only command-line flags size it
  * (v8.setFlagsFromString comes too late), so `create` starts the daemon with
  * them and the command's #! line passes them too.
  */

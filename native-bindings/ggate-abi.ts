@@ -142,8 +142,6 @@ const fieldType = (koffi: KoffiStructs, type: string): unknown => {
 }
 
 interface GGateAbi {
-  /** koffi struct types by name. */
-  readonly types: Readonly<Record<GGateStructName, unknown>>
   readonly sizeof: (name: GGateStructName) => number
   readonly offsetof: (name: GGateStructName, field: string) => number
   /** ioctl request numbers by command. */
@@ -164,6 +162,6 @@ export const ggateAbi = (): GGateAbi => {
   for (const [command, [n, struct]] of Object.entries(GGATE_COMMANDS) as [keyof typeof GGATE_COMMANDS, readonly [number, GGateStructName]][]) {
     ioctl[command] = freebsdIowr(G_GATE_IOCTL_GROUP, n, sizeof(struct))
   }
-  abi = { types, sizeof, offsetof: (name, field) => koffi.offsetof(types[name], field), ioctl }
+  abi = { sizeof, offsetof: (name, field) => koffi.offsetof(types[name], field), ioctl }
   return abi
 }

@@ -207,6 +207,42 @@ t.test('Ctrl-C stops an export cleanly: no partial file, exit 130', async t => {
   t.notOk(fs.existsSync(out), 'the partial image is removed')
 })
 
+t.test('export and commit name their final sync once every byte is copied; the CLI draws it', async t => {
+  if (!requires(t, { tools: ['script'] })) return
+  const s = setup(t)
+  const { openOffline } = await import('../lib/lifecycle/offline.js')
+  const { commit, exportImage } = await import('../lib/lifecycle/jobs.js')
+  t.equal((await s.g('create', '--no-attach', '--map', s.map, 's0', s.ro, s.rw)).code, 0, 'the map is made by a device')
+  t.equal((await s.g('destroy', 's0')).code, 0)
+  const device = await openOffline({ ro: s.ro, rw: s.rw, map: s.map, mapOnRw: false, force: false }, m => t.comment(m))
+  const events: string[] = []
+  const ctx = {
+    engine: device.engine,
+    ro: s.ro,
+    claims: device.claims,
+    signal: new AbortController().signal,
+    progress: (done: number, total: number) => events.push(`${done}/${total}`),
+    step: (what: string) => events.push(what),
+  }
+  try {
+    await exportImage(ctx, path.join(s.dir, 'synced.img'), { toDevice: false })
+    t.same(events.slice(-2), [`${SIZE}/${SIZE}`, 'syncing'], 'export: the sync is named after the last byte')
+    events.length = 0
+    await device.engine.write(4096, Buffer.alloc(8192, 0x77))
+    await commit(ctx)
+    t.same(events.slice(-2), ['8192/8192', 'syncing'], 'commit: the sync of RO is named after the last byte')
+  } finally {
+    await device.close()
+  }
+
+  // On a terminal the CLI draws the step (script(1) gives it one).
+  const out = path.join(s.dir, 'drawn.img')
+  const command = [process.execPath, cli, 'export', ...s.offline, out].map(a => `'${a}'`).join(' ')
+  const drawn = await run('script', ['-q', '-e', '-c', command, '/dev/null'], { GEOM_ROWR_RUNDIR: s.runDir })
+  t.equal(drawn.code, 0, drawn.code === 0 ? 'exported on a terminal' : drawn.stdout)
+  t.match(drawn.stdout, /100% 8\.0 MiB\/8\.0 MiB syncing\.\.\./, 'the bar names the sync')
+})
+
 t.test('an interrupted commit leaves the device as it was, resumes, and finishes when run again', async t => {
   const s = setup(t)
   const { openOffline } = await import('../lib/lifecycle/offline.js')
@@ -226,6 +262,7 @@ t.test('an interrupted commit leaves the device as it was, resumes, and finishes
       progress: done => {
         if (done > 0) abort.abort()
       },
+      step: () => undefined,
     }),
     { code: 'ECANCELED' },
   )

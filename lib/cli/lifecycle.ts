@@ -76,7 +76,9 @@ const runJob = async <R extends ControlRequest>(
         ? setInterval(() => {
             callControl(control, { cmd: 'status' })
               .then(r => {
-                if (r.ok && r.job) bar.update(r.job.done, r.job.total)
+                if (!r.ok || !r.job) return
+                bar.update(r.job.done, r.job.total)
+                if (r.job.step) bar.step(r.job.step)
               })
               .catch(() => undefined)
           }, POLL_MS)
@@ -106,6 +108,7 @@ const runJob = async <R extends ControlRequest>(
         claims: device.claims,
         signal: abort.signal,
         progress: bar.update,
+        step: bar.step,
       })
     } catch (e) {
       if (interrupted && e instanceof JobCancelled) return interruptedBy(e.message)
@@ -203,9 +206,18 @@ export const commit = async (a: CommitArgs): Promise<void> => {
   print(a, s, `${label(a)}: committed ${s.committedBytes} bytes into RO; the map is empty${s.released ? ' and RW\'s space was released' : ''}`)
 }
 
-export const exportCommand = async (a: TargetArgs & { readonly file: string }): Promise<void> => {
+export interface ExportArgs extends TargetArgs {
+  readonly file: string
+  readonly 'to-device': boolean
+}
+
+export const exportCommand = async (a: ExportArgs): Promise<void> => {
   const file = path.resolve(a.file)
-  const s = await runJob(a, 'export', { cmd: 'export', file }, ctx => exportImage(ctx, file))
+  const toDevice = a['to-device']
+  const s = await runJob(a, 'export', { cmd: 'export', file, toDevice }, ctx => exportImage(ctx, file, { toDevice }))
   if (!s) return
-  print(a, s, `${label(a)}: exported ${s.bytes} bytes to ${s.file} (${s.dataBytes} bytes of data; the rest is sparse)`)
+  const text = s.device
+    ? `${label(a)}: exported ${s.bytes} bytes onto ${s.file}, every byte written`
+    : `${label(a)}: exported ${s.bytes} bytes to ${s.file} (${s.dataBytes} bytes of data; the rest is sparse)`
+  print(a, s, text)
 }

@@ -8,7 +8,7 @@ import { failureMessage } from '../failure-message.js'
 import { create, type CreateArgs } from './create.js'
 import { destroy } from './destroy.js'
 import { list, status } from './list.js'
-import { commit, diff, exportCommand, revert, type CommitArgs, type TargetArgs } from './lifecycle.js'
+import { commit, diff, exportCommand, revert, type CommitArgs, type ExportArgs, type TargetArgs } from './lifecycle.js'
 import { serve } from './serve.js'
 import { reset } from './reset.js'
 
@@ -269,7 +269,7 @@ const build = (args: string[]): Argv => {
     )
     .command(
       'export <first> [second]',
-      'write the combined device to a new sparse image: export NAME FILE, or export --ro RO --rw RW --map MAP FILE',
+      'write the combined device to a new sparse image: export NAME FILE, or export --ro RO --rw RW --map MAP FILE; with --to-device, onto an existing disk',
       y =>
         targetOptions(
           y
@@ -277,6 +277,11 @@ const build = (args: string[]): Argv => {
             .positional('second', { type: 'string', describe: 'FILE, after NAME' })
             .option('name', { type: 'string', hidden: true })
             .option('file', { type: 'string', hidden: true })
+            .option('to-device', {
+              type: 'boolean',
+              default: false,
+              describe: 'FILE is an existing disk device at least the device\'s size: overwrite it with every byte of the device (refused while it is mounted or in use)',
+            })
             .middleware(argv => {
               // export NAME FILE, or export FILE with --ro/--rw.
               if (argv.second !== undefined) Object.assign(argv, { name: argv.first, file: argv.second })
@@ -284,7 +289,7 @@ const build = (args: string[]): Argv => {
             }, true),
           'accept a stopped device\'s map whose fingerprints do not match',
         ).middleware(strictly('export', y), true),
-      argv => exportCommand(argv as unknown as TargetArgs & { file: string }),
+      argv => exportCommand(argv as unknown as ExportArgs),
     )
     .demandCommand(1, `give a command: ${COMMANDS}`)
     .strict()

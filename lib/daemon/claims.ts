@@ -14,12 +14,13 @@
 // Each claim keeps a descriptor of its own open; closing them releases
 // every lock, so a refusal leaves nothing held.
 import fs from 'node:fs'
-import type { DeviceIdentity } from '../devices/block-device.js'
+import { BlockDevice, type DeviceIdentity } from '../devices/block-device.js'
 import { tryLock } from '../devices/file-lock.js'
-import { kernelUsers, loopsOver, majorMinor, type KernelUsers } from '../devices/kernel-users.js'
+import { kernelUsers, loopsOver, majorMinor, overlapping, type KernelUsers, type Overlap } from '../devices/kernel-users.js'
 import { RowrError, errnoCode } from '../errors.js'
 import { platform } from '../../native-bindings/platform.js'
 import { claimKey, holdersOf, recordClaims, withRegistryLock, type Holder, type Role } from './registry.js'
+import { listNames, readState } from './run-state.js'
 
 interface ClaimTarget {
   readonly role: 'ro' | 'rw' | 'map'
@@ -249,8 +250,112 @@ export class DeviceClaims {
     }
   }
 
+  /** What this device holds the device with `key` as, if it does. */
+  roleOf(key: string): ClaimTarget['role'] | undefined {
+    return this.#held.find(h => h.key === key)?.target.role
+  }
+
   /** Releases every claim. */
   release(): void {
     for (const h of this.#held.splice(0)) fs.closeSync(h.fd)
   }
+}
+
+/** The running geom-rowr devices' kernel devices, by claim key. */
+const kernelDevices = (): Map<string, string> => {
+  const out = new Map<string, string>()
+  for (const name of listNames()) {
+    const device = readState(name)?.device
+    if (!device) continue
+    try {
+      out.set(claimKey({ kind: 'disk', dev: 0, ino: 0, rdev: fs.statSync(device).rdev }), name)
+    } catch {
+      // Gone with its device.
+    }
+  }
+  return out
+}
+
+/** Whether another geom-rowr process holds a lock on the file (a lifecycle command's RO, RW or map). */
+const fileLocked = (file: string): boolean => {
+  let fd: number
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY)
+  } catch {
+    return false
+  }
+  try {
+    return tryLock(fd, 'exclusive') === 'conflict'
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/** Why writing `target` would change `o`, a device in use, or nothing. */
+const exportTargetUse = (target: string, o: Overlap, own: DeviceClaims | undefined, running: Map<string, string>): RowrError | undefined => {
+  const subject = o.how ? `${target} shares its bytes with ${o.how}, which` : target
+  const key = claimKey(o.identity)
+  const refusal = (why: string, instead = ''): RowrError => new RowrError('EINUSE', `${subject} ${why}: choose another device to export onto${instead}`)
+  const role = own?.roleOf(key)
+  if (role) {
+    const instead = role === 'ro' ? ' (to write the device\'s changes into RO, use geom-rowr commit)' : ''
+    return refusal(`is this device's ${ROLE_NAME[role]}; export never writes a device onto its own RO, RW or map`, instead)
+  }
+  const holder = holdersOf(key)[0]
+  if (holder) return refusal(`belongs to running device ${holder.name} as its ${ROLE_NAME[holder.role]}; export never writes onto a geom-rowr device's RO, RW or map`)
+  const device = running.get(key)
+  if (device) return refusal(`is the kernel device of running geom-rowr device ${device}; export does not write onto a geom-rowr device`)
+  if (o.identity.kind === 'file' && o.path !== undefined && fileLocked(o.path)) {
+    return refusal(`is in use by another process (${OTHER_PROCESS}; see which with: fuser -v ${o.path})`)
+  }
+  // A loop device or a loop's backing disk: the exclusive open of the target cannot see their users.
+  if (o.identity.kind === 'disk' && (o.relation === 'loop over it' || o.relation === 'backing')) {
+    const users = kernelUsers(majorMinor(o.identity.rdev))
+    if (users.uses.length) return refusal(`is ${users.uses.join(', ')}`)
+  }
+  return undefined
+}
+
+/**
+ * Opens the disk that export --to-device overwrites, for writing, once
+ * nothing that shares its bytes (partitions, loop devices, backing files,
+ * see overlapping()) is this device's RO, RW or map (`own`), another
+ * geom-rowr device's, a geom-rowr kernel device or a loop device in use;
+ * on Linux exclusively (O_EXCL), which fails while it is mounted or held.
+ */
+export const openExportTarget = (target: string, own: DeviceClaims | undefined): BlockDevice => {
+  const linux = platform() === 'linux'
+  const rdev = fs.statSync(target).rdev
+  const related: Overlap[] = linux ? overlapping(majorMinor(rdev)) : [{ identity: { kind: 'disk', dev: 0, ino: 0, rdev }, relation: 'itself', how: '' }]
+  const running = kernelDevices()
+  withRegistryLock(
+    () => {
+      for (const o of related) {
+        const refusal = exportTargetUse(target, o, own, running)
+        if (refusal) throw refusal
+      }
+    },
+    { create: false },
+  )
+  let disk: BlockDevice
+  try {
+    disk = BlockDevice.open(target, { writable: true, exclusive: linux })
+  } catch (e) {
+    if (errnoCode(e) !== 'EBUSY') throw e
+    const users = kernelUsers(majorMinor(rdev))
+    const uses = users.uses.length ? `is ${users.uses.join(', ')}` : 'is held open exclusively by another program (a swap area, a RAID or LVM member, a geom-rowr device)'
+    const umount = unmountHint(users)
+    throw new RowrError(
+      'EINUSE',
+      `${target} ${uses}; export --to-device overwrites all of it, so it must be in use by nothing: choose another device` +
+        (umount ? `; only if nothing on it is needed: ${umount}, and run this again` : ''),
+      { cause: e },
+    )
+  }
+  // What was checked above is what is open.
+  if (disk.identity.kind !== 'disk' || disk.identity.rdev !== rdev) {
+    disk.close()
+    throw new RowrError('EINUSE', `${target} was replaced by another device while it was being opened; run this again`)
+  }
+  return disk
 }

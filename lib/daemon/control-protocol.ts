@@ -15,7 +15,8 @@ export type ControlRequest =
   | { readonly cmd: 'revert'; readonly force: boolean }
   /** dryRun: every check, and the ranges it would write, without writing. */
   | { readonly cmd: 'commit'; readonly force: boolean; readonly dryRun: boolean }
-  | { readonly cmd: 'export'; readonly file: string }
+  /** toDevice: `file` is an existing disk device, overwritten whole (export --to-device). */
+  | { readonly cmd: 'export'; readonly file: string; readonly toDevice: boolean }
   /** Clears the statistics and the error counts: the device is ok again. */
   | { readonly cmd: 'reset' }
   /** Stops the running job at its next safe point. */
@@ -28,6 +29,8 @@ export interface JobProgress {
   readonly name: string
   readonly done: number
   readonly total: number
+  /** What it does past the copying (its final sync), named while it does it. */
+  readonly step?: string
 }
 
 /** What `status --json NAME` prints: the device's state without its internals, and its counters. */
@@ -110,7 +113,7 @@ export const isControlRequest = (v: unknown): v is ControlRequest => {
     case 'revert':
       return isBoolean(v, 'force')
     case 'export':
-      return 'file' in v && typeof v.file === 'string' && v.file.startsWith('/')
+      return 'file' in v && typeof v.file === 'string' && v.file.startsWith('/') && 'toDevice' in v && typeof v.toDevice === 'boolean'
     default:
       return false
   }

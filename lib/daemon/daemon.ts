@@ -81,6 +81,9 @@ interface Health {
   readonly errorLog: IoErrorLog
 }
 
+/** A lifecycle job in progress; `step` names what it does past the copying (its final sync). */
+type RunningJob = JobProgress & { done: number; total: number; step: string | undefined; readonly abort: AbortController }
+
 export class RowrDaemon {
   readonly state: DeviceState
   readonly warnings: readonly string[]
@@ -92,7 +95,7 @@ export class RowrDaemon {
   readonly #mapFile: MapFile | undefined
   readonly #log: (message: string) => void
   readonly #health: Health
-  #job: (JobProgress & { done: number; total: number; readonly abort: AbortController }) | undefined
+  #job: RunningJob | undefined
   #stopping: Promise<void> | undefined
   #markDone!: () => void
   /** Resolves once the device has been stopped (by destroy or a signal). */
@@ -281,7 +284,7 @@ export class RowrDaemon {
       stats,
       ...(this.#provider ? { ggate: this.#provider.stats() } : {}),
       ...(this.#mapFile ? { mapUuid: this.#mapFile.uuid } : {}),
-      ...(this.#job ? { job: { name: this.#job.name, done: this.#job.done, total: this.#job.total } } : {}),
+      ...(this.#job ? { job: { name: this.#job.name, done: this.#job.done, total: this.#job.total, step: this.#job.step } } : {}),
     }
   }
 
@@ -360,7 +363,7 @@ export class RowrDaemon {
   async #runJob<T>(name: string, job: (ctx: JobContext) => Promise<T>): Promise<T> {
     if (this.#job) throw new RowrError('EBUSY', `${this.state.name} is busy with ${this.#job.name}; wait for it or cancel it`)
     const abort = new AbortController()
-    const running = { name, done: 0, total: 0, abort }
+    const running: RunningJob = { name, done: 0, total: 0, step: undefined, abort }
     this.#job = running
     try {
       return await job({
@@ -371,6 +374,10 @@ export class RowrDaemon {
         progress: (done, total) => {
           running.done = done
           running.total = total
+          running.step = undefined
+        },
+        step: what => {
+          running.step = what
         },
       })
     } finally {
@@ -393,7 +400,7 @@ export class RowrDaemon {
       if (!force) await this.#checkNotOpen('commit -f (it then commits what the file system has written so far, which may be half an update)')
       return dryRun ? this.#runJob('commit --dry-run', planCommit) : this.#runJob('commit', commit)
     },
-    export: ({ file }) => this.#runJob('export', ctx => exportImage(ctx, file)),
+    export: ({ file, toDevice }) => this.#runJob('export', ctx => exportImage(ctx, file, { toDevice })),
     reset: async () => {
       const cleared = this.#engine.errors.counts()
       this.#engine.reset()

@@ -141,12 +141,13 @@ export class BlockDevice implements BlockIo {
 
   /**
    * Opens PATH read-only, or read-write when `writable`. The read-only open
-   * is the guarantee that RO is never written.
+   * is the guarantee that RO is never written. `exclusive` (Linux disks):
+   * O_EXCL, which fails EBUSY while the disk is mounted or held.
    */
-  static open(path: string, { writable }: { writable: boolean }): BlockDevice {
+  static open(path: string, { writable, exclusive = false }: { writable: boolean; exclusive?: boolean }): BlockDevice {
     let fd: number
     try {
-      fd = fs.openSync(path, writable ? fs.constants.O_RDWR : fs.constants.O_RDONLY)
+      fd = fs.openSync(path, (writable ? fs.constants.O_RDWR : fs.constants.O_RDONLY) | (exclusive ? fs.constants.O_EXCL : 0))
     } catch (e) {
       throw openError(path, writable, e)
     }

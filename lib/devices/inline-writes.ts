@@ -2,9 +2,9 @@
 // going through the libuv thread pool.
 //
 // A thread-pool write costs two thread hand-offs and a wake-up of the event
-// loop, several times the 4 KiB pwrite itself on these VMs: fio's 4K random
-// writes at queue depth 32 over NBD ran at 33-35k IOPS through the pool and
-// 70-85k IOPS written inline (alternating runs). But a write into the
+// loop, several times a small pwrite into the page cache itself, so small
+// random writes ran much faster inline than through the pool
+// (bench/results/design-figures.md). But a write into the
 // page cache can block: dirty-page throttling pauses a writer for up to
 // 200 ms, reclaim and journal waits for milliseconds, and on the event loop
 // that would stall every connection. So each inline write is timed, and one

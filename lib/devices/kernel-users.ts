@@ -128,3 +128,86 @@ export const loopsOver = (target: DeviceIdentity): LoopOver[] => {
   }
   return out
 }
+
+/** glibc's encoding of a "major:minor" as a dev_t, the inverse of majorMinor. */
+const makeDev = (dev: string): number => {
+  const [major, minor] = dev.split(':').map(n => BigInt(n)) as [bigint, bigint]
+  return Number((minor & 0xffn) | ((major & 0xfffn) << 8n) | ((minor & ~0xffn) << 12n) | ((major & ~0xfffn) << 32n))
+}
+
+/** A device that shares bytes with a disk, and how, as a message says it. */
+export interface Overlap {
+  readonly identity: DeviceIdentity
+  /** How it relates to the disk it was reached from. */
+  readonly relation: 'itself' | 'partition' | 'whole disk' | 'under it' | 'backing' | 'loop over it'
+  /** The backing file or disk's path, as the loop device names it. */
+  readonly path?: string
+  /** e.g. "its partition loop3p1", "its backing file /x/ro.img"; '' for the disk itself. */
+  readonly how: string
+}
+
+const diskIdentity = (dev: string): DeviceIdentity => ({ kind: 'disk', dev: 0, ino: 0, rdev: makeDev(dev) })
+
+/**
+ * The disk with this "major:minor" and every device whose bytes a write to
+ * it changes: its partitions, the whole disk it is a partition of, the
+ * devices under it (device-mapper, md), a loop device's backing file or
+ * disk, and the loop devices over any of these, followed to the end.
+ */
+export const overlapping = (dev: string): Overlap[] => {
+  const seen = new Set<string>()
+  const out: Overlap[] = []
+  const queue: Overlap[] = []
+  const add = (identity: DeviceIdentity, relation: Overlap['relation'], how: string, backing?: string): void => {
+    const key = identity.kind === 'disk' ? `disk:${identity.rdev}` : `file:${identity.dev}:${identity.ino}`
+    if (seen.has(key)) return
+    seen.add(key)
+    const o = { identity, relation, how, ...(backing !== undefined ? { path: backing } : {}) }
+    out.push(o)
+    queue.push(o)
+  }
+  add(diskIdentity(dev), 'itself', '')
+  const via = (how: string, what: string): string => (how ? `${what}, via ${how}` : what)
+  while (queue.length) {
+    const { identity, relation, how } = queue.shift()!
+    for (const loop of loopsOver(identity)) {
+      const loopDev = readLine(`/sys/block/${path.basename(loop.device)}/dev`)
+      if (loopDev) add(diskIdentity(loopDev), 'loop over it', via(how, `${loop.device}, a loop device over it`))
+    }
+    if (identity.kind !== 'disk') continue
+    let real: string
+    try {
+      real = fs.realpathSync(`/sys/dev/block/${majorMinor(identity.rdev)}`)
+    } catch {
+      continue
+    }
+    const name = path.basename(real)
+    const sysDev = (dir: string): string | undefined => readLine(path.join(dir, 'dev'))
+    // The other partitions of a whole disk reached from one of them keep their bytes.
+    for (const entry of relation === 'whole disk' ? [] : readDir(real)) {
+      const d = fs.existsSync(path.join(real, entry, 'partition')) ? sysDev(path.join(real, entry)) : undefined
+      if (d) add(diskIdentity(d), 'partition', via(how, `its partition ${entry}`))
+    }
+    if (fs.existsSync(path.join(real, 'partition'))) {
+      const whole = sysDev(path.dirname(real))
+      if (whole) add(diskIdentity(whole), 'whole disk', via(how, `its whole disk ${path.basename(path.dirname(real))}`))
+    }
+    for (const slave of readDir(path.join(real, 'slaves'))) {
+      const d = readLine(`/sys/class/block/${slave}/dev`)
+      if (d) add(diskIdentity(d), 'under it', via(how, `${slave}, under ${name}`))
+    }
+    const backing = readLine(path.join(real, 'loop', 'backing_file'))
+    if (backing) {
+      try {
+        const st = fs.statSync(backing)
+        const backingIdentity: DeviceIdentity = st.isBlockDevice()
+          ? diskIdentity(majorMinor(st.rdev))
+          : { kind: 'file', dev: st.dev, ino: st.ino, rdev: 0 }
+        add(backingIdentity, 'backing', via(how, `its backing ${st.isBlockDevice() ? 'disk' : 'file'} ${backing}`), backing)
+      } catch {
+        // A backing file deleted since: nothing else can use it.
+      }
+    }
+  }
+  return out
+}

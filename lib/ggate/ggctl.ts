@@ -67,9 +67,6 @@ class Struct {
   i64(field: string): number {
     return Number(this.bytes.readBigInt64LE(this.#at(field)))
   }
-  u64(field: string): bigint {
-    return this.bytes.readBigUInt64LE(this.#at(field))
-  }
 }
 
 /** The longest prefix of `text` whose UTF-8 fits in `max` bytes, cut between characters. */

@@ -5,11 +5,11 @@
 // RO, RW and the map consistent either way.
 import fs from 'node:fs'
 import { deviceBusy } from '../devices/device-busy.js'
-import { BlockDevice } from '../devices/block-device.js'
+import { BlockDevice, type BlockIo } from '../devices/block-device.js'
 import type { Engine, WrittenRange } from '../engine/engine.js'
 import { RowrError, errnoCode, isRowrError } from '../errors.js'
 import { aboutPath } from '../failure-message.js'
-import type { DeviceClaims } from '../daemon/claims.js'
+import { openExportTarget, type DeviceClaims } from '../daemon/claims.js'
 
 export interface JobContext {
   readonly engine: Engine
@@ -18,6 +18,11 @@ export interface JobContext {
   /** The device's claims on RO, RW and map: commit takes RO alone through them. */
   readonly claims?: DeviceClaims
   readonly progress: (done: number, total: number) => void
+  /**
+   * Names what the job does once the bytes are copied (e.g. "syncing"),
+   * which can take long enough to look like a hang at 100%.
+   */
+  readonly step: (what: string) => void
   readonly signal: AbortSignal
 }
 
@@ -28,8 +33,8 @@ const HOLE_GRAIN = 64 << 10
 
 export class JobCancelled extends Error {
   readonly code = 'ECANCELED'
-  constructor(what: string) {
-    super(`${what} was interrupted; nothing is half-done: it can be run again`)
+  constructor(what: string, outcome = 'nothing is half-done: it can be run again') {
+    super(`${what} was interrupted; ${outcome}`)
   }
 }
 
@@ -116,6 +121,8 @@ export const commit = (ctx: JobContext): Promise<CommitSummary> =>
     const { bytes, released } = await ctx.engine.commitInto(roWritable, (done, total) => {
       ctx.progress(done, total)
       if (done < total && ctx.signal.aborted) throw new JobCancelled('commit')
+      // Every byte is copied: the engine syncs RO next.
+      if (done === total) ctx.step('syncing')
     })
     return { committedBytes: bytes, released }
   })
@@ -123,8 +130,10 @@ export const commit = (ctx: JobContext): Promise<CommitSummary> =>
 export interface ExportSummary {
   readonly file: string
   readonly bytes: number
-  /** Bytes actually written; the rest of the image is holes. */
+  /** Bytes actually written; the rest of the image is holes (all of it onto a device). */
   readonly dataBytes: number
+  /** Written onto an existing disk device (export --to-device). */
+  readonly device: boolean
 }
 
 const allZero = (b: Buffer): boolean => {
@@ -133,11 +142,55 @@ const allZero = (b: Buffer): boolean => {
 }
 
 /**
- * Writes the combined device to a new sparse image FILE (remastering a live
- * system into a new base image). The device keeps serving meanwhile; an
+ * Copies the combined device onto `out` and syncs it; with `skipZeros`,
+ * all-zero pieces are not written (a new sparse file reads them as zeros).
+ * Returns the bytes written.
+ */
+const copyOut = async (ctx: JobContext, out: BlockIo, skipZeros: boolean, cancelled: () => JobCancelled): Promise<number> => {
+  const { engine } = ctx
+  const buf = Buffer.allocUnsafe(CHUNK)
+  let dataBytes = 0
+  for (let pos = 0; pos < engine.size; pos += CHUNK) {
+    if (ctx.signal.aborted) throw cancelled()
+    const n = Math.min(CHUNK, engine.size - pos)
+    const chunk = buf.subarray(0, n)
+    await engine.read(chunk, pos)
+    if (skipZeros) {
+      for (let at = 0; at < n; at += HOLE_GRAIN) {
+        const length = Math.min(HOLE_GRAIN, n - at)
+        if (allZero(chunk.subarray(at, at + length))) continue
+        await out.write(chunk, at, length, pos + at)
+        dataBytes += length
+      }
+    } else {
+      await out.write(chunk, 0, n, pos)
+      dataBytes += n
+    }
+    ctx.progress(pos + n, engine.size)
+  }
+  ctx.step('syncing')
+  await out.datasync()
+  return dataBytes
+}
+
+/** Block and character devices: what BlockDevice opens as a disk. */
+const isDisk = (st: fs.Stats | undefined): boolean => st !== undefined && (st.isBlockDevice() || st.isCharacterDevice())
+
+/**
+ * Writes the combined device to FILE: a new sparse image (remastering a live
+ * system into a new base image), or with `toDevice` onto an existing disk
+ * device, every byte of it. The device keeps serving meanwhile; an
  * interrupted export removes its partial file.
  */
-export const exportImage = async (ctx: JobContext, file: string): Promise<ExportSummary> => {
+export const exportImage = async (ctx: JobContext, file: string, { toDevice }: { toDevice: boolean }): Promise<ExportSummary> => {
+  const st = fs.statSync(file, { throwIfNoEntry: false })
+  if (toDevice) return exportOntoDisk(ctx, file, st)
+  if (isDisk(st)) {
+    throw new RowrError(
+      'EINUSE',
+      `${file} is a disk device, and export writes a new image file, never over an existing one: to write the device onto all of ${file} (overwriting it), give --to-device`,
+    )
+  }
   const { engine } = ctx
   try {
     const fd = fs.openSync(file, 'wx', 0o644)
@@ -154,27 +207,40 @@ export const exportImage = async (ctx: JobContext, file: string): Promise<Export
   let image: BlockDevice | undefined
   try {
     image = BlockDevice.open(file, { writable: true })
-    const buf = Buffer.allocUnsafe(CHUNK)
-    let dataBytes = 0
-    for (let pos = 0; pos < engine.size; pos += CHUNK) {
-      if (ctx.signal.aborted) throw new JobCancelled('export')
-      const n = Math.min(CHUNK, engine.size - pos)
-      const chunk = buf.subarray(0, n)
-      await engine.read(chunk, pos)
-      for (let at = 0; at < n; at += HOLE_GRAIN) {
-        const length = Math.min(HOLE_GRAIN, n - at)
-        if (allZero(chunk.subarray(at, at + length))) continue
-        await image.write(chunk, at, length, pos + at)
-        dataBytes += length
-      }
-      ctx.progress(pos + n, engine.size)
-    }
-    await image.datasync()
-    return { file, bytes: engine.size, dataBytes }
+    const dataBytes = await copyOut(ctx, image, true, () => new JobCancelled('export'))
+    return { file, bytes: engine.size, dataBytes, device: false }
   } catch (e) {
     fs.rmSync(file, { force: true })
     throw aboutPath(e, file)
   } finally {
     image?.close()
+  }
+}
+
+/**
+ * Every byte, zeros too. Skipping zeros would need the disk zeroed first:
+ * a discard promises nothing about what reads back, and BLKZEROOUT writes
+ * the zeros itself where the disk has no cheap way to zero (a USB stick,
+ * the usual target), so it saves nothing there; writing them is one path
+ * for every disk, and the disk reads back exactly as the device does.
+ */
+const exportOntoDisk = async (ctx: JobContext, disk: string, st: fs.Stats | undefined): Promise<ExportSummary> => {
+  if (!isDisk(st)) {
+    const what = st ? 'is not a disk device' : 'does not exist'
+    throw new RowrError('ENOTDEV', `${disk} ${what}, and --to-device writes onto an existing disk device: give a disk device, or drop --to-device to write a new image file`)
+  }
+  const { engine } = ctx
+  const target = openExportTarget(disk, ctx.claims)
+  try {
+    if (target.size < engine.size) {
+      throw new RowrError('EMEDIASIZE', `${disk} holds ${target.size} bytes, fewer than the device's ${engine.size}: choose a disk device of at least ${engine.size} bytes`)
+    }
+    const cancelled = () => new JobCancelled('export', `${disk} holds part of the image; run it again to write all of it`)
+    await copyOut(ctx, target, false, cancelled)
+    return { file: disk, bytes: engine.size, dataBytes: engine.size, device: true }
+  } catch (e) {
+    throw aboutPath(e, disk)
+  } finally {
+    target.close()
   }
 }

@@ -31,9 +31,10 @@ export const nbdUri = (listen: Listen): string =>
 
 /**
  * Kernel buffer per direction of a Unix-socket connection. Linux's default
- * (208 KiB) holds a fifth of a 1 MiB reply, so large replies trickle out
- * in pieces; a buffer that holds several whole replies let both large and
- * small requests go faster (bench/results/design-figures.md). The kernel
+ * (net.core.wmem_default) holds a fraction of a 1 MiB reply, so large
+ * replies trickle out in pieces; a buffer that holds several whole replies
+ * let both large and small requests go faster
+ * (bench/results/design-figures.md). The kernel
  * caps the request at net.core.wmem_max and rmem_max.
  */
 const UNIX_SOCKET_BUFFER = 4 << 20

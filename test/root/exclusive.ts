@@ -6,33 +6,13 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { devicesIn, makeImage, requires, rowr, run, sha256, shortDir } from '../fixtures/helpers.js'
-import { ext4Image, leftovers, mount } from '../fixtures/kernel.js'
+import { makeImage, requires, run, sha256 } from '../fixtures/helpers.js'
+import { ext4Image, kernelLab, mount } from '../fixtures/kernel.js'
 
 const NEEDS = { root: true, fuse: true, tools: ['nbdfuse', 'losetup', 'fusermount3', 'mkfs.ext4', 'e2fsck', 'mount', 'qemu-io'] }
 
 const setup = (t: Test) => {
-  const dir = shortDir(t)
-  const runDir = path.join(dir, 'run')
-  const mnt = path.join(dir, 'mnt')
-  fs.mkdirSync(mnt)
-  const g = (...args: string[]) => rowr(runDir, args)
-  const loops: string[] = []
-  t.teardown(async () => {
-    await run('umount', ['-l', mnt])
-    for (const name of devicesIn(runDir)) await g('destroy', '-f', name)
-    for (const l of loops) await run('losetup', ['-d', l])
-    for (const l of leftovers(dir)) {
-      if (l.startsWith('loop ')) await run('losetup', ['-d', `/dev/${l.split(' ')[1]}`])
-      if (l.startsWith('mount ')) await run('umount', ['-l', l.split(' ')[5]!])
-    }
-  })
-  const loop = async (file: string, ...options: string[]): Promise<string> => {
-    const r = await run('losetup', ['--find', '--show', ...options, file])
-    t.equal(r.code, 0, r.stderr)
-    loops.push(r.stdout.trim())
-    return r.stdout.trim()
-  }
+  const { dir, runDir, mnt, g, loop } = kernelLab(t)
   /** No run state (logs aside), and nothing of ours in the kernel but `keep`. */
   const nothingLeft = (...names: string[]): void => {
     const state = fs.existsSync(runDir) ? fs.readdirSync(runDir).filter(n => !n.endsWith('.log')) : []
