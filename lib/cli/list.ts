@@ -65,7 +65,7 @@ export const list = async ({ json }: { json: boolean }): Promise<void> => {
   for (const r of rows) process.stdout.write(`${r.map((c, i) => (i < r.length - 1 ? c.padEnd(widths[i]!) : c)).join('  ')}\n`)
 }
 
-const jobLine = (j: JobProgress): string => `${j.name}, ${human(j.done)} of ${human(j.total)}`
+const jobLine = (j: JobProgress): string => `${j.name}, ${human(j.done)} of ${human(j.total)}${j.step ? `, ${j.step}` : ''}`
 
 /** A daemon started by an older geom-rowr does not count errors. */
 const stateLine = (s: DeviceStatus): string => {
