@@ -23,6 +23,8 @@ export type RowrErrorCode =
   | 'EMAPGEOMETRY' // a map for a device of another size or sector size
   | 'EFINGERPRINT' // a map that belongs to another RO or RW
   | 'EBOUND' // a RW that carries another map's device ID, taken as empty
+  | 'ERORELEASED' // a job that needs RO, after hydration released it
+  | 'EHYDRATE' // hydration cannot run on this device (its map cannot keep copies)
 
 export class RowrError extends Error {
   readonly code: RowrErrorCode

@@ -9,7 +9,7 @@
 // engine's read paths.
 import t, { type Test } from 'tap'
 import { Engine, type MapJournal } from '../lib/engine/engine.js'
-import { SectorMap } from '../lib/engine/sector-map.js'
+import { SectorStates } from '../lib/engine/sector-states.js'
 import { MapFile } from '../lib/persist/map-file.js'
 import { PAGE_SECTORS, mapBytes } from '../lib/persist/map-format.js'
 import { RwIdentity } from '../lib/persist/rw-binding.js'
@@ -140,7 +140,7 @@ const powerLoss = async (seed: number, opCount: number, journalOf: (f: MapFile) 
   const ro = new MemoryDevice('ro', SIZE, { fill: (piece, into) => fillRo(piece, into) })
   const rw = new MemoryDevice('rw', SIZE, { log })
   const store = new MemoryDevice('map', mapBytes(SIZE, SECTOR), { log })
-  const map = new SectorMap(SECTORS)
+  const map = new SectorStates(SECTORS)
   // RW's device ID is stamped when the map is made, before anything is logged: every rebuilt RW carries it.
   const attributes = new MemoryAttributes()
   const opened = await MapFile.open({ store, base: 0, describe: 'map', ro, rw, identity: new RwIdentity(rw, SIZE, attributes), size: SIZE, sectorSize: SECTOR, map, force: false })
@@ -161,7 +161,7 @@ const powerLoss = async (seed: number, opCount: number, journalOf: (f: MapFile) 
       cuts++
       const rw2 = rebuild(log, cut, 'rw', SIZE, tear)
       const store2 = rebuild(log, cut, 'map', store.size, tear)
-      const map2 = new SectorMap(SECTORS)
+      const map2 = new SectorStates(SECTORS)
       try {
         await MapFile.open({ store: store2, base: 0, describe: 'map', ro, rw: rw2, identity: new RwIdentity(rw2, SIZE, attributes), size: SIZE, sectorSize: SECTOR, map: map2, force: false })
       } catch (e) {
@@ -197,6 +197,8 @@ t.test('the replay catches a map that reaches the disk before the data it descri
   // The same workload with the journal told that RW is synced when it is not.
   const { violations } = await powerLoss(1, 60, f => ({
     marked: (a, b) => f.marked(a, b),
+    copied: (a, b) => f.copied(a, b),
+    recordsCopies: true,
     commit: () => f.commit(async () => undefined),
     clear: () => f.clear(),
     startCommit: () => f.startCommit(),

@@ -7,7 +7,7 @@ import { reconnectNbdModule } from '../attach/nbd-module.js'
 import { TakeoverLog, readTakeoverLog } from '../persist/takeover-log.js'
 import { makeAutoRw, removeAutoRw } from '../devices/auto-rw.js'
 import { GGateFrontEnd, providerOpenBy } from '../ggate/front-end.js'
-import { SectorMap } from '../engine/sector-map.js'
+import { SectorStates } from '../engine/sector-states.js'
 import { MapFile } from '../persist/map-file.js'
 import { commit, exportImage, planCommit, revert, type JobContext } from '../lifecycle/jobs.js'
 import { mapOnRw, mapOnRwBytes, openMapFile } from '../persist/map-store.js'
@@ -186,7 +186,7 @@ export class RowrDaemon {
         warnings.push(space)
       }
       let mapFile: MapFile | undefined
-      const map = new SectorMap(pair.mediaSize / pair.sectorSize)
+      const map = new SectorStates(pair.mediaSize / pair.sectorSize)
       const identity = rwIdentity(pair.rw, pair.mediaSize, { mapInTail: o.mapOnRw })
       if (persistent) {
         const placement = o.mapOnRw
@@ -227,7 +227,7 @@ export class RowrDaemon {
         if (waiting) {
           for (const [first, count] of readTakeoverLog(paths.dir)) {
             if (first + count > map.sectors) continue
-            if (map.setRange(first, count) > 0) mapFile.marked(first, count)
+            if (map.markWritten(first, count) > 0) mapFile.marked(first, count)
             recovered += count
           }
           o.log(`marked again ${recovered} sectors that daemon pid ${waiting.pid} wrote after its last flush`)

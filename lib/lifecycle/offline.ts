@@ -5,7 +5,7 @@ import { openDevicePair } from '../devices/device-pair.js'
 import { RowrError } from '../errors.js'
 import { BlockDevice } from '../devices/block-device.js'
 import { Engine } from '../engine/engine.js'
-import { SectorMap } from '../engine/sector-map.js'
+import { SectorStates } from '../engine/sector-states.js'
 import { DeviceClaims } from '../daemon/claims.js'
 import { MapFile } from '../persist/map-file.js'
 import { mapOnRw, mapOnRwBase, openMapFile, type MapPlacement } from '../persist/map-store.js'
@@ -53,7 +53,7 @@ export const openOffline = async (t: OfflineTarget): Promise<OfflineDevice> => {
     )
     placement = t.mapOnRw ? mapOnRw(pair.rw, pair.mediaSize, pair.sectorSize) : openMapFile(t.map!, pair.mediaSize, pair.sectorSize)
     if (!t.mapOnRw) claims.add([{ role: 'map', path: t.map! }])
-    const map = new SectorMap(pair.mediaSize / pair.sectorSize)
+    const map = new SectorStates(pair.mediaSize / pair.sectorSize)
     const identity = rwIdentity(pair.rw, pair.mediaSize, { mapInTail: t.mapOnRw })
     const opened = await MapFile.open({ ...placement, ro: pair.ro, rw: pair.rw, identity, size: pair.mediaSize, sectorSize: pair.sectorSize, map, force: t.force, existing: true })
     const engine = new Engine({ ro: pair.ro, rw: pair.rw, size: pair.mediaSize, sectorSize: pair.sectorSize, map, journal: opened.file })
