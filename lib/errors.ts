@@ -25,6 +25,7 @@ export type RowrErrorCode =
   | 'EBOUND' // a RW that carries another map's device ID, taken as empty
   | 'ERORELEASED' // a job that needs RO, after hydration released it
   | 'EHYDRATE' // hydration cannot run on this device (its map cannot keep copies)
+  | 'ENEEDRO' // RO given as none, but the map is not fully hydrated
 
 export class RowrError extends Error {
   readonly code: RowrErrorCode

@@ -240,7 +240,7 @@ t.test('once hydrated, RO is released: nothing reads it, revert and commit are r
   const hydration = new Hydration(engine)
   hydration.start()
   await until(() => hydration.state !== 'running')
-  await engine.releaseRo()
+  t.equal(await engine.releaseRo(), true)
   t.equal(engine.roHeld, false)
   ro.failing = { read: 'EIO' }
   const b = Buffer.alloc(size)

@@ -299,7 +299,7 @@ t.test('a format 1 map opens with its old check and a warning, and is bound to i
     opened.stderr,
     new RegExp(
       `warning: map ${v1} is in map format 1, which checks RW only by sampled data and only after a clean shutdown; ` +
-        `it is now format 2, bound to its RW by device ID ${DEVICE_ID}, and geom-rowr versions that read only format 1 can no longer open it`,
+        `it is now format 3, bound to its RW by device ID ${DEVICE_ID}, and geom-rowr versions that read only format 1 can no longer open it`,
     ),
   )
   t.ok((await s.shows('f1')).equals(s.expected([2048 * SECTOR, 128 * SECTOR, 0x77])), 'every write the format 1 map recorded reads back')

@@ -7,13 +7,14 @@ import type { DaemonOptions } from '../daemon/daemon.js'
 import { cappedLogWriter, openDaemonLog, removeDaemonLog } from '../daemon/daemon-log.js'
 import { clearStale } from '../daemon/stale.js'
 import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
+import { NO_RO } from '../devices/absent-ro.js'
 import { RowrError } from '../errors.js'
 import { failureMessage } from '../failure-message.js'
 import { platform } from '../../native-bindings/libc.js'
 import { DAEMON_NODE_FLAGS } from '../runtime-tuning.js'
-import { announce, mapOptions, runInForeground, stderrLog, warn, type MapArgs } from './foreground.js'
+import { announce, hydrationOptions, mapOptions, runInForeground, stderrLog, warn, type HydrationArgs, type MapArgs } from './foreground.js'
 
-export interface CreateArgs extends MapArgs {
+export interface CreateArgs extends MapArgs, HydrationArgs {
   readonly name: string
   readonly ro: string
   readonly rw: string
@@ -52,11 +53,12 @@ export const create = async (a: CreateArgs): Promise<void> => {
   if (!a['daemon-child']) await clearStale(a.name, warn)
   const options = {
     name: a.name,
-    ro: resolveDevicePath(a.ro),
+    ro: a.ro === NO_RO ? NO_RO : resolveDevicePath(a.ro),
     rw: resolveRwPath(a.rw),
     sectorSize: a['sector-size'],
     attach: a.attach,
     ...mapOptions(a),
+    ...hydrationOptions(a),
   }
   if (a['daemon-child']) {
     await runDaemonChild({ ...options, log: daemonChildLog(a.name) })
@@ -118,6 +120,9 @@ const spawnDaemon = async (o: Omit<DaemonOptions, 'log'>, systemdMark: boolean):
     ...(o.mapOnRw ? ['--map-on-rw'] : []),
     ...(o.force ? ['--force'] : []),
     ...(o.discardMap ? ['--discard-map'] : []),
+    ...(o.hydration?.start ? ['--hydrate'] : []),
+    ...(o.hydration ? ['--hydrate-rate', String(o.hydration.rate), '--hydrate-share', String(o.hydration.share * 100)] : []),
+    ...(o.hydration?.copyOnRead ? ['--copy-on-read'] : []),
     o.name,
     o.ro,
     o.rw,

@@ -6,7 +6,9 @@ import { RowrError, isRowrError } from '../errors.js'
 import { noSuchDevice } from './destroy.js'
 import { warn } from './foreground.js'
 import { human } from '../units.js'
+import { clock } from './progress.js'
 import { healthLine, type IoErrorCounts } from '../engine/io-errors.js'
+import type { HydrationStatus } from '../engine/hydration.js'
 
 export interface StatusArgs {
   readonly name?: string
@@ -69,6 +71,24 @@ type Status = Record<string, unknown> & {
   stats: Record<string, number>
 }
 
+export interface HydrationShown extends HydrationStatus {
+  readonly copyOnRead: boolean
+}
+
+/** The status line of a device's hydration: state, share done, bytes, rate, ETA, settings. */
+export const hydrationLine = (h: HydrationShown, mediasize: number): string => {
+  const done = mediasize - h.remainingBytes
+  const percent = mediasize > 0 ? ((100 * done) / mediasize).toFixed(1) : '100.0'
+  const rate = h.state === 'running' && h.rateBytesPerSecond > 0 ? `, ${human(h.rateBytesPerSecond)}/s, ETA ${clock(h.remainingBytes / h.rateBytesPerSecond)}` : ''
+  const settings = [
+    h.rateLimit > 0 ? `rate limit ${human(h.rateLimit)}/s` : 'no rate limit',
+    `at least ${Math.round(h.share * 100)}% under client load`,
+    `copy-on-read ${h.copyOnRead ? 'on' : 'off'}`,
+  ]
+  const error = h.error ? ` (${h.error})` : ''
+  return `${h.state}${error}, ${percent}% on RW (${human(h.copiedBytes)} copied, ${human(h.remainingBytes)} still on RO)${rate}; ${settings.join(', ')}`
+}
+
 const jobLine = (j: { name: string; done: number; total: number }): string =>
   `${j.name}, ${human(j.done)} of ${human(j.total)}`
 
@@ -88,13 +108,14 @@ const describe = (s: Status): string => {
     ['state', stateLine(s)],
     ['device', String(s.device ?? '(none: NBD only)')],
     ['nbd', String(s.nbd)],
-    ['ro', `${String(s.ro)} (opened read-only)`],
+    ['ro', `${String(s.ro)} (${s.roHeld === false ? 'released: hydrated' : 'opened read-only'})`],
     ['rw', s.rwAuto ? `${describeAutoRw(String(s.rw), mediasize, s.map !== null)}, made by geom-rowr` : String(s.rw)],
     ...(s.rwAllocated === undefined ? [] : [['rw allocated', `${Number(s.rwAllocated)} (${human(Number(s.rwAllocated))}) on RW itself`] as [string, string]]),
     ['map', s.map === null ? 'in memory only (lost on destroy)' : s.map === 'rw' ? `in RW's tail (${String(s.mapUuid)})` : `${String(s.map)} (${String(s.mapUuid)})`],
     ['mediasize', `${mediasize} (${human(mediasize)})`],
     ['sectorsize', String(s.sectorsize)],
     ['written', `${written} (${human(written)}, ${((100 * written) / mediasize).toFixed(2)}%) in ${st.writtenSectors} sectors`],
+    ...(s.hydration ? [['hydration', hydrationLine(s.hydration as HydrationShown, mediasize)] as [string, string]] : []),
     ['reads', `${st.reads}: ${st.readBytesFromRo} bytes from RO, ${st.readBytesFromRw} bytes from RW`],
     ['writes', `${st.writes}: ${st.writeBytes} bytes, ${st.partialSectorWrites} with partial sectors`],
     ['inline writes', `${st.inlineWrites} RW writes on the event loop, ${st.writeStalls} of them stalled it`],

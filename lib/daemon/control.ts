@@ -17,6 +17,28 @@ export type ControlRequest =
   | { readonly cmd: 'reset' }
   /** Stops the running job at its next safe point. */
   | { readonly cmd: 'cancel' }
+  | HydrateRequest
+
+/** Starts (or resumes) or pauses hydration, and changes its settings (lib/daemon/device-hydration.ts). */
+export interface HydrateRequest {
+  readonly cmd: 'hydrate'
+  readonly action: 'start' | 'pause'
+  /** Bytes per second; 0: no limit. */
+  readonly rate?: number
+  /** Above 0, at most 1. */
+  readonly share?: number
+  readonly copyOnRead?: boolean
+}
+
+const isHydrateRequest = (v: object): boolean => {
+  const r = v as Partial<Record<keyof HydrateRequest, unknown>>
+  return (
+    (r.action === 'start' || r.action === 'pause') &&
+    (r.rate === undefined || (Number.isSafeInteger(r.rate) && (r.rate as number) >= 0)) &&
+    (r.share === undefined || (typeof r.share === 'number' && r.share > 0 && r.share <= 1)) &&
+    (r.copyOnRead === undefined || typeof r.copyOnRead === 'boolean')
+  )
+}
 
 export type ControlReply =
   | { readonly ok: true; readonly [key: string]: unknown }
@@ -89,6 +111,8 @@ const isRequest = (v: unknown): v is ControlRequest => {
       return 'force' in v && typeof v.force === 'boolean'
     case 'export':
       return 'file' in v && typeof v.file === 'string' && v.file.startsWith('/')
+    case 'hydrate':
+      return isHydrateRequest(v)
     default:
       return false
   }

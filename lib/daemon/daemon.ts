@@ -14,7 +14,8 @@ import { mapOnRw, mapOnRwBytes, openMapFile } from '../persist/map-store.js'
 import { describeIds, rwIdentity, takeUnbound } from '../persist/rw-binding.js'
 import { platform } from '../../native-bindings/libc.js'
 import { BlockDevice } from '../devices/block-device.js'
-import { openDevicePair } from '../devices/device-pair.js'
+import { openDevicePair, openWithoutRo } from '../devices/device-pair.js'
+import { NO_RO } from '../devices/absent-ro.js'
 import { Engine } from '../engine/engine.js'
 import { RowrError, isRowrError } from '../errors.js'
 import { NbdServer, exportFor, nbdUri, type Listen } from '../nbd/server.js'
@@ -25,6 +26,9 @@ import { DeviceClaims } from './claims.js'
 import { claimName, type Waiting } from './stale.js'
 import { release, statePaths, writeState, type DeviceState } from './run-state.js'
 import { Teardown } from './teardown.js'
+import { DeviceHydration, type HydrationSettings } from './device-hydration.js'
+import { DEFAULT_SHARE } from '../engine/hydration.js'
+import { resizeHint } from '../devices/device-pair.js'
 
 export interface DaemonOptions {
   readonly name: string
@@ -46,6 +50,8 @@ export interface DaemonOptions {
   readonly discardMap?: boolean
   /** Where NBD listens; a Unix socket in the run directory by default. */
   readonly listen?: Listen
+  /** Hydration and copy-on-read; neither by default. */
+  readonly hydration?: HydrationSettings
   readonly log: (message: string) => void
 }
 
@@ -73,6 +79,25 @@ const autoRwSize = (o: DaemonOptions): number => {
   }
 }
 
+/**
+ * The geometry of a device whose RO is given as none: its map's. Only a map
+ * file can say it (a map in RW's tail starts where the device's size puts
+ * it), and only a fully hydrated map is resumed so (MapFile.open).
+ */
+const geometryForNoRo = async (o: DaemonOptions): Promise<{ deviceSize: number; sectorSize: number }> => {
+  if (o.map === undefined) {
+    throw new RowrError('ENEEDRO', `RO none needs the device's map file (--map FILE): only a fully hydrated map lets a device run without RO${o.mapOnRw ? ', and one in RW\'s tail cannot be found without RO\'s size' : ''}`)
+  }
+  const store = BlockDevice.open(o.map, { writable: false })
+  try {
+    const geometry = await MapFile.geometryOf(store, 0)
+    if (!geometry) throw new RowrError('ENOTMAP', `map ${o.map} holds no map: RO none needs the map of a fully hydrated device`)
+    return geometry
+  } finally {
+    store.close()
+  }
+}
+
 /** What status needs to show the device's health, and reset to clear it. */
 interface Health {
   readonly rw: BlockDevice
@@ -90,6 +115,7 @@ export class RowrDaemon {
   readonly #mapFile: MapFile | undefined
   readonly #log: (message: string) => void
   readonly #health: Health
+  readonly #hydration: DeviceHydration
   #job: { readonly name: string; done: number; total: number; readonly abort: AbortController } | undefined
   #stopping: Promise<void> | undefined
   #markDone!: () => void
@@ -107,6 +133,7 @@ export class RowrDaemon {
     mapFile: MapFile | undefined,
     log: (message: string) => void,
     health: Health,
+    hydration: DeviceHydration,
   ) {
     this.state = state
     this.warnings = warnings
@@ -118,6 +145,7 @@ export class RowrDaemon {
     this.#mapFile = mapFile
     this.#log = log
     this.#health = health
+    this.#hydration = hydration
   }
 
   static async start(o: DaemonOptions): Promise<RowrDaemon> {
@@ -162,14 +190,14 @@ export class RowrDaemon {
         }
         writeState({ ...base, ...starting })
       }
-      const pair = openDevicePair(o.ro, base.rw, { sectorSize: o.sectorSize, rwMadeToFit: rwAuto })
+      const pair = o.ro === NO_RO ? openWithoutRo(base.rw, await geometryForNoRo(o)) : openDevicePair(o.ro, base.rw, { sectorSize: o.sectorSize, rwMadeToFit: rwAuto })
       teardown.add('devices', () => {
         pair.ro.close()
         pair.rw.close()
       })
       const claims = DeviceClaims.claim(
         [
-          { role: 'ro', path: o.ro, identity: pair.ro.identity },
+          ...(pair.ro instanceof BlockDevice ? [{ role: 'ro' as const, path: o.ro, identity: pair.ro.identity }] : []),
           { role: 'rw', path: base.rw, identity: pair.rw.identity },
         ],
         { name: o.name },
@@ -199,7 +227,7 @@ export class RowrDaemon {
           placement.abandon()
         })
         if (!o.mapOnRw) claims.add([{ role: 'map', path: o.map! }])
-        const opened = await MapFile.open({ ...placement, ro: pair.ro, rw: pair.rw, identity, size: pair.mediaSize, sectorSize: pair.sectorSize, map, force: o.force ?? false, discard: o.discardMap })
+        const opened = await MapFile.open({ ...placement, ro: pair.ro, rw: pair.rw, identity, size: pair.mediaSize, sectorSize: pair.sectorSize, map, force: o.force ?? false, discard: o.discardMap, roAbsent: o.ro === NO_RO })
         if (!opened.resumed) made = opened.file
         for (const w of opened.warnings) o.log(`warning: ${w}`)
         warnings.push(...opened.warnings)
@@ -244,6 +272,20 @@ export class RowrDaemon {
         await engine.flush()
         await mapFile?.closeClean()
       })
+      const needed = mapOnRwBytes(pair.mediaSize, pair.sectorSize)
+      const hydration = new DeviceHydration(engine, o.hydration ?? { start: false, rate: 0, share: DEFAULT_SHARE, copyOnRead: false }, {
+        name: o.name,
+        cannotCopy: engine.canCopy
+          ? null
+          : `its map in ${pair.rw.path}'s tail is format 2, and RW has no room for the pages format 3 adds (${needed} bytes in all): ${resizeHint(pair.rw.path, needed)}`,
+        closeRo: () => {
+          pair.ro.close()
+          claims.releaseRo()
+        },
+        log: o.log,
+      })
+      // Added after the engine's flush, so that it runs before it: the copy ends first.
+      teardown.add('hydration', () => hydration.stop())
       const server = new NbdServer(engine, exportFor(engine, o.name, `geom-rowr ${o.name}: ${o.ro} + ${base.rw}`), o.log)
       const listen = await server.listen(o.listen ?? { socket: paths.nbd })
       teardown.add('NBD server', ({ force }) => server.close({ force }))
@@ -292,7 +334,7 @@ export class RowrDaemon {
         attachment,
       }
       writeState(state)
-      daemon = new RowrDaemon(state, warnings, claims, engine, server, teardown, provider, mapFile, o.log, { rw: pair.rw, errorLog })
+      daemon = new RowrDaemon(state, warnings, claims, engine, server, teardown, provider, mapFile, o.log, { rw: pair.rw, errorLog }, hydration)
       started = true
       o.log(`${o.name} ready: ${state.device ?? state.nbd}`)
       return daemon
@@ -311,6 +353,7 @@ export class RowrDaemon {
       errors: this.#engine.errors.counts(),
       rwAllocated: allocatedBytes(this.#health.rw),
       writtenBytes: stats.writtenBytes,
+      ...this.#hydration.status(),
       connections: this.#server.connections,
       stats,
       ...(this.#provider ? { ggate: this.#provider.stats() } : {}),
@@ -422,10 +465,12 @@ export class RowrDaemon {
       case 'diff':
         return { ok: true, ranges: this.#engine.writtenRanges() }
       case 'revert': {
+        this.#engine.requireRo('revert')
         if (!request.force) await this.#checkNotOpen('revert -f (its users then see RO\'s data under their feet)')
         return { ok: true, ...(await this.#runJob('revert', revert)) }
       }
       case 'commit':
+        this.#engine.requireRo('commit')
         if (!request.force) await this.#checkNotOpen('commit -f (it then commits what the file system has written so far, which may be half an update)')
         if (request.dryRun) return { ok: true, ...(await this.#runJob('commit --dry-run', planCommit)) }
         return { ok: true, ...(await this.#runJob('commit', commit)) }
@@ -442,6 +487,8 @@ export class RowrDaemon {
       case 'cancel':
         this.#job?.abort.abort()
         return { ok: true, cancelled: this.#job?.name ?? null }
+      case 'hydrate':
+        return { ok: true, ...(await this.#hydration.control(request)) }
     }
   }
 }

@@ -360,14 +360,14 @@ export class Engine {
   }
 
   /** Refuses a job that reads or writes RO once RO is released. */
-  #needRo(job: string): void {
+  requireRo(job: string): void {
     if (this.roHeld) return
     throw new RowrError('ERORELEASED', `${job} needs RO, which was released when the device was fully hydrated: RW alone holds the device now`)
   }
 
   /** Forgets every write (and every copy): the device reads as RO again. */
   revert(): Promise<Emptied> {
-    this.#needRo('revert')
+    this.requireRo('revert')
     return this.#exclusive(async () => {
       const bytes = this.#states.writtenSectors * this.sectorSize
       return { bytes, released: await this.#empty(() => this.#journal?.clear()) }
@@ -383,7 +383,7 @@ export class Engine {
    */
   commitInto(ro: BlockIo, step: JobStep): Promise<Emptied> {
     assert(ro.size >= this.size, `${ro.path} is smaller than the ${this.size}-byte engine`)
-    this.#needRo('commit')
+    this.requireRo('commit')
     return this.#exclusive(async () => {
       await this.flush()
       await this.#journal?.startCommit()
@@ -573,13 +573,15 @@ export class Engine {
 
   /**
    * Lets RO go once every sector is on RW: waits for every request (a read
-   * of RO may still be running), then never touches RO again. The caller
-   * closes it.
+   * of RO may still be running), then never touches RO again; the caller
+   * closes it. False, and RO kept, when a sector is back on RO by then (a
+   * revert that came first).
    */
-  async releaseRo(): Promise<void> {
-    assert(this.#states.hydrated, 'RO released before every sector is on RW')
-    await this.#exclusive(async () => {
+  releaseRo(): Promise<boolean> {
+    return this.#exclusive(async () => {
+      if (!this.#states.hydrated) return false
       this.#ro = RELEASED
+      return true
     })
   }
 

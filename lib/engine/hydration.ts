@@ -9,7 +9,7 @@
 // share of the time it is given (`share`, like dm-clone's
 // hydration_threshold); an idle device is copied at full speed. A rate
 // limit (bytes per second) holds it back further. Progress is made durable
-// every SAVE_BYTES and at every stop, by the map's own rule (RW synced
+// every SAVE_BYTES or SAVE_MS and at every stop, by the map's own rule (RW synced
 // before the map says a sector is there), so it survives a crash.
 import assert from 'node:assert/strict'
 import type { Engine } from './engine.js'
@@ -45,8 +45,9 @@ export interface HydrationOptions {
 
 /** Bytes copied per piece. */
 export const PIECE_BYTES = 1 << 20
-/** Progress is made durable after this many bytes copied. */
+/** Progress is made durable after this many bytes copied, or this long. */
 const SAVE_BYTES = 64 << 20
+const SAVE_MS = 1_000
 /** The rate shown is measured over roughly this much of the recent past. */
 const RATE_WINDOW_MS = 5_000
 export const DEFAULT_SHARE = 0.25
@@ -145,6 +146,7 @@ export class Hydration {
   async #run(): Promise<void> {
     const buf = Buffer.allocUnsafe(this.#pieceBytes)
     let unsaved = 0
+    let saved = performance.now()
     let rateStart = performance.now()
     let rateBytes = 0
     let rateSet = this.#rate
@@ -169,9 +171,10 @@ export class Hydration {
         this.#copied += n
         unsaved += n
         this.#sample()
-        if (unsaved >= SAVE_BYTES) {
+        if (unsaved >= SAVE_BYTES || (unsaved > 0 && performance.now() - saved >= SAVE_MS)) {
           await this.#engine.saveProgress()
           unsaved = 0
+          saved = performance.now()
         }
         if (rateSet !== this.#rate) {
           rateSet = this.#rate

@@ -77,6 +77,11 @@ export interface OpenMapOptions {
   readonly fresh?: boolean
   /** Refuse a store that holds no map, rather than make one (the commands on a stopped device). */
   readonly existing?: boolean
+  /**
+   * RO was given as none: RO's fingerprint is not checked (the header keeps
+   * the one it has), and the map must say every sector is on RW.
+   */
+  readonly roAbsent?: boolean
 }
 
 export interface OpenedMap {
@@ -287,7 +292,13 @@ export class MapFile implements MapJournal {
    * good header: commands on a stopped device open it with that size.
    */
   static async sectorSizeOf(store: BlockIo, base: number): Promise<number | null> {
-    return newestHeader(await readHeaders(store, base))?.header.sectorSize ?? null
+    return (await MapFile.geometryOf(store, base))?.sectorSize ?? null
+  }
+
+  /** The device size and sector size a map at `base` describes, or null when there is no good header. */
+  static async geometryOf(store: BlockIo, base: number): Promise<{ deviceSize: number; sectorSize: number } | null> {
+    const header = newestHeader(await readHeaders(store, base))?.header
+    return header ? { deviceSize: header.deviceSize, sectorSize: header.sectorSize } : null
   }
 
   static async open(o: OpenMapOptions): Promise<OpenedMap> {
@@ -311,7 +322,7 @@ export class MapFile implements MapJournal {
       if (!o.fresh && (await anyPageWritten(o.store, o.base, 2 * pageCount(o.size, o.sectorSize)))) {
         throw damaged(o, 'has map pages but no header: its header was destroyed')
       }
-      if (o.existing) throw new RowrError('ENOTMAP', `${o.describe} holds no map (it is empty): give the map this device was created with`)
+      if (o.existing || o.roAbsent) throw new RowrError('ENOTMAP', `${o.describe} holds no map (it is empty): give the map this device was created with`)
       await takeUnbound(o.identity, false)
       return MapFile.#create(o, 0n)
     }
@@ -346,8 +357,8 @@ export class MapFile implements MapJournal {
     if (room < neededByFormat) throw damaged(o, `is truncated: it has ${room} of the ${neededByFormat} bytes of this map`)
     const file = new MapFile(o, header, slot)
     const problems: string[] = []
-    const roHash = await roFingerprint(o.ro, o.size, o.sectorSize)
-    if (!file.committing && (header.roSize !== o.ro.size || !roHash.equals(header.roHash))) {
+    const roHash = o.roAbsent ? header.roHash : await roFingerprint(o.ro, o.size, o.sectorSize)
+    if (!o.roAbsent && !file.committing && (header.roSize !== o.ro.size || !roHash.equals(header.roHash))) {
       problems.push(`RO ${o.ro.path} is not the device the map was made with (its size or sampled sectors differ)`)
     }
     if (header.rwSize !== o.rw.size) {
@@ -360,6 +371,15 @@ export class MapFile implements MapJournal {
       o.map.clear()
       const [what, n, floor] = loaded < header.writtenFloor ? ['written', loaded, header.writtenFloor] : ['on-RW', loadedOnRw, header.onRwFloor]
       throw damaged(o, `has lost pages: they hold ${n} ${what} sectors, but held at least ${floor} when the map was last opened or closed`)
+    }
+    if (o.roAbsent && !o.map.hydrated) {
+      const onRo = o.map.roSectors * o.sectorSize
+      o.map.clear()
+      throw new RowrError(
+        'ENEEDRO',
+        `${o.describe} is not fully hydrated: ${onRo} bytes of the device are still on RO, so RO cannot be none: ` +
+          'give the RO it was made with (and hydrate it: geom-rowr hydrate NAME --wait)',
+      )
     }
     const warnings: string[] = []
     const binding = await checkBinding(o, header, problems.length === 0)
@@ -397,7 +417,7 @@ export class MapFile implements MapJournal {
       ...header,
       version: header.version < 3 ? upgradedFormat(o) : header.version,
       flags: header.flags & ~HeaderFlag.CLEAN,
-      roSize: o.ro.size,
+      roSize: o.roAbsent ? header.roSize : o.ro.size,
       roHash: file.committing ? header.roHash : roHash,
       rwSize: o.rw.size,
       binding: kind,
