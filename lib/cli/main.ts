@@ -31,7 +31,7 @@ const mapOptions = {
   'map-on-rw': {
     type: 'boolean',
     default: false,
-    describe: "keep the sector map in RW's tail (RW must be larger than RO by about 1/2000 of RO's size)",
+    describe: "keep the sector map in RW's tail (RW must be larger than RO by about 1/1000 of RO's size)",
   },
   force: {
     type: 'boolean',
