@@ -272,20 +272,6 @@ export class RowrDaemon {
         await engine.flush()
         await mapFile?.closeClean()
       })
-      const needed = mapOnRwBytes(pair.mediaSize, pair.sectorSize)
-      const hydration = new DeviceHydration(engine, o.hydration ?? { start: false, rate: 0, share: DEFAULT_SHARE, copyOnRead: false }, {
-        name: o.name,
-        cannotCopy: engine.canCopy
-          ? null
-          : `its map in ${pair.rw.path}'s tail is format 2, and RW has no room for the pages format 3 adds (${needed} bytes in all): ${resizeHint(pair.rw.path, needed)}`,
-        closeRo: () => {
-          pair.ro.close()
-          claims.releaseRo()
-        },
-        log: o.log,
-      })
-      // Added after the engine's flush, so that it runs before it: the copy ends first.
-      teardown.add('hydration', () => hydration.stop())
       const server = new NbdServer(engine, exportFor(engine, o.name, `geom-rowr ${o.name}: ${o.ro} + ${base.rw}`), o.log)
       const listen = await server.listen(o.listen ?? { socket: paths.nbd })
       teardown.add('NBD server', ({ force }) => server.close({ force }))
@@ -324,6 +310,31 @@ export class RowrDaemon {
         attachment = a
         teardown.add('kernel block device', ({ force }) => detach(a, { force }))
       }
+      /** With RO gone, a GEOM Gate provider over a RW that is a provider itself reads it in the kernel. */
+      const directReads = (): void => {
+        try {
+          const to = provider?.enableDirectReads(pair.rw)
+          if (to) o.log(`direct reads: the kernel reads ${o.name} from ${to} itself (G_GATE_CMD_MODIFY)`)
+        } catch (e) {
+          o.log(`warning: direct reads not enabled, reads still go through the daemon: ${(e as Error).message}`)
+        }
+      }
+      const needed = mapOnRwBytes(pair.mediaSize, pair.sectorSize)
+      const hydration = new DeviceHydration(engine, o.hydration ?? { start: false, rate: 0, share: DEFAULT_SHARE, copyOnRead: false }, {
+        name: o.name,
+        cannotCopy: engine.canCopy
+          ? null
+          : `its map in ${pair.rw.path}'s tail is format 2, and RW has no room for the pages format 3 adds (${needed} bytes in all): ${resizeHint(pair.rw.path, needed)}`,
+        roReleased: () => {
+          pair.ro.close()
+          claims.releaseRo()
+          directReads()
+        },
+        log: o.log,
+      })
+      // Added after the engine's flush, so that it runs before it: the copy ends first; started once the
+      // front end is up, which a copy that finds every sector on RW already tells to read RW directly.
+      teardown.add('hydration', () => hydration.stop())
       const state: DeviceState = {
         ...base,
         phase: 'ready',

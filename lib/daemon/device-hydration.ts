@@ -21,8 +21,8 @@ export interface DeviceHydrationOptions {
   readonly name: string
   /** Why copies cannot be kept (a map of format 2 without room for more pages), with the fix; null when they can. */
   readonly cannotCopy: string | null
-  /** Closes RO once the engine has let it go. */
-  readonly closeRo: () => void
+  /** Called once the engine has let RO go: closes it, and whatever follows from it. */
+  readonly roReleased: () => void
   readonly log: (message: string) => void
 }
 
@@ -69,8 +69,8 @@ export class DeviceHydration {
     if (!this.#engine.roHeld) return
     this.#engine.copyOnRead = false
     if (!(await this.#engine.releaseRo())) return
-    this.#o.closeRo()
     this.#o.log(`hydrated: every sector is on RW; RO released (closed): ${this.#o.name} no longer needs it`)
+    this.#o.roReleased()
   }
 
   async control(request: HydrateRequest): Promise<Record<string, unknown>> {
