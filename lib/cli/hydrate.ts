@@ -7,7 +7,7 @@ import { RowrError } from '../errors.js'
 import { hydrationLine, runningStatus, type HydrationShown } from './list.js'
 import { progressBar } from './progress.js'
 
-export interface HydrateArgs {
+interface HydrateArgs {
   readonly name: string
   readonly action: HydrateRequest['action']
   readonly rate?: number

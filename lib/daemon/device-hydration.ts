@@ -17,7 +17,7 @@ export interface HydrationSettings {
   readonly copyOnRead: boolean
 }
 
-export interface DeviceHydrationOptions {
+interface DeviceHydrationOptions {
   readonly name: string
   /** Why copies cannot be kept (a map of format 2 without room for more pages), with the fix; null when they can. */
   readonly cannotCopy: string | null

@@ -14,7 +14,7 @@
 import assert from 'node:assert/strict'
 import type { Engine } from './engine.js'
 
-export type HydrationState = 'off' | 'running' | 'paused' | 'done' | 'failed'
+type HydrationState = 'off' | 'running' | 'paused' | 'done' | 'failed'
 
 export interface HydrationStatus {
   readonly state: HydrationState
@@ -32,7 +32,7 @@ export interface HydrationStatus {
   readonly error?: string
 }
 
-export interface HydrationOptions {
+interface HydrationOptions {
   /** Bytes per second; 0: no limit. */
   readonly rate?: number
   /** The share of the time the copy keeps while clients are busy: above 0, at most 1. */
@@ -44,7 +44,7 @@ export interface HydrationOptions {
 }
 
 /** Bytes copied per piece. */
-export const PIECE_BYTES = 1 << 20
+const PIECE_BYTES = 1 << 20
 /** Progress is made durable after this many bytes copied, or this long. */
 const SAVE_BYTES = 64 << 20
 const SAVE_MS = 1_000

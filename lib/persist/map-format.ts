@@ -95,8 +95,6 @@ export interface MapPage {
 /** The byte offset of header slot 0 or 1, and of page `index`'s slot 0 or 1. */
 export const headerSlotAt = (slot: 0 | 1): number => slot * SLOT_BYTES
 export const pageSlotAt = (index: number, slot: 0 | 1): number => (2 + 2 * index + slot) * SLOT_BYTES
-/** The byte offset of slot 0 or 1 of page `index` of sectors on RW (format 3), in a map of `pages` pages per set. */
-export const onRwPageSlotAt = (pages: number, index: number, slot: 0 | 1): number => pageSlotAt(pages + index, slot)
 
 export const pageCount = (deviceSize: number, sectorSize: number): number =>
   Math.ceil(deviceSize / sectorSize / PAGE_SECTORS)
