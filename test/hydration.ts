@@ -234,6 +234,22 @@ t.test('with a persistent map, copies survive a restart; a client write makes a 
   t.ok(b.equals(expected), 'reverted: RO\'s data again')
 })
 
+t.test('a revert after hydration (RO still held) puts sectors back on RO; starting again copies them again', async t => {
+  const size = 256 << 10
+  const { rw, engine, model } = setup(size, 19)
+  const hydration = new Hydration(engine)
+  hydration.start()
+  await until(() => hydration.state !== 'running')
+  await engine.write(0, Buffer.alloc(4096, 0x77))
+  await engine.revert()
+  t.equal(engine.roBytes, size, 'the map is empty again')
+  hydration.start()
+  await until(() => hydration.state !== 'running')
+  t.equal(hydration.state, 'done')
+  t.equal(engine.roBytes, 0)
+  t.ok((await rwImage(rw)).equals(model), 'RW holds RO again, the reverted write gone')
+})
+
 t.test('once hydrated, RO is released: nothing reads it, revert and commit are refused', async t => {
   const size = 256 << 10
   const { ro, engine, model } = setup(size, 17)

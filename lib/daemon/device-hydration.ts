@@ -45,7 +45,7 @@ export class DeviceHydration {
 
   #start(): void {
     const state = this.#hydration.state
-    if (state === 'done') return void this.#release()
+    if (state === 'done' && this.#engine.roBytes === 0) return void this.#release()
     this.#check('hydration')
     if (state !== 'running') this.#o.log(`hydration ${state === 'off' ? 'started' : 'resumed'}`)
     this.#hydration.start()

@@ -80,13 +80,14 @@ export class Hydration {
     this.#state = engine.roBytes === 0 ? 'done' : 'off'
   }
 
+  /** 'done' until started again, even after a revert put sectors back on RO (status shows them as remaining). */
   get state(): HydrationState {
     return this.#state
   }
 
-  /** Starts or resumes the copy (after a failure: retries it). */
+  /** Starts or resumes the copy (after a failure: retries it; after a revert that put sectors back on RO: copies them again). */
   start(): void {
-    if (this.#state === 'running' || this.#state === 'done') return
+    if (this.#state === 'running' || (this.#state === 'done' && this.#engine.roBytes === 0)) return
     this.#state = 'running'
     this.#error = undefined
     this.#loop ??= this.#run().finally(() => {
