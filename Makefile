@@ -90,6 +90,8 @@ SOAK_ROUNDS ?= 2000
 soak: setup
 	GEOM_ROWR_CRASH_ROUNDS=$(SOAK_ROUNDS) npx tap --disable-coverage --timeout=0 test/crash.ts
 
-# Side by side with nbdkit's cow filter and qemu-nbd; not part of the tests.
+# Side by side with nbdkit's cow filter and qemu-nbd, and hydration against dd
+# and under client load (bench/hydration.ts); not part of the tests.
 bench: setup
 	node dist/bench/bench.js $(BENCH_ARGS)
+	node dist/bench/hydration.js $(HYDRATION_BENCH_ARGS)

@@ -13,6 +13,13 @@
 # /ro/dev and a tmpfs on /ro/var/run for the run directory. That image never
 # changes, so the mount stays valid under the daemon for the whole uptime.
 #
+# With rowr.hydrate=1 the medium is let go once the image is copied: the
+# runtime (node, geom-rowr, their linker and libraries, which ldd names
+# inside the image) is copied into a tmpfs on /rt and runs from there, the
+# device is created with --hydrate, and a background job waits for the copy
+# to finish (geom-rowr then releases the image), unmounts /ro, detaches the
+# image's md and unmounts /cdrom: the disc can be ejected, the stick pulled.
+#
 # kenv settings (defaults in brackets):
 #   rowr.media          the installation media           [/dev/iso9660/LIVE]
 #   rowr.media_timeout  seconds to wait for it            [30]
@@ -20,6 +27,8 @@
 #   rowr.uzip_timeout   seconds to wait for mdN.uzip      [30]
 #   rowr.name           the geom-rowr device              [rowr0]
 #   rowr.min_memory     MiB below which it boots read-only [1024]
+#   rowr.hydrate        1: copy the image to RAM in the background, then
+#                       release the medium                [0]
 # It sets rowr.readonly=YES on a read-only boot (the image's rc.conf turns
 # that into root_rw_mount=NO).
 # For tests only: ROWR_INIT_ROOT prefixes every path this script creates or
@@ -55,6 +64,9 @@ image=$(setting rowr.image /cdrom/data/system.uzip)
 uzip_timeout=$(number rowr.uzip_timeout 30)
 name=$(setting rowr.name rowr0)
 min_memory=$(number rowr.min_memory 1024)
+hydrate=$(number rowr.hydrate 0)
+# Where geom-rowr runs: the image, or with rowr.hydrate=1 the copy of its runtime in memory.
+runtime=$root/ro
 
 # Nothing to boot at all: a non-zero status sends init to single-user mode
 # (with init_shell), where exit 0 would let it run the ramdisk's own /etc/rc.
@@ -92,9 +104,33 @@ provider_size() { # NAME
 		head -n 1
 }
 
-# geom-rowr inside the image.
+# geom-rowr inside the image, or inside the copy of its runtime.
 rowr() {
-	chroot "$root/ro" /usr/bin/env "PATH=$image_path" /usr/local/bin/geom-rowr "$@"
+	chroot "$runtime" /usr/bin/env "PATH=$image_path" /usr/local/bin/geom-rowr "$@"
+}
+
+# The programs the daemon runs and what they load, from the image into the
+# tmpfs on /rt: ldd, run inside the image, names the libraries.
+copy_runtime() {
+	programs="/usr/bin/env /usr/bin/protect /usr/local/bin/node"
+	# shellcheck disable=SC2086 # a list of words
+	libraries=$(chroot "$root/ro" /usr/bin/ldd -f '%p ' $programs) || return 1
+	for dir in dev var/run libexec lib usr/bin usr/local/bin usr/local/lib; do
+		mkdir -p "$root/rt/$dir" || return 1
+	done
+	for file in /libexec/ld-elf.so.1 $programs $libraries; do
+		mkdir -p "$root/rt${file%/*}" && cp -p "$root/ro$file" "$root/rt$file" || return 1
+	done
+	# geom-rowr itself: its command and its package (node_modules included).
+	cp -RP "$root/ro/usr/local/bin/geom-rowr" "$root/rt/usr/local/bin/" &&
+		cp -Rp "$root/ro/usr/local/lib/geom-rowr" "$root/rt/usr/local/lib/"
+}
+
+# Once the daemon has released the image (every sector on RW): let the medium go.
+release_medium() {
+	rowr hydrate --wait "$name" >/dev/null || return 1
+	umount "$root/ro" && mdconfig -d -u "$md" && umount "$root/cdrom" &&
+		say "hydrated: $name no longer needs $media; it may be removed"
 }
 
 # The kernel mounts the ramdisk read-only.
@@ -126,19 +162,27 @@ memory=$((physmem / 1048576))
 	read_only_boot "this machine has $memory MiB of memory, under the $min_memory MiB a writable system needs (set rowr.min_memory in loader.conf to go below it)"
 
 kldstat -q -m g_gate || read_only_boot "geom_gate is not loaded; add geom_gate_load=\"YES\" to loader.conf"
-mount -t devfs devfs "$root/ro/dev" || read_only_boot "cannot mount devfs on /ro/dev"
-mount -t tmpfs -o size=16m tmpfs "$root/ro/var/run" ||
-	read_only_boot "cannot mount a tmpfs on /ro/var/run; add tmpfs_load=\"YES\" to loader.conf"
+if [ "$hydrate" = 1 ]; then
+	{ mkdir -p "$root/rt" && mount -t tmpfs tmpfs "$root/rt"; } ||
+		read_only_boot "cannot mount a tmpfs on /rt for the runtime (rowr.hydrate=1); add tmpfs_load=\"YES\" to loader.conf"
+	copy_runtime || read_only_boot "cannot copy node and geom-rowr from the image into /rt (rowr.hydrate=1)"
+	runtime=$root/rt
+fi
+mount -t devfs devfs "$runtime/dev" || read_only_boot "cannot mount devfs on ${runtime#"$root"}/dev"
+mount -t tmpfs -o size=16m tmpfs "$runtime/var/run" ||
+	read_only_boot "cannot mount a tmpfs on ${runtime#"$root"}/var/run; add tmpfs_load=\"YES\" to loader.conf"
 
 # RW 'auto': a swap-backed md of the image's size, made by geom-rowr. Its
 # own exit status, not a pipeline's: the last line printed is the device.
-created=$(rowr create "$name" "$md.uzip" auto) || read_only_boot "geom-rowr create $name $md.uzip auto failed"
+set -- "$name" "$md.uzip" auto
+[ "$hydrate" = 1 ] && set -- --hydrate "$@"
+created=$(rowr create "$@") || read_only_boot "geom-rowr create $* failed"
 device=$(echo "$created" | tail -n 1)
 [ -n "$device" ] || read_only_boot "geom-rowr create printed no device"
 
 # The daemon holds the root: the OOM killer must pass it by.
-pid=$(sed -n 's/^  "pid": \([0-9]*\),$/\1/p' "$root/ro/var/run/geom-rowr/$name/state.json")
-if [ -z "$pid" ] || ! chroot "$root/ro" /usr/bin/protect -p "$pid"; then
+pid=$(sed -n 's/^  "pid": \([0-9]*\),$/\1/p' "$runtime/var/run/geom-rowr/$name/state.json")
+if [ -z "$pid" ] || ! chroot "$runtime" /usr/bin/protect -p "$pid"; then
 	rowr destroy "$name"
 	read_only_boot "cannot protect the geom-rowr daemon (pid ${pid:-unknown}) from the OOM killer"
 fi
@@ -157,6 +201,10 @@ fi
 # is the ramdisk's: make /boot the same path inside and outside the chroot.
 [ -e "$root/boot" ] || ln -s /sysroot/boot "$root/boot"
 
+if [ "$hydrate" = 1 ]; then
+	release_medium </dev/null >"$root/dev/console" 2>&1 &
+	say "copying the image into RAM in the background; the medium is released when it is done"
+fi
 kenv init_chroot=/sysroot >/dev/null
 say "$name ($device) mounted read-write on /sysroot; booting"
 exit 0

@@ -23,6 +23,9 @@ type RowrErrorCode =
   | 'EMAPGEOMETRY' // a map for a device of another size or sector size
   | 'EFINGERPRINT' // a map that belongs to another RO or RW
   | 'EBOUND' // a RW that carries another map's device ID, taken as empty
+  | 'ERORELEASED' // a job that needs RO, after hydration released it
+  | 'EHYDRATE' // hydration cannot run on this device (its map cannot keep copies)
+  | 'ENEEDRO' // RO given as none, but the map is not fully hydrated
 
 export class RowrError extends Error {
   readonly code: RowrErrorCode

@@ -11,3 +11,13 @@ export const human = (bytes: number): string => {
   }
   return u === 0 ? `${bytes} B` : `${v.toFixed(1)} ${units[u]}`
 }
+
+const UNITS: Record<string, number> = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }
+
+/** "64M" -> 67108864: a count of bytes with an optional K, M, G or T (powers of 1024); null when it is not one. */
+export const parseBytes = (text: string): number | null => {
+  const m = /^(\d+)([KMGT]?)$/i.exec(text.trim())
+  if (!m) return null
+  const n = Number(m[1]) * UNITS[m[2]!.toUpperCase()]!
+  return Number.isSafeInteger(n) ? n : null
+}

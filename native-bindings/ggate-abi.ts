@@ -16,6 +16,14 @@ export const GGateFlag = {
   WRITEONLY: 0x0002,
 } as const
 
+/** What G_GATE_CMD_MODIFY changes (g_gate.h's GG_MODIFY_*). */
+export const GGateModify = {
+  MEDIASIZE: 0x01,
+  INFO: 0x02,
+  READPROV: 0x04,
+  READOFFSET: 0x08,
+} as const
+
 export const GGateUnit = {
   /** The kernel picks the unit; the provider is ggate<unit>. */
   AUTO: -1,

@@ -40,6 +40,12 @@ interface Libc {
    * (a flush, a delete): resolves to 0 or the errno.
    */
   ioctlRetryable(fd: number, request: number, arg: Buffer): Promise<number>
+  /**
+   * lseek(2) with SEEK_DATA ('data') or SEEK_HOLE ('hole'): the next offset
+   * at or after `offset` in data or in a hole, or -1 with errno set (ENXIO:
+   * no data past `offset`).
+   */
+  seek(fd: number, offset: number, to: 'data' | 'hole'): number
   /** fallocate(2) on the thread pool; resolves to its return value. */
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<number>
   /** Whether preadNowait is available (Linux's own libc only). */
@@ -100,6 +106,9 @@ const XATTR_PREFIX = { user: 'user.', system: 'trusted.' } as const
 /** ENOMEM: the same number on Linux and FreeBSD. */
 const ENOMEM = 12
 
+/** lseek(2)'s SEEK_DATA and SEEK_HOLE: the same numbers on Linux and FreeBSD. */
+const SEEK = { data: 3, hole: 4 } as const
+
 /** flock(2)'s operations: the same numbers on Linux and FreeBSD. */
 export const LOCK_SH = 1
 export const LOCK_EX = 2
@@ -132,6 +141,7 @@ export const libc = (): Libc => {
   let sysctlbyname: KoffiFunction | undefined
   let pthreadSigmask: KoffiFunction | undefined
   let exit: KoffiFunction | undefined
+  let lseek: KoffiFunction | undefined
   const setsockopt = lib.func('int setsockopt(int fd, int level, int name, void *value, uint32_t length)')
   const flock = lib.func('int flock(int fd, int operation)')
   // By the running kernel, not platform(): the ggctl simulator of the FreeBSD
@@ -190,6 +200,10 @@ export const libc = (): Libc => {
           err ? reject(err) : resolve(res),
         )
       }),
+    seek: (fd, offset, to) => {
+      lseek ??= lib.func('int64_t lseek(int fd, int64_t offset, int whence)')
+      return Number(lseek(fd, offset, SEEK[to]))
+    },
     canReadNowait: preadv2 !== undefined,
     preadNowait: (fd, buf, offset, length, position) => {
       if (!preadv2) throw new Error('preadv2 is not available here')

@@ -78,7 +78,7 @@ mount)
   "-t devfs devfs "*) : > "$target/.devfs" ;;
   "-t tmpfs "*) : > "$target/.tmpfs" ;;
   esac ;;
-mkdir|ln)
+mkdir|ln|cp)
   if readonly_root; then echo "$me: $*: Read-only file system" >&2; exit 1; fi
   exec "$me" "$@" ;;
 sleep)
@@ -86,7 +86,9 @@ sleep)
   ticks=$(( $(cat "$state/ticks") + 1 )); echo $ticks > "$state/ticks"
   while read -r due file; do [ "$due" -le "$ticks" ] && mkdir -p "\${file%/*}" && : > "$file"; done < "$state/appear" ;;
 kldstat) case " $LOADED " in *" $3 "*) exit 0 ;; *) exit 1 ;; esac ;;
+umount) ;;
 mdconfig)
+  [ "$1" = -d ] && exit 0
   [ -f "$7" ] || { echo "mdconfig: $7: No such file or directory" >&2; exit 1; }
   if [ -n "$UZIP_AFTER" ]; then echo "$(( $(cat "$state/ticks") + UZIP_AFTER )) $ROWR_INIT_ROOT/dev/md1.uzip" >> "$state/appear"
   elif [ -z "$NO_UZIP" ]; then : > "$ROWR_INIT_ROOT/dev/md1.uzip"; fi
@@ -132,12 +134,18 @@ node)
   [ -e "$STUB_CHROOT/dev/.devfs" ] || { echo "node: /dev/null: No such file or directory" >&2; exit 1; }
   shift
   if [ "$1" = create ]; then
+    shift
+    while [ "\${1#--}" != "$1" ]; do shift; done
+    set -- create "$@"
     [ -e "$STUB_CHROOT/var/run/.tmpfs" ] || { echo "EROFS: read-only file system, mkdir '/var/run/geom-rowr'" >&2; exit 1; }
     mkdir -p "$STUB_CHROOT/var/run/geom-rowr/$2"
     printf '{\\n  "name": "%s",\\n  "pid": 4242,\\n  "phase": "ready"\\n}\\n' "$2" > "$STUB_CHROOT/var/run/geom-rowr/$2/state.json"
     : > "$state/created"
     echo /dev/$2
   fi ;;
+ldd)
+  dynamic
+  echo /lib/libc.so.7 ;;
 protect)
   dynamic
   [ "$*" = "-p 4242" ] || { echo "protect: procctl: No such process" >&2; exit 1; } ;;
@@ -168,12 +176,13 @@ const boot = (t: Test, { image = 'little.img.uzip', media = 'present', env = {} 
   fs.writeFileSync(stub, STUB, { mode: 0o755 })
   for (const name of RESCUE) fs.symlinkSync(stub, path.join(stubs, name))
   // The system image: FreeBSD's linker and libc, env, protect, node, geom-rowr.
-  for (const d of ['dev', 'var/run', 'libexec', 'lib', 'usr/bin', 'usr/local/bin']) {
+  for (const d of ['dev', 'var/run', 'libexec', 'lib', 'usr/bin', 'usr/local/bin', 'usr/local/lib/geom-rowr/node_modules']) {
     fs.mkdirSync(path.join(imageContent, d), { recursive: true })
   }
   fs.writeFileSync(path.join(imageContent, 'libexec/ld-elf.so.1'), '')
   fs.writeFileSync(path.join(imageContent, 'lib/libc.so.7'), '')
-  for (const program of ['usr/bin/env', 'usr/bin/protect', 'usr/local/bin/node', 'usr/local/bin/geom-rowr']) {
+  fs.writeFileSync(path.join(imageContent, 'usr/local/lib/geom-rowr/geom-rowr.js'), '')
+  for (const program of ['usr/bin/env', 'usr/bin/ldd', 'usr/bin/protect', 'usr/local/bin/node', 'usr/local/bin/geom-rowr']) {
     fs.symlinkSync(stub, path.join(imageContent, program))
   }
   if (image) fs.copyFileSync(path.join(fixtures, image), path.join(mediaContent, 'data/system.uzip'))
@@ -270,6 +279,51 @@ t.test('the whole boot: remount, attach, create inside the image, protect, check
   t.notOk(r.calls.some(c => c.includes('kern.module_path')), 'kern.module_path is left alone')
   t.match(r.stdout, /system\.uzip: 1048576 bytes uncompressed/, 'the size comes from the kernel (kern.geom.confxml)')
   t.equal(fs.readlinkSync(path.join(r.root, 'boot')), '/sysroot/boot', '/boot is the same inside and outside the chroot')
+})
+
+t.test('rowr.hydrate=1: the runtime runs from a tmpfs, the device hydrates, then the image, its md and the medium go', async t => {
+  if (!requires(t, { tools: ['dash'] })) return
+  const r = boot(t, { env: { KENV_rowr_hydrate: '1' } })
+  t.equal(r.status, 0, r.stderr)
+  t.ok(r.steps.includes('kenv init_chroot=/sysroot') && !r.steps.includes('kenv rowr.readonly=YES'), 'it boots read-write')
+  const released = async (): Promise<string[]> => {
+    for (let i = 0; i < 200; i++) {
+      const calls = fs.readFileSync(path.join(r.root, '../calls'), 'utf8').trim().split('\n').map(l => l.replaceAll(r.root, 'ROOT'))
+      if (calls.includes('umount ROOT/cdrom')) return calls
+      await new Promise(resolve => setTimeout(resolve, 25))
+    }
+    return []
+  }
+  const calls = await released()
+  t.notMatch(r.stderr, /not found|not modelled/)
+  const at = (call: string): number => calls.indexOf(call)
+  const RT = CHROOT.replace('ROOT/ro', 'ROOT/rt')
+  const order = [
+    'kldstat -q -m g_gate',
+    'mount -t tmpfs tmpfs ROOT/rt',
+    'chroot ROOT/ro /usr/bin/ldd -f %p  /usr/bin/env /usr/bin/protect /usr/local/bin/node',
+    'cp -p ROOT/ro/libexec/ld-elf.so.1 ROOT/rt/libexec/ld-elf.so.1',
+    'cp -p ROOT/ro/lib/libc.so.7 ROOT/rt/lib/libc.so.7',
+    'cp -Rp ROOT/ro/usr/local/lib/geom-rowr ROOT/rt/usr/local/lib/',
+    'mount -t devfs devfs ROOT/rt/dev',
+    'mount -t tmpfs -o size=16m tmpfs ROOT/rt/var/run',
+    `${RT} create --hydrate rowr0 md1.uzip auto`,
+    'chroot ROOT/rt /usr/bin/protect -p 4242',
+    'mount /dev/rowr0 ROOT/sysroot',
+    `${RT} hydrate --wait rowr0`,
+    'umount ROOT/ro',
+    'mdconfig -d -u md1',
+    'umount ROOT/cdrom',
+  ]
+  for (const call of order) t.ok(at(call) >= 0, `called: ${call}`)
+  t.same(order.map(at), order.map(at).sort((a, b) => a - b), 'in this order: runtime copied, device created from it, the medium released after hydration')
+  t.notOk(calls.some(c => c.startsWith('mount -t devfs devfs ROOT/ro/')), 'nothing runs from the image')
+  t.ok(fs.existsSync(path.join(r.root, 'rt/libexec/ld-elf.so.1')) && fs.existsSync(path.join(r.root, 'rt/lib/libc.so.7')), 'the linker and libc are in the tmpfs')
+  t.match(r.stdout, /copying the image into RAM in the background; the medium is released when it is done/)
+
+  const noCopy = boot(t, { env: { KENV_rowr_hydrate: '1', FAIL_cp: 'any' } })
+  readOnlyFallback(t, noCopy, 'the runtime cannot be copied')
+  t.match(noCopy.stdout, /cannot copy node and geom-rowr from the image into \/rt \(rowr\.hydrate=1\)/)
 })
 
 t.test('the model: each limit of the real ramdisk makes the old way fail', async t => {

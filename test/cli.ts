@@ -46,7 +46,12 @@ t.test('usage errors exit 2 and say what is wrong', async t => {
     [['frobnicate'], /unknown command frobnicate; the commands are create, serve/],
     [['create', 'q', ro, rw, 'extra'], /create: unexpected argument extra/],
     // An undeclared option would take NAME as its value; it is named instead.
-    [['create', '--hydrate', 'q', ro, rw], /create: unknown option --hydrate/],
+    [['create', '--flatten', 'q', ro, rw], /create: unknown option --flatten/],
+    [['create', '--hydrate-rate', 'fast', 'q', ro, rw], /--hydrate-rate fast is not a rate: give bytes per second as N, NK, NM or NG \(0: no limit\)/],
+    [['create', '--hydrate-share', '0', 'q', ro, rw], /--hydrate-share 0 is not a share: give a percentage above 0, at most 100/],
+    [['hydrate', '--pause', '--wait', 'q'], /--pause excludes --wait/],
+    [['hydrate', '--copy-on-read', 'maybe', 'q'], /Invalid values/],
+    [['create', 'q', 'none', rw], /RO none \(a fully hydrated device resumed without its RO\) needs the device's map file: --map FILE/],
     [['status', '-x'], /status: unknown option -x/],
     [['serve', '--port', 'abc', ro, rw], /--port abc is not a TCP port/],
     [['create', 'rowr0'], /Not enough non-option arguments/],

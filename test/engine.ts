@@ -5,7 +5,7 @@ import path from 'node:path'
 import t, { type Test } from 'tap'
 import { BlockDevice, type BlockIo, type DeviceCounters } from '../lib/devices/block-device.js'
 import { Engine, type MapJournal } from '../lib/engine/engine.js'
-import { SectorMap } from '../lib/engine/sector-map.js'
+import { SectorStates } from '../lib/engine/sector-states.js'
 import { MapFile } from '../lib/persist/map-file.js'
 import { PAGE_SECTORS, mapBytes } from '../lib/persist/map-format.js'
 import { makeImage, sha256 } from './fixtures/helpers.js'
@@ -327,7 +327,7 @@ t.test('a request outside the device is a bug below the front ends: an assertion
   t.throws(() => engine.extents(8192, 1, 1), AssertionError)
   t.throws(() => new Engine({ ro, rw, size: 8000, sectorSize: 512 }), AssertionError, 'a size of part sectors')
   t.throws(() => new Engine({ ro, rw, size: 16384, sectorSize: 512 }), AssertionError, 'devices smaller than the engine')
-  t.throws(() => new Engine({ ro, rw, size: 8192, sectorSize: 512, map: new SectorMap(8) }), AssertionError, 'a map of another size')
+  t.throws(() => new Engine({ ro, rw, size: 8192, sectorSize: 512, map: new SectorStates(8) }), AssertionError, 'a map of another size')
   await engine.write(0, Buffer.alloc(0))
   await engine.zero(0, 0)
   t.equal(engine.stats().writes + engine.stats().zeroes, 0, 'empty requests do nothing')
@@ -423,6 +423,8 @@ t.test('large reads take the thread pool even when cached', async t => {
 /** A journal that records its calls in `log`, with RW's. */
 const recordingJournal = (log: string[]): MapJournal => ({
   marked: (start, count) => void log.push(`marked ${start}+${count}`),
+  copied: (start, count) => void log.push(`copied ${start}+${count}`),
+  recordsCopies: true,
   commit: async syncRw => {
     await syncRw()
     log.push('journal commit')
@@ -504,7 +506,7 @@ t.test('revert waits for the map\'s flush rounds still running or queued, or the
   // RW's extended attributes, where the map stamps its device ID: the same RW each time it is opened.
   const attributes = new MemoryAttributes()
   const open = async () => {
-    const map = new SectorMap(sectors)
+    const map = new SectorStates(sectors)
     const opened = await MapFile.open({ store, base: 0, describe: 'map', ro, rw, identity: new RwIdentity(rw, size, attributes), size, sectorSize: 512, map, force: false })
     return { map, file: opened.file }
   }

@@ -8,7 +8,7 @@ import fs from 'node:fs'
 import { createRequire } from 'node:module'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { repoRoot, requires } from './fixtures/helpers.js'
+import { repoRoot, requires, run } from './fixtures/helpers.js'
 
 const simulator = path.join(repoRoot, 'build/ggsim.so')
 process.env.GEOM_ROWR_LIBC = simulator
@@ -17,7 +17,7 @@ const kernelDir = fs.mkdtempSync('/tmp/ggsim-test-')
 process.env.GGSIM_SOCKET = path.join(kernelDir, 'kernel.sock')
 t.teardown(() => fs.rmSync(kernelDir, { recursive: true, force: true }))
 
-const { GGateControl, GGateError, GGateIo } = await import('../lib/ggate/ggctl.js')
+const { GGateControl, GGateError, GGateIo, checkReadOffset } = await import('../lib/ggate/ggctl.js')
 const { BioCmd, FreeBsdErrno, ggateAbi } = await import('../native-bindings/ggate-abi.js')
 const { libc } = await import('../native-bindings/libc.js')
 const { parseGeomMesh } = await import('../lib/devices/geom-mesh.js')
@@ -254,4 +254,50 @@ t.test('a signal ends a sleeping START with ECANCELED (g_gate.c: msleep with PCA
   t.match(io.start(), { kind: 'bio', cmd: BioCmd.READ, offset: 0 })
   t.equal(io.done(0), true)
   t.equal(await read, 0)
+})
+
+t.test('MODIFY READPROV and READOFFSET as g_gate_modify: checks, reads straight to the read provider, a failed one through the daemon', async t => {
+  if (!requires(t, { root: true, tools: ['losetup', 'truncate'] })) return
+  const control = GGateControl.open()
+  t.teardown(() => control.close())
+  const dir = fs.mkdtempSync('/tmp/ggsim-modify-')
+  const backing = path.join(dir, 'md.img')
+  const content = Buffer.alloc(2 << 20)
+  for (let i = 0; i < content.length; i += 4) content.writeUInt32LE(i, i)
+  fs.writeFileSync(backing, content)
+  const attached = await run('losetup', ['--find', '--show', backing])
+  t.equal(attached.code, 0, attached.stderr)
+  const disk = attached.stdout.trim()
+  t.teardown(async () => {
+    await run('losetup', ['-d', disk])
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+  const provider = path.basename(disk)
+  const unit = control.create({ ...sizes, name: 'm0' })
+  t.teardown(() => control.destroy('m0', { force: true }))
+
+  failsWith(t, () => control.directReads(unit + 1, provider, 0), FreeBsdErrno.ENXIO, 'a unit that does not exist')
+  failsWith(t, () => control.directReads(unit, 'nosuch0', 0), FreeBsdErrno.EINVAL, 'a provider that does not exist')
+  failsWith(t, () => control.directReads(unit, 'null', 0), FreeBsdErrno.EINVAL, 'a character device is no provider')
+  failsWith(t, () => control.directReads(unit, provider, 100), FreeBsdErrno.EINVAL, 'an offset that is not a multiple of the sector size')
+  failsWith(t, () => control.directReads(unit, provider, 2 << 20), FreeBsdErrno.EINVAL, 'an offset past which the media does not fit')
+  t.equal(checkReadOffset(100, 512, 1 << 20, 2 << 20), 'read offset 100 is not a multiple of the 512-byte sector size', 'rowr checks first')
+  t.equal(checkReadOffset(1 << 20, 512, 1 << 20, 2 << 20), null)
+
+  control.directReads(unit, provider, 1 << 20)
+  const direct = Buffer.alloc(4096)
+  t.equal(await submit(unit, BioCmd.READ, 8192, direct), 0, 'a READ is answered without START')
+  t.same(direct, content.subarray((1 << 20) + 8192, (1 << 20) + 8192 + 4096), 'from the read provider at the read offset')
+
+  // The read provider shrinks under the provider: the direct read comes up short and goes to the daemon.
+  t.equal((await run('truncate', ['-s', '1M', backing])).code, 0)
+  t.equal((await run('losetup', ['-c', disk])).code, 0)
+  const io = new GGateIo(control, unit, Buffer.alloc(64 * 1024))
+  const fallback = Buffer.alloc(4096)
+  const read = submit(unit, BioCmd.READ, 0, fallback)
+  t.same(io.start(), { kind: 'bio', cmd: BioCmd.READ, offset: 0, length: 4096 }, 'the failed direct read is queued for the daemon')
+  io.data.fill(0x5d, 0, 4096)
+  t.equal(io.done(0), true)
+  t.equal(await read, 0)
+  t.same(fallback, Buffer.alloc(4096, 0x5d), 'and answered by it')
 })

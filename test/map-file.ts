@@ -3,9 +3,9 @@
 // damaged metadata at every slot of a map.
 import t from 'tap'
 import { Engine } from '../lib/engine/engine.js'
-import { SectorMap } from '../lib/engine/sector-map.js'
+import { SectorStates } from '../lib/engine/sector-states.js'
 import { MapFile, pageBits } from '../lib/persist/map-file.js'
-import { FORMAT_VERSION, PAGE_SECTORS, SLOT_BYTES, mapBytes } from '../lib/persist/map-format.js'
+import { FORMAT_VERSION, PAGE_SECTORS, SLOT_BYTES, decodeHeader, encodeHeader, mapBytes, mapBytesBeforeHydration } from '../lib/persist/map-format.js'
 import { RwIdentity } from '../lib/persist/rw-binding.js'
 import { MemoryAttributes, MemoryDevice } from './fixtures/memory-device.js'
 
@@ -36,7 +36,7 @@ const devices = (): Devices => ({
 const identity = (d: Devices): RwIdentity => new RwIdentity(d.rw, SIZE, d.attributes)
 
 const open = (d: Devices, o: { force?: boolean; store?: MemoryDevice } = {}) => {
-  const map = new SectorMap(SECTORS)
+  const map = new SectorStates(SECTORS)
   return MapFile.open({ store: o.store ?? d.store, base: 0, describe: 'map /map', ro: d.ro, rw: d.rw, identity: identity(d), size: SIZE, sectorSize: SECTOR, map, force: o.force ?? false }).then(
     opened => ({ ...opened, map, engine: new Engine({ ro: d.ro, rw: d.rw, size: SIZE, sectorSize: SECTOR, map, journal: opened.file }) }),
   )
@@ -90,18 +90,68 @@ t.test('a new map resumes with every flushed write, and says so', async t => {
 })
 
 t.test('pages round-trip through their bitmap', async t => {
-  const map = new SectorMap(SECTORS)
+  const map = new SectorStates(SECTORS)
   const runs = [[0, 1], [7, 9], [31, 40], [PAGE_SECTORS - 1, 2], [PAGE_SECTORS + 8, 64], [SECTORS - 5, 5]] as const
-  for (const [s, n] of runs) map.setRange(s, n)
-  const back = new SectorMap(SECTORS)
+  const copies = [[100, 50], [PAGE_SECTORS + 500, 3000], [SECTORS - 20, 10]] as const
+  for (const [s, n] of copies) map.markCopied(s, n)
+  for (const [s, n] of runs) map.markWritten(s, n)
+  const back = new SectorStates(SECTORS)
   const d = devices()
   // Through a real open: write the pages, then resume into `back`.
   const opened = await MapFile.open({ store: d.store, base: 0, describe: 'm', ro: d.ro, rw: d.rw, identity: identity(d), size: SIZE, sectorSize: SECTOR, map, force: false })
   for (const [s, n] of runs) opened.file.marked(s, n)
+  for (const [s, n] of copies) opened.file.copied(s, n)
   await opened.file.commit(async () => undefined)
   await MapFile.open({ store: d.store, base: 0, describe: 'm', ro: d.ro, rw: d.rw, identity: identity(d), size: SIZE, sectorSize: SECTOR, map: back, force: false })
-  for (let p = 0; p < 3; p++) t.same(pageBits(back, p), pageBits(map, p), `page ${p}`)
+  for (let p = 0; p < 3; p++) {
+    t.same(pageBits(back.written, p), pageBits(map.written, p), `written page ${p}`)
+    t.same(pageBits(back.onRw, p), pageBits(map.onRw, p), `on-RW page ${p}`)
+  }
   t.equal(back.writtenSectors, map.writtenSectors)
+  t.equal(back.copiedSectors, map.copiedSectors)
+  t.equal(back.copiedSectors, 50 + 3000 + 10, 'copied and not written since')
+})
+
+t.test('a format 2 map: its bits are written; upgraded to format 3 where its store has room, kept at 2 where not', async t => {
+  const d = await populated(true)
+  // Made format 2: the header says so, the second set of pages is gone.
+  const image = Buffer.alloc(d.store.size)
+  await d.store.read(image, 0, image.length, 0)
+  for (const slot of [0, 1]) {
+    const decoded = decodeHeader(image.subarray(slot * SLOT_BYTES, (slot + 1) * SLOT_BYTES))
+    if (!decoded.ok) throw new Error('no header')
+    encodeHeader({ ...decoded.header, version: 2 }).copy(image, slot * SLOT_BYTES)
+  }
+  const v2Bytes = mapBytesBeforeHydration(SIZE, SECTOR)
+  image.fill(0, v2Bytes)
+  const written = WRITES.reduce((n, [, c]) => n + c, 0)
+
+  const tight = new MemoryDevice('/map', v2Bytes)
+  tight.apply(image.subarray(0, v2Bytes), 0)
+  const kept = await open(d, { store: tight })
+  t.equal(kept.map.writtenSectors, written, 'every bit is a written sector')
+  t.equal(kept.map.copiedSectors, 0)
+  t.equal(kept.file.recordsCopies, false, 'no room for copies: it cannot hydrate')
+  const tightHeader = Buffer.alloc(SLOT_BYTES)
+  await tight.read(tightHeader, 0, SLOT_BYTES, 0)
+  t.equal(tightHeader.readUInt32LE(8), 2, 'and stays format 2')
+
+  // Garbage where the second set goes: the upgrade zeroes it first.
+  image.fill(0x5a, v2Bytes)
+  const roomy = new MemoryDevice('/map', image.length)
+  roomy.apply(image, 0)
+  const upgraded = await open(d, { store: roomy })
+  t.equal(upgraded.map.writtenSectors, written)
+  t.equal(upgraded.file.recordsCopies, true)
+  await upgraded.engine.copyFromRo(SIZE - 8 * SECTOR, 8 * SECTOR, Buffer.alloc(8 * SECTOR))
+  await upgraded.engine.flush()
+  await upgraded.file.closeClean()
+  const again = await open(d, { store: roomy })
+  t.equal(again.map.writtenSectors, written)
+  t.equal(again.map.copiedSectors, 8, 'copies kept in format 3')
+  const header = Buffer.alloc(SLOT_BYTES)
+  await roomy.read(header, 0, SLOT_BYTES, 0)
+  t.equal(header.readUInt32LE(8), FORMAT_VERSION)
 })
 
 t.test('refusals name the map, the problem and the way out', async t => {
@@ -153,7 +203,7 @@ t.test('refusals name the map, the problem and the way out', async t => {
   }
 
   const geometry = await populated(true)
-  const map = new SectorMap(SECTORS - 8)
+  const map = new SectorStates(SECTORS - 8)
   await t.rejects(
     MapFile.open({ store: geometry.store, base: 0, describe: 'map /map', ro: geometry.ro, rw: geometry.rw, identity: identity(geometry), size: SIZE - 8 * SECTOR, sectorSize: SECTOR, map, force: true }),
     { code: 'EMAPGEOMETRY', message: /describes a \d+-byte device of 512-byte sectors, not this \d+-byte device/ },
@@ -230,7 +280,7 @@ t.test('the floor: a page lost in both copies after a header write is damage, no
 
 t.test('a RW without extended attributes carries the ID in its tail, or says it cannot be checked', async t => {
   const openWith = (d: Devices, rw: MemoryDevice) =>
-    MapFile.open({ store: d.store, base: 0, describe: 'map /map', ro: d.ro, rw, identity: new RwIdentity(rw, SIZE, null), size: SIZE, sectorSize: SECTOR, map: new SectorMap(SECTORS), force: false })
+    MapFile.open({ store: d.store, base: 0, describe: 'map /map', ro: d.ro, rw, identity: new RwIdentity(rw, SIZE, null), size: SIZE, sectorSize: SECTOR, map: new SectorStates(SECTORS), force: false })
   const d = devices()
   const tail = Math.ceil(SIZE / SLOT_BYTES) * SLOT_BYTES
   const roomy = new MemoryDevice('/rw', tail + SLOT_BYTES)

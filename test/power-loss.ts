@@ -9,7 +9,7 @@
 // engine's read paths.
 import t, { type Test } from 'tap'
 import { Engine, type MapJournal } from '../lib/engine/engine.js'
-import { SectorMap } from '../lib/engine/sector-map.js'
+import { SectorStates } from '../lib/engine/sector-states.js'
 import { MapFile } from '../lib/persist/map-file.js'
 import { PAGE_SECTORS, mapBytes } from '../lib/persist/map-format.js'
 import { RwIdentity } from '../lib/persist/rw-binding.js'
@@ -52,6 +52,8 @@ const identify = (s: number, b: Buffer): string => {
 
 type Op =
   | { kind: 'write' | 'zero'; id: number; first: number; count: number; fua: boolean; issued: number; acked: number }
+  /** Hydration's copy of sectors still on RO: it changes what RW holds, never what the device shows. */
+  | { kind: 'copy'; id: number; first: number; count: number; issued: number; acked: number }
   | { kind: 'flush'; id: number; issued: number; acked: number }
 
 const random = (seed: number) => () => {
@@ -74,7 +76,12 @@ const runWorkload = async (engine: Engine, log: LogEntry[], rand: () => number, 
     }
     const first = Math.min(SECTORS - 64, near[Math.floor(rand() * near.length)]! + Math.floor(rand() * 60))
     const count = 1 + Math.floor(rand() * 64)
-    const kind = r < 0.3 ? 'zero' : 'write'
+    if (r < 0.3) {
+      const op: Op = { kind: 'copy', id: opId, first, count, issued: log.length, acked: -1 }
+      ops.push(op)
+      return engine.copyFromRo(first * SECTOR, count * SECTOR, Buffer.alloc(count * SECTOR)).then(() => void (op.acked = log.length))
+    }
+    const kind = r < 0.4 ? 'zero' : 'write'
     const fua = rand() < 0.15
     const op: Op = { kind, id: opId, first, count, fua, issued: log.length, acked: -1 }
     ops.push(op)
@@ -113,9 +120,9 @@ const acceptable = (ops: Op[], cut: number, s: number): Set<string> => {
   const flushes = ops.filter(o => o.kind === 'flush' && o.acked >= 0 && o.acked <= cut)
   const lastFlushIssued = flushes.length ? Math.max(...flushes.map(f => f.issued)) : -1
   const touching = ops.filter(
-    (o): o is Extract<Op, { first: number }> => o.kind !== 'flush' && o.issued < cut && s >= o.first && s < o.first + o.count,
+    (o): o is Extract<Op, { fua: boolean }> => (o.kind === 'write' || o.kind === 'zero') && o.issued < cut && s >= o.first && s < o.first + o.count,
   )
-  const value = (o: Extract<Op, { first: number }>): string => (o.kind === 'zero' ? 'zero' : `w${o.id}`)
+  const value = (o: Extract<Op, { fua: boolean }>): string => (o.kind === 'zero' ? 'zero' : `w${o.id}`)
   const durable = touching.filter(o => o.acked >= 0 && (o.acked <= lastFlushIssued || (o.fua && o.acked <= cut)))
   const last = durable.at(-1)
   const ok = new Set<string>([last ? value(last) : 'ro'])
@@ -140,7 +147,7 @@ const powerLoss = async (seed: number, opCount: number, journalOf: (f: MapFile) 
   const ro = new MemoryDevice('ro', SIZE, { fill: (piece, into) => fillRo(piece, into) })
   const rw = new MemoryDevice('rw', SIZE, { log })
   const store = new MemoryDevice('map', mapBytes(SIZE, SECTOR), { log })
-  const map = new SectorMap(SECTORS)
+  const map = new SectorStates(SECTORS)
   // RW's device ID is stamped when the map is made, before anything is logged: every rebuilt RW carries it.
   const attributes = new MemoryAttributes()
   const opened = await MapFile.open({ store, base: 0, describe: 'map', ro, rw, identity: new RwIdentity(rw, SIZE, attributes), size: SIZE, sectorSize: SECTOR, map, force: false })
@@ -161,7 +168,7 @@ const powerLoss = async (seed: number, opCount: number, journalOf: (f: MapFile) 
       cuts++
       const rw2 = rebuild(log, cut, 'rw', SIZE, tear)
       const store2 = rebuild(log, cut, 'map', store.size, tear)
-      const map2 = new SectorMap(SECTORS)
+      const map2 = new SectorStates(SECTORS)
       try {
         await MapFile.open({ store: store2, base: 0, describe: 'map', ro, rw: rw2, identity: new RwIdentity(rw2, SIZE, attributes), size: SIZE, sectorSize: SECTOR, map: map2, force: false })
       } catch (e) {
@@ -197,6 +204,8 @@ t.test('the replay catches a map that reaches the disk before the data it descri
   // The same workload with the journal told that RW is synced when it is not.
   const { violations } = await powerLoss(1, 60, f => ({
     marked: (a, b) => f.marked(a, b),
+    copied: (a, b) => f.copied(a, b),
+    recordsCopies: true,
     commit: () => f.commit(async () => undefined),
     clear: () => f.clear(),
     startCommit: () => f.startCommit(),

@@ -16,8 +16,8 @@ import { alive, cliRunDir, makeImage, requires, run, waitUntil } from './fixture
 const SIZE = 8 << 20
 const SECTOR = 512
 const NEEDS = { tools: ['qemu-io'] }
-/** The map of an 8 MiB device of 512-byte sectors: two header slots and two slots of one page. */
-const MAP_BYTES = 4 * 4096
+/** The map of an 8 MiB device of 512-byte sectors: two header slots and two slots each of one written page and one on-RW page. */
+const MAP_BYTES = 6 * 4096
 
 const setup = (t: Test) => {
   const { dir, runDir, g, create } = cliRunDir(t)
@@ -299,13 +299,14 @@ t.test('a format 1 map opens with its old check and a warning, and is bound to i
     opened.stderr,
     new RegExp(
       `warning: map ${v1} is in map format 1, which checks RW only by sampled data and only after a clean shutdown; ` +
-        `it is now format 2, bound to its RW by device ID ${DEVICE_ID}, and geom-rowr versions that read only format 1 can no longer open it`,
+        `it is now format 3, bound to its RW by device ID ${DEVICE_ID}, and geom-rowr versions that read only format 1 can no longer open it`,
     ),
   )
   t.ok((await s.shows('f1')).equals(s.expected([2048 * SECTOR, 128 * SECTOR, 0x77])), 'every write the format 1 map recorded reads back')
   t.equal((await s.g('destroy', 'f1')).code, 0)
   const headers = fs.readFileSync(v1).subarray(0, 8192)
-  t.same([headers.readUInt32LE(8), headers.readUInt32LE(4096 + 8)], [2, 2], 'the map is format 2 now')
+  t.same([headers.readUInt32LE(8), headers.readUInt32LE(4096 + 8)], [3, 3], 'the map is format 3 now')
+  t.equal(fs.statSync(v1).size, MAP_BYTES, 'its file grew by the pages of sectors on RW')
   const other = makeImage(path.join(s.dir, 'other.img'), SIZE, 'zero')
   const bound = await s.g('create', '--no-attach', '--map', v1, 'f2', s.ro, other)
   t.equal(bound.code, 1, 'and refuses another RW')

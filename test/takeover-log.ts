@@ -10,6 +10,8 @@ import { TakeoverLog, readTakeoverLog, removeTakeoverLog } from '../lib/persist/
 /** A journal that does nothing but what `over` says. */
 const quietJournal = (over: Partial<MapJournal> = {}): MapJournal => ({
   marked: () => undefined,
+  copied: () => undefined,
+  recordsCopies: true,
   commit: async () => undefined,
   clear: async () => undefined,
   startCommit: async () => undefined,

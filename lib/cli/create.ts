@@ -5,11 +5,12 @@ import { startDetached } from '../daemon/detached.js'
 import { runDevice } from '../daemon/run-device.js'
 import { clearStale } from '../daemon/stale.js'
 import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
+import { NO_RO } from '../devices/absent-ro.js'
 import { RowrError } from '../errors.js'
 import { platform } from '../../native-bindings/platform.js'
-import { announce, mapOptions, stderrLog, warn, type MapArgs } from './foreground.js'
+import { announce, hydrationOptions, mapOptions, stderrLog, warn, type HydrationArgs, type MapArgs } from './foreground.js'
 
-export interface CreateArgs extends MapArgs {
+export interface CreateArgs extends MapArgs, HydrationArgs {
   readonly name: string
   readonly ro: string
   readonly rw: string
@@ -35,11 +36,12 @@ export const create = async (a: CreateArgs): Promise<void> => {
   await clearStale(a.name, warn)
   const options = {
     name: a.name,
-    ro: resolveDevicePath(a.ro),
+    ro: a.ro === NO_RO ? NO_RO : resolveDevicePath(a.ro),
     rw: resolveRwPath(a.rw),
     sectorSize: a['sector-size'],
     attach: a.attach,
     ...mapOptions(a),
+    ...hydrationOptions(a),
   }
   if (a.verbose) {
     await runDevice({ ...options, log: stderrLog(a.name, true) }, d => {

@@ -1,6 +1,7 @@
 // What create and serve share: their messages on the terminal and their map options.
 import path from 'node:path'
 import { describeAutoRw } from '../devices/auto-rw.js'
+import type { HydrationSettings } from '../daemon/device-hydration.js'
 
 type Log = (message: string) => void
 
@@ -37,4 +38,18 @@ export const mapOptions = (a: MapArgs): { map?: string; mapOnRw: boolean; force:
   mapOnRw: a['map-on-rw'],
   force: a.force,
   discardMap: a['discard-map'],
+})
+
+/** The hydration options of create and serve, checked by the command line. */
+export interface HydrationArgs {
+  readonly hydrate: boolean
+  /** Bytes per second, 0: no limit. */
+  readonly 'hydrate-rate': number
+  /** Percent. */
+  readonly 'hydrate-share': number
+  readonly 'copy-on-read': boolean
+}
+
+export const hydrationOptions = (a: HydrationArgs): { hydration: HydrationSettings } => ({
+  hydration: { start: a.hydrate, rate: a['hydrate-rate'], share: a['hydrate-share'] / 100, copyOnRead: a['copy-on-read'] },
 })

@@ -6,8 +6,9 @@ import { isRowrError } from '../errors.js'
 import { runningStatus } from './running-device.js'
 import { warn } from './foreground.js'
 import { human } from '../units.js'
+import { clock } from './progress.js'
 import { healthLine, type IoErrorCounts } from '../engine/io-errors.js'
-import type { DeviceStatus, JobProgress } from '../daemon/control-protocol.js'
+import type { DeviceStatus, HydrationReport, JobProgress } from '../daemon/control-protocol.js'
 
 interface StatusArgs {
   readonly name?: string
@@ -67,6 +68,20 @@ export const list = async ({ json }: { json: boolean }): Promise<void> => {
 
 const jobLine = (j: JobProgress): string => `${j.name}, ${human(j.done)} of ${human(j.total)}${j.step ? `, ${j.step}` : ''}`
 
+/** The status line of a device's hydration: state, share done, bytes, rate, ETA, settings. */
+export const hydrationLine = (h: HydrationReport['hydration'], mediasize: number): string => {
+  const done = mediasize - h.remainingBytes
+  const percent = mediasize > 0 ? ((100 * done) / mediasize).toFixed(1) : '100.0'
+  const rate = h.state === 'running' && h.rateBytesPerSecond > 0 ? `, ${human(h.rateBytesPerSecond)}/s, ETA ${clock(h.remainingBytes / h.rateBytesPerSecond)}` : ''
+  const settings = [
+    h.rateLimit > 0 ? `rate limit ${human(h.rateLimit)}/s` : 'no rate limit',
+    `at least ${Math.round(h.share * 100)}% under client load`,
+    `copy-on-read ${h.copyOnRead ? 'on' : 'off'}`,
+  ]
+  const error = h.error ? ` (${h.error})` : ''
+  return `${h.state}${error}, ${percent}% on RW (${human(h.copiedBytes)} copied, ${human(h.remainingBytes)} still on RO)${rate}; ${settings.join(', ')}`
+}
+
 /** A daemon started by an older geom-rowr does not count errors. */
 const stateLine = (s: DeviceStatus): string => {
   const errors: IoErrorCounts | undefined = s.errors
@@ -87,13 +102,14 @@ const describe = (s: DeviceStatus): string => {
     ['state', stateLine(s)],
     ['device', s.device ?? '(none: NBD only)'],
     ['nbd', s.nbd],
-    ['ro', `${s.ro} (opened read-only)`],
+    ['ro', `${s.ro} (${s.roHeld === false ? 'released: hydrated' : 'opened read-only'})`],
     ['rw', s.rwAuto ? `${describeAutoRw(s.rw, mediasize, s.map !== null)}, made by geom-rowr` : s.rw],
     ...(s.rwAllocated === undefined ? [] : [['rw allocated', `${s.rwAllocated} (${human(s.rwAllocated)}) on RW itself`] as [string, string]]),
     ['map', mapLine(s)],
     ['mediasize', `${mediasize} (${human(mediasize)})`],
     ['sectorsize', String(s.sectorsize)],
     ['written', `${written} (${human(written)}, ${((100 * written) / mediasize).toFixed(2)}%) in ${st.writtenSectors} sectors`],
+    ...(s.hydration ? [['hydration', hydrationLine(s.hydration, mediasize)] as [string, string]] : []),
     ['reads', `${st.reads}: ${st.readBytesFromRo} bytes from RO, ${st.readBytesFromRw} bytes from RW`],
     ['writes', `${st.writes}: ${st.writeBytes} bytes, ${st.partialSectorWrites} with partial sectors`],
     ['inline writes', `${st.inlineWrites} RW writes on the event loop, ${st.writeStalls} of them stalled it`],

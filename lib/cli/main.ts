@@ -11,6 +11,9 @@ import { list, status } from './list.js'
 import { commit, diff, exportCommand, revert, type CommitArgs, type ExportArgs, type TargetArgs } from './lifecycle.js'
 import { serve } from './serve.js'
 import { reset } from './reset.js'
+import { hydrate } from './hydrate.js'
+import { DEFAULT_SHARE } from '../engine/hydration.js'
+import { parseBytes } from '../units.js'
 
 const EXIT_FAILURE = 1
 const EXIT_USAGE = 2
@@ -28,7 +31,7 @@ const mapOptions = {
   'map-on-rw': {
     type: 'boolean',
     default: false,
-    describe: "keep the sector map in RW's tail (RW must be larger than RO by about 1/2000 of RO's size)",
+    describe: "keep the sector map in RW's tail (RW must be larger than RO by about 1/1000 of RO's size)",
   },
   force: {
     type: 'boolean',
@@ -41,6 +44,45 @@ const mapOptions = {
     describe: "start over: a new, empty map in place of what the map holds (damaged or not), and RW taken as empty, even if it holds another map's changes; those changes are lost",
   },
 } as const
+
+/** A rate in bytes per second, from the word the user typed: N with an optional K, M, G or T. */
+const parseRate = (option: string, value: string): number => {
+  const rate = parseBytes(value)
+  if (rate === null) throw new UsageError(`${option} ${value} is not a rate: give bytes per second as N, NK, NM or NG (0: no limit)`)
+  return rate
+}
+
+/** A share of the time, in percent, from the word the user typed. */
+const checkShare = (option: string, value: number): void => {
+  if (!(value > 0 && value <= 100)) throw new UsageError(`${option} ${value} is not a share: give a percentage above 0, at most 100`)
+}
+
+const hydrationOptions = {
+  hydrate: { type: 'boolean', default: false, describe: 'copy RO to RW in the background; once every sector is on RW, RO is released' },
+  'hydrate-rate': { type: 'string', default: '0', describe: 'limit hydration to this many bytes per second (N[KMG]; 0: no limit)' },
+  'hydrate-share': {
+    type: 'number',
+    default: DEFAULT_SHARE * 100,
+    describe: 'the share of the time hydration keeps while clients are busy, in percent (it yields to them, but never below this)',
+  },
+  'copy-on-read': { type: 'boolean', default: false, describe: 'a read of RO data also copies it to RW' },
+} as const
+
+const checkHydration = (argv: { ro?: string; rw?: string; map?: string; 'hydrate-rate'?: string; 'hydrate-share'?: number }): true => {
+  if (argv.ro === 'none' && argv.map === undefined) {
+    throw new UsageError('RO none (a fully hydrated device resumed without its RO) needs the device\'s map file: --map FILE')
+  }
+  if (argv.ro === 'none' && argv.rw === 'auto') throw new UsageError('RO none needs the device\'s RW, which holds all of it: not auto')
+  parseRate('--hydrate-rate', argv['hydrate-rate'] ?? '0')
+  checkShare('--hydrate-share', argv['hydrate-share'] ?? DEFAULT_SHARE * 100)
+  return true
+}
+
+/** The command line's hydration words as the verbs take them. */
+const withRate = <T extends { 'hydrate-rate'?: string }>(argv: T): T & { 'hydrate-rate': number } => ({
+  ...argv,
+  'hydrate-rate': parseRate('--hydrate-rate', argv['hydrate-rate'] ?? '0'),
+})
 
 const checkMap = (argv: { map?: string; 'map-on-rw'?: boolean; force?: boolean; 'discard-map'?: boolean }): true => {
   if (argv.map !== undefined && argv['map-on-rw']) throw new UsageError('--map and --map-on-rw exclude each other: choose where the map lives')
@@ -128,7 +170,7 @@ const checkCommon = (argv: { name?: string; 'sector-size'?: number }): true => {
   return true
 }
 
-const COMMANDS = 'create, serve, destroy, list, status, reset, diff, revert, commit or export'
+const COMMANDS = 'create, serve, destroy, list, status, reset, hydrate, diff, revert, commit or export'
 
 const build = (args: string[]): Argv => {
   /**
@@ -147,7 +189,11 @@ const build = (args: string[]): Argv => {
       y =>
         y
           .positional('name', { type: 'string', demandOption: true, describe: 'device name, e.g. rowr0' })
-          .positional('ro', { type: 'string', demandOption: true, describe: 'read-only device or image (never written)' })
+          .positional('ro', {
+            type: 'string',
+            demandOption: true,
+            describe: "read-only device or image (never written); 'none' for a fully hydrated device's map (with --map)",
+          })
           .positional('rw', {
             type: 'string',
             demandOption: true,
@@ -161,6 +207,7 @@ const build = (args: string[]): Argv => {
             describe: 'attach a kernel block device (--no-attach: serve NBD only and print its URI)',
           })
           .options(mapOptions)
+          .options(hydrationOptions)
           .option('systemd-mark', {
             type: 'boolean',
             default: false,
@@ -171,9 +218,9 @@ const build = (args: string[]): Argv => {
             if (argv['systemd-mark'] && argv.verbose) {
               throw new UsageError("--systemd-mark marks the background daemon; with -v, start geom-rowr with an argv[0] that begins with '@' (exec -a @geom-rowr ...)")
             }
-            return checkMap(argv) && checkCommon(argv)
+            return checkMap(argv) && checkHydration(argv) && checkCommon(argv)
           }),
-      argv => create(argv as unknown as CreateArgs),
+      argv => create(withRate(argv) as unknown as CreateArgs),
     )
     .command(
       'serve <ro> <rw>',
@@ -189,15 +236,17 @@ const build = (args: string[]): Argv => {
           .option('sector-size', sectorSizeOption)
           .option('verbose', { alias: 'v', type: 'boolean', default: false, describe: 'log connections and errors' })
           .options(mapOptions)
+          .options(hydrationOptions)
           .conflicts('socket', 'port')
           .middleware(strictly('serve', y), true)
           .check(argv => {
             checkMap(argv)
+            checkHydration(argv)
             if (argv.port !== undefined) parsePort(argv.port)
             return checkCommon(argv)
           }),
       argv =>
-        serve({ ...argv, port: argv.port === undefined ? undefined : parsePort(argv.port) } as unknown as Parameters<typeof serve>[0]),
+        serve({ ...withRate(argv), port: argv.port === undefined ? undefined : parsePort(argv.port) } as unknown as Parameters<typeof serve>[0]),
     )
     .command(
       'destroy <names..>',
@@ -241,6 +290,35 @@ const build = (args: string[]): Argv => {
           .middleware(strictly('reset', y), true)
           .check(argv => checkCommon(argv)),
       argv => reset(argv as unknown as Parameters<typeof reset>[0]),
+    )
+    .command(
+      'hydrate <name>',
+      'copy RO to RW in the background (start or resume it, unless --pause), then release RO; --rate, --share and --copy-on-read change its settings',
+      y =>
+        y
+          .positional('name', { type: 'string', demandOption: true })
+          .option('rate', { type: 'string', describe: 'limit the copy to this many bytes per second (N[KMG]; 0: no limit)' })
+          .option('share', { type: 'number', describe: 'the share of the time the copy keeps while clients are busy, in percent' })
+          .option('pause', { type: 'boolean', default: false, describe: 'pause the copy (its progress is kept)' })
+          .option('resume', { type: 'boolean', default: false, describe: 'start or resume the copy, retrying after a failure (what hydrate does without --pause)' })
+          .option('copy-on-read', { type: 'string', choices: ['on', 'off'], describe: 'whether a read of RO data also copies it to RW' })
+          .option('wait', { type: 'boolean', default: false, describe: 'wait until it is done (or fails or is paused), with a progress bar on a terminal' })
+          .middleware(strictly('hydrate', y), true)
+          .check(argv => {
+            if (argv.pause && (argv.resume || argv.wait)) throw new UsageError(`--pause excludes ${argv.resume ? '--resume' : '--wait'}: pause, or resume (and wait), not both`)
+            if (argv.rate !== undefined) parseRate('--rate', argv.rate)
+            if (argv.share !== undefined) checkShare('--share', argv.share)
+            return checkCommon(argv)
+          }),
+      argv =>
+        hydrate({
+          name: argv.name,
+          action: argv.pause ? 'pause' : 'start',
+          ...(argv.rate !== undefined ? { rate: parseRate('--rate', argv.rate) } : {}),
+          ...(argv.share !== undefined ? { share: argv.share / 100 } : {}),
+          ...(argv['copy-on-read'] !== undefined ? { copyOnRead: argv['copy-on-read'] === 'on' } : {}),
+          wait: argv.wait,
+        }),
     )
     .command(
       'diff [name]',

@@ -3,11 +3,12 @@ import path from 'node:path'
 import { liveness } from '../daemon/run-state.js'
 import { clearStale } from '../daemon/stale.js'
 import { resolveDevicePath, resolveRwPath } from '../devices/device-path.js'
+import { NO_RO } from '../devices/absent-ro.js'
 import type { Listen } from '../nbd/server.js'
 import { runDevice } from '../daemon/run-device.js'
-import { announce, mapOptions, stderrLog, warn, type MapArgs } from './foreground.js'
+import { announce, hydrationOptions, mapOptions, stderrLog, warn, type HydrationArgs, type MapArgs } from './foreground.js'
 
-interface ServeArgs extends MapArgs {
+interface ServeArgs extends MapArgs, HydrationArgs {
   readonly ro: string
   readonly rw: string
   readonly name?: string
@@ -37,11 +38,12 @@ export const serve = async (a: ServeArgs): Promise<void> => {
   await runDevice(
     {
       name,
-      ro: resolveDevicePath(a.ro),
+      ro: a.ro === NO_RO ? NO_RO : resolveDevicePath(a.ro),
       rw: resolveRwPath(a.rw),
       sectorSize: a['sector-size'],
       attach: false,
       ...mapOptions(a),
+      ...hydrationOptions(a),
       listen,
       log: stderrLog(name, a.verbose),
     },

@@ -3,9 +3,12 @@
 // the map found or made (or RW checked to hold no map's changes), and the
 // engine over them. Every step adds its undo to the caller's teardown, so a
 // failed start takes back what it made and a stop releases all of it.
-import { openDevicePair, type DevicePair } from '../devices/device-pair.js'
+import { NO_RO } from '../devices/absent-ro.js'
+import { BlockDevice } from '../devices/block-device.js'
+import { openDevicePair, openWithoutRo, type DevicePair } from '../devices/device-pair.js'
 import { Engine, type MapJournal } from '../engine/engine.js'
-import { SectorMap } from '../engine/sector-map.js'
+import { SectorStates } from '../engine/sector-states.js'
+import { RowrError } from '../errors.js'
 import { MapFile } from '../persist/map-file.js'
 import { mapOnRw, openMapFile } from '../persist/map-store.js'
 import { describeIds, rwIdentity, takeUnbound } from '../persist/rw-binding.js'
@@ -13,7 +16,7 @@ import { DeviceClaims, type Claimant } from './claims.js'
 import type { Teardown } from './teardown.js'
 
 interface AssemblyOptions {
-  /** Absolute paths. */
+  /** Absolute paths; RO may be NO_RO (none) for a fully hydrated map. */
   readonly ro: string
   readonly rw: string
   readonly sectorSize?: number
@@ -32,7 +35,7 @@ interface AssemblyOptions {
    * caller puts something in front of it (the takeover log of a kernel
    * device that outlives its daemon).
    */
-  readonly journal?: (mapFile: MapFile, map: SectorMap) => MapJournal
+  readonly journal?: (mapFile: MapFile, map: SectorStates) => MapJournal
 }
 
 interface Assembly {
@@ -52,23 +55,44 @@ interface Assembly {
   started(): void
 }
 
+/** The device's geometry without RO: only the map file can say it (a map in RW's tail sits past RO's size). */
+const geometryForNoRo = async (map: AssemblyOptions['map']): Promise<{ deviceSize: number; sectorSize: number }> => {
+  if (map === null || map === 'rw') {
+    throw new RowrError(
+      'ENEEDRO',
+      `RO none needs the device's map file (--map FILE): only a fully hydrated map lets a device run without RO${map === 'rw' ? ", and one in RW's tail cannot be found without RO's size" : ''}`,
+    )
+  }
+  const store = BlockDevice.open(map.file, { writable: false })
+  try {
+    const geometry = await MapFile.geometryOf(store, 0)
+    if (!geometry) throw new RowrError('ENOTMAP', `map ${map.file} holds no map: RO none needs the map of a fully hydrated device`)
+    return geometry
+  } finally {
+    store.close()
+  }
+}
+
 export const assemble = async (o: AssemblyOptions, teardown: Teardown): Promise<Assembly> => {
   let started = false
-  const pair = openDevicePair(o.ro, o.rw, { sectorSize: o.sectorSize, rwMadeToFit: o.rwMadeToFit })
+  const roAbsent = o.ro === NO_RO
+  const pair = roAbsent
+    ? openWithoutRo(o.rw, await geometryForNoRo(o.map))
+    : openDevicePair(o.ro, o.rw, { sectorSize: o.sectorSize, rwMadeToFit: o.rwMadeToFit })
   teardown.add('devices', () => {
     pair.ro.close()
     pair.rw.close()
   })
   const claims = DeviceClaims.claim(
     [
-      { role: 'ro', path: o.ro, identity: pair.ro.identity },
+      ...(pair.ro instanceof BlockDevice ? [{ role: 'ro' as const, path: o.ro, identity: pair.ro.identity }] : []),
       { role: 'rw', path: o.rw, identity: pair.rw.identity },
     ],
     o.claimant,
   )
   teardown.add('claims', () => claims.release())
   const warnings = [...pair.warnings]
-  const map = new SectorMap(pair.mediaSize / pair.sectorSize)
+  const map = new SectorStates(pair.mediaSize / pair.sectorSize)
   const identity = rwIdentity(pair.rw, pair.mediaSize, { mapInTail: o.map === 'rw' })
   let mapFile: MapFile | undefined
   let resumed: string | null = null
@@ -95,6 +119,7 @@ export const assemble = async (o: AssemblyOptions, teardown: Teardown): Promise<
       force: o.force,
       discard: o.discardMap,
       existing: o.existingMap,
+      roAbsent,
     })
     if (!opened.resumed) made = opened.file
     warnings.push(...opened.warnings)

@@ -255,6 +255,14 @@ export class DeviceClaims {
     return this.#held.find(h => h.key === key)?.target.role
   }
 
+  /** Lets RO go (hydration is done): its descriptor closes and the registry no longer names it. */
+  releaseRo(): void {
+    const i = this.#held.findIndex(h => h.target.role === 'ro')
+    if (i < 0) return
+    fs.closeSync(this.#held.splice(i, 1)[0]!.fd)
+    withRegistryLock(() => this.#record(), { create: this.#name !== undefined })
+  }
+
   /** Releases every claim. */
   release(): void {
     for (const h of this.#held.splice(0)) fs.closeSync(h.fd)

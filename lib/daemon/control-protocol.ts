@@ -3,6 +3,7 @@
 // daemon checks a request's shape once, where it reads it (isControlRequest);
 // the CLI takes the answers of its own daemon as typed.
 import type { EngineStats, WrittenRange } from '../engine/engine.js'
+import type { HydrationStatus } from '../engine/hydration.js'
 import type { Health, IoErrorCounts } from '../engine/io-errors.js'
 import type { GGateStats } from '../ggate/front-end.js'
 import type { CommitPlan, CommitSummary, ExportSummary, RevertSummary } from '../lifecycle/jobs.js'
@@ -21,6 +22,25 @@ export type ControlRequest =
   | { readonly cmd: 'reset' }
   /** Stops the running job at its next safe point. */
   | { readonly cmd: 'cancel' }
+  | HydrateRequest
+
+/** Starts (or resumes) or pauses hydration, and changes its settings (lib/daemon/device-hydration.ts). */
+export interface HydrateRequest {
+  readonly cmd: 'hydrate'
+  readonly action: 'start' | 'pause'
+  /** Bytes per second; 0: no limit. */
+  readonly rate?: number
+  /** Above 0, at most 1. */
+  readonly share?: number
+  readonly copyOnRead?: boolean
+}
+
+/** A device's hydration as status and the hydrate command show it. */
+export interface HydrationReport {
+  readonly hydration: HydrationStatus & { readonly copyOnRead: boolean }
+  /** False once RO is released. */
+  readonly roHeld: boolean
+}
 
 type ControlCommand = ControlRequest['cmd']
 
@@ -48,6 +68,9 @@ export interface DeviceStatus extends Omit<DeviceState, 'attachment' | 'phase'> 
   /** Only with a persistent map: its device ID. */
   readonly mapUuid?: string
   readonly job?: JobProgress
+  /** Absent from the status of a daemon older than hydration. */
+  readonly hydration?: HydrationReport['hydration']
+  readonly roHeld?: boolean
 }
 
 /** The answer to each command, for the daemon that gives it. */
@@ -60,6 +83,7 @@ interface ControlAnswers {
   readonly export: ExportSummary
   readonly reset: { readonly cleared: IoErrorCounts }
   readonly cancel: { readonly cancelled: string | null }
+  readonly hydrate: HydrationReport
 }
 
 /** The answer to one request, as its sender knows it: a dry-run commit answers with a plan. */
@@ -98,6 +122,16 @@ export const dispatch = async (handlers: ControlHandlers, request: ControlReques
 
 const isBoolean = (v: object, key: string): boolean => key in v && typeof (v as Record<string, unknown>)[key] === 'boolean'
 
+const isHydrateRequest = (v: object): boolean => {
+  const r = v as Partial<Record<keyof HydrateRequest, unknown>>
+  return (
+    (r.action === 'start' || r.action === 'pause') &&
+    (r.rate === undefined || (Number.isSafeInteger(r.rate) && (r.rate as number) >= 0)) &&
+    (r.share === undefined || (typeof r.share === 'number' && r.share > 0 && r.share <= 1)) &&
+    (r.copyOnRead === undefined || typeof r.copyOnRead === 'boolean')
+  )
+}
+
 /** Whether a message read from the socket is a request this daemon understands. */
 export const isControlRequest = (v: unknown): v is ControlRequest => {
   if (typeof v !== 'object' || v === null || !('cmd' in v)) return false
@@ -112,6 +146,8 @@ export const isControlRequest = (v: unknown): v is ControlRequest => {
     case 'destroy':
     case 'revert':
       return isBoolean(v, 'force')
+    case 'hydrate':
+      return isHydrateRequest(v)
     case 'export':
       return 'file' in v && typeof v.file === 'string' && v.file.startsWith('/') && 'toDevice' in v && typeof v.toDevice === 'boolean'
     default:

@@ -9,7 +9,7 @@ import { TakeoverLog, readTakeoverLog } from '../persist/takeover-log.js'
 import { makeAutoRw, removeAutoRw } from '../devices/auto-rw.js'
 import { GGateFrontEnd } from '../ggate/front-end.js'
 import { providerOpenBy } from '../ggate/provider.js'
-import type { SectorMap } from '../engine/sector-map.js'
+import type { SectorStates } from '../engine/sector-states.js'
 import type { MapFile } from '../persist/map-file.js'
 import { commit, exportImage, planCommit, revert, type JobContext } from '../lifecycle/jobs.js'
 import { mapOnRwBytes } from '../persist/map-store.js'
@@ -27,6 +27,9 @@ import { assemble } from './assembly.js'
 import { claimName, type Waiting } from './stale.js'
 import { release, statePaths, writeState, type DeviceState } from './run-state.js'
 import { Teardown } from './teardown.js'
+import { DeviceHydration, type HydrationSettings } from './device-hydration.js'
+import { DEFAULT_SHARE } from '../engine/hydration.js'
+import { resizeHint } from '../devices/device-pair.js'
 
 export interface DaemonOptions {
   readonly name: string
@@ -48,6 +51,8 @@ export interface DaemonOptions {
   readonly discardMap?: boolean
   /** Where NBD listens; a Unix socket in the run directory by default. */
   readonly listen?: Listen
+  /** Hydration and copy-on-read; neither by default. */
+  readonly hydration?: HydrationSettings
   readonly log: (message: string) => void
 }
 
@@ -75,6 +80,11 @@ const autoRwSize = (o: DaemonOptions): number => {
   }
 }
 
+/**
+ * The geometry of a device whose RO is given as none: its map's. Only a map
+ * file can say it (a map in RW's tail starts where the device's size puts
+ * it), and only a fully hydrated map is resumed so (MapFile.open).
+ */
 /** What status needs to show the device's health, and reset to clear it. */
 interface Health {
   readonly rw: BlockDevice
@@ -95,6 +105,7 @@ export class RowrDaemon {
   readonly #mapFile: MapFile | undefined
   readonly #log: (message: string) => void
   readonly #health: Health
+  readonly #hydration: DeviceHydration
   #job: RunningJob | undefined
   #stopping: Promise<void> | undefined
   #markDone!: () => void
@@ -112,6 +123,7 @@ export class RowrDaemon {
     mapFile: MapFile | undefined,
     log: (message: string) => void,
     health: Health,
+    hydration: DeviceHydration,
   ) {
     this.state = state
     this.warnings = warnings
@@ -123,6 +135,7 @@ export class RowrDaemon {
     this.#mapFile = mapFile
     this.#log = log
     this.#health = health
+    this.#hydration = hydration
   }
 
   static async start(o: DaemonOptions): Promise<RowrDaemon> {
@@ -176,11 +189,11 @@ export class RowrDaemon {
       // logged for a successor, and a successor takes a dead daemon's log
       // over first.
       let recovered = 0
-      const takeoverLog = (mapFile: MapFile, map: SectorMap): TakeoverLog => {
+      const takeoverLog = (mapFile: MapFile, map: SectorStates): TakeoverLog => {
         if (waiting) {
           for (const [first, count] of readTakeoverLog(paths.dir)) {
             if (first + count > map.sectors) continue
-            if (map.setRange(first, count) > 0) mapFile.marked(first, count)
+            if (map.markWritten(first, count) > 0) mapFile.marked(first, count)
             recovered += count
           }
           o.log(`marked again ${recovered} sectors that daemon pid ${waiting.pid} wrote after its last flush`)
@@ -250,6 +263,31 @@ export class RowrDaemon {
         attachment = a
         teardown.add('kernel block device', ({ force }) => detach(a, { force }))
       }
+      /** With RO gone, a GEOM Gate provider over a RW that is a provider itself reads it in the kernel. */
+      const directReads = (): void => {
+        try {
+          const to = provider?.enableDirectReads(pair.rw)
+          if (to) o.log(`direct reads: the kernel reads ${o.name} from ${to} itself (G_GATE_CMD_MODIFY)`)
+        } catch (e) {
+          o.log(`warning: direct reads not enabled, reads still go through the daemon: ${(e as Error).message}`)
+        }
+      }
+      const needed = mapOnRwBytes(pair.mediaSize, pair.sectorSize)
+      const hydration = new DeviceHydration(engine, o.hydration ?? { start: false, rate: 0, share: DEFAULT_SHARE, copyOnRead: false }, {
+        name: o.name,
+        cannotCopy: engine.canCopy
+          ? null
+          : `its map in ${pair.rw.path}'s tail is format 2, and RW has no room for the pages format 3 adds (${needed} bytes in all): ${resizeHint(pair.rw.path, needed)}`,
+        roReleased: () => {
+          pair.ro.close()
+          claims.releaseRo()
+          directReads()
+        },
+        log: o.log,
+      })
+      // Added after the engine's flush, so that it runs before it: the copy ends first; started once the
+      // front end is up, which a copy that finds every sector on RW already tells to read RW directly.
+      teardown.add('hydration', () => hydration.stop())
       const state: DeviceState = {
         ...base,
         phase: 'ready',
@@ -260,7 +298,7 @@ export class RowrDaemon {
         attachment,
       }
       writeState(state)
-      daemon = new RowrDaemon(state, warnings, claims, engine, server, teardown, provider, mapFile, o.log, { rw: pair.rw, errorLog })
+      daemon = new RowrDaemon(state, warnings, claims, engine, server, teardown, provider, mapFile, o.log, { rw: pair.rw, errorLog }, hydration)
       assembly.started()
       started = true
       o.log(`${o.name} ready: ${state.device ?? state.nbd}`)
@@ -280,6 +318,7 @@ export class RowrDaemon {
       errors: this.#engine.errors.counts(),
       rwAllocated: allocatedBytes(this.#health.rw),
       writtenBytes: stats.writtenBytes,
+      ...this.#hydration.status(),
       connections: this.#server.connections,
       stats,
       ...(this.#provider ? { ggate: this.#provider.stats() } : {}),
@@ -393,10 +432,12 @@ export class RowrDaemon {
     },
     diff: async () => ({ ranges: this.#engine.writtenRanges() }),
     revert: async ({ force }) => {
+      this.#engine.requireRo('revert')
       if (!force) await this.#checkNotOpen('revert -f (its users then see RO\'s data under their feet)')
       return this.#runJob('revert', revert)
     },
     commit: async ({ force, dryRun }) => {
+      this.#engine.requireRo('commit')
       if (!force) await this.#checkNotOpen('commit -f (it then commits what the file system has written so far, which may be half an update)')
       return dryRun ? this.#runJob('commit --dry-run', planCommit) : this.#runJob('commit', commit)
     },
@@ -413,5 +454,6 @@ export class RowrDaemon {
       this.#job?.abort.abort()
       return { cancelled: this.#job?.name ?? null }
     },
+    hydrate: request => this.#hydration.control(request),
   }
 }

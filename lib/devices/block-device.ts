@@ -40,7 +40,19 @@ export interface BlockIo {
    * reads afterwards is unspecified: zero() says when it is zeros.
    */
   release(position: number, length: number): Promise<boolean>
+  /**
+   * Whether `position` lies in data or in a hole (SEEK_DATA / SEEK_HOLE of
+   * a sparse file), and where that extent ends; absent where the device
+   * cannot tell (then everything is data).
+   */
+  extentAt?(position: number): Extent
   counters(): DeviceCounters
+}
+
+export interface Extent {
+  readonly data: boolean
+  /** The first byte past the extent (at most the device's size). */
+  readonly end: number
 }
 
 type DeviceKind = 'file' | 'disk'
@@ -54,6 +66,7 @@ export interface DeviceIdentity {
 
 const EAGAIN = constants.errno.EAGAIN
 const EOPNOTSUPP = constants.errno.EOPNOTSUPP
+const ENXIO = constants.errno.ENXIO
 
 /** md(4): a BIO_DELETE frees whole pages and zeroes partial ones (md.c), so the range reads as zeros. */
 const MD_DEVICE = /^\/dev\/md\d+$/
@@ -295,6 +308,19 @@ export class BlockDevice implements BlockIo {
       position += n
       length -= n
     }
+  }
+
+  /** A regular file's data and holes (lseek SEEK_DATA / SEEK_HOLE); a disk is all data. */
+  extentAt(position: number): Extent {
+    if (this.identity.kind !== 'file') return { data: true, end: this.size }
+    const data = libc().seek(this.fd, position, 'data')
+    if (data < 0) {
+      // ENXIO: no data from here to the end; anything else: take it as data.
+      return libc().errno() === ENXIO ? { data: false, end: this.size } : { data: true, end: this.size }
+    }
+    if (data > position) return { data: false, end: Math.min(data, this.size) }
+    const hole = libc().seek(this.fd, position, 'hole')
+    return { data: true, end: hole > position ? Math.min(hole, this.size) : this.size }
   }
 
   counters(): DeviceCounters {

@@ -3,13 +3,15 @@
 // refusal both devices are closed again.
 import { RowrError } from '../errors.js'
 import { mdBytes } from './auto-rw.js'
+import { AbsentRo } from './absent-ro.js'
 import { BlockDevice } from './block-device.js'
 
 const MIN_SECTOR_SIZE = 512
 const MAX_SECTOR_SIZE = 65536
 
 export interface DevicePair {
-  readonly ro: BlockDevice
+  /** AbsentRo: RO given as none (openWithoutRo). */
+  readonly ro: BlockDevice | AbsentRo
   readonly rw: BlockDevice
   /** The combined device's size: RO's size. */
   readonly mediaSize: number
@@ -55,7 +57,7 @@ export const resizeHint = (rw: string, bytes: number): string => {
   return `truncate -s ${bytes} ${rw}`
 }
 
-export const openDevicePair = (roPath: string, rwPath: string, options: OpenPairOptions = {}): DevicePair => {
+export const openDevicePair = (roPath: string, rwPath: string, options: OpenPairOptions = {}): DevicePair & { readonly ro: BlockDevice } => {
   if (options.sectorSize !== undefined) checkSectorSize(options.sectorSize)
   const ro = BlockDevice.open(roPath, { writable: false })
   let rw: BlockDevice | undefined
@@ -69,6 +71,23 @@ export const openDevicePair = (roPath: string, rwPath: string, options: OpenPair
   }
 }
 
+/**
+ * RW alone, for a device whose map says every sector is on RW (RO given as
+ * none): its size and sector size are the map's, which MapFile.open then
+ * holds to being fully hydrated.
+ */
+export const openWithoutRo = (rwPath: string, geometry: { readonly deviceSize: number; readonly sectorSize: number }): DevicePair => {
+  const rw = BlockDevice.open(rwPath, { writable: true })
+  if (rw.size < geometry.deviceSize || geometry.sectorSize % rw.sectorSize !== 0) {
+    rw.close()
+    throw new RowrError(
+      'EMEDIASIZE',
+      `${rwPath} (${rw.size} bytes, ${rw.sectorSize}-byte sectors) cannot hold the ${geometry.deviceSize}-byte device of ${geometry.sectorSize}-byte sectors its map describes: give the RW this map was made with`,
+    )
+  }
+  return { ro: new AbsentRo(geometry.deviceSize), rw, mediaSize: geometry.deviceSize, sectorSize: geometry.sectorSize, warnings: [] }
+}
+
 const sameDevice = (ro: BlockDevice, rw: BlockDevice): boolean => {
   const a = ro.identity
   const b = rw.identity
@@ -76,7 +95,7 @@ const sameDevice = (ro: BlockDevice, rw: BlockDevice): boolean => {
   return a.kind === 'file' ? a.dev === b.dev && a.ino === b.ino : a.rdev === b.rdev
 }
 
-const checkPair = (ro: BlockDevice, rw: BlockDevice, options: OpenPairOptions): DevicePair => {
+const checkPair = (ro: BlockDevice, rw: BlockDevice, options: OpenPairOptions): DevicePair & { readonly ro: BlockDevice } => {
   if (sameDevice(ro, rw)) {
     throw new RowrError(
       'ESAMEDEV',

@@ -16,6 +16,13 @@
 // range therefore reads back as zeros, never as RO's old data, and RO is
 // untouched.
 //
+// Hydration (hydration.ts) copies RO's sectors to RW through copyFromRo:
+// a copy enters the in-flight list like a read, so a client write to its
+// range waits for it, and one that came first is seen by it; the map then
+// marks copied only what is still on RO. A copied sector reads the same from
+// either device and is not a change (sector-states.ts). Once every sector is
+// on RW, releaseRo lets RO go.
+//
 // Revert and commit change what the whole device shows, so they hold it
 // alone (exclusive) and empty the map through the journal before RW's data
 // goes: a crash part-way leaves a device that reads as RO, or one a second
@@ -23,8 +30,10 @@
 import assert from 'node:assert/strict'
 import type { BlockIo } from '../devices/block-device.js'
 import { InFlightList, type InFlight } from './in-flight.js'
+import { RowrError } from '../errors.js'
 import { DeviceIoError, IoErrors, type IoOp } from './io-errors.js'
-import { SectorMap } from './sector-map.js'
+import type { SectorMap } from './sector-map.js'
+import { SectorStates } from './sector-states.js'
 
 /**
  * Keeps the map durable (lib/persist/map-file.ts); without one the map lives
@@ -33,6 +42,10 @@ import { SectorMap } from './sector-map.js'
 export interface MapJournal {
   /** Sectors just marked written, after their data reached RW. */
   marked(start: number, count: number): void
+  /** Sectors just marked copied from RO, after their data reached RW. */
+  copied(start: number, count: number): void
+  /** Whether copied sectors can be kept (a map of format 3). */
+  readonly recordsCopies: boolean
   /** Makes the map durable as it stands, RW's data first (by calling syncRw). */
   commit(syncRw: () => Promise<void>): Promise<void>
   /** Empties the map durably, in one step (revert). */
@@ -50,7 +63,7 @@ interface EngineOptions {
   readonly size: number
   readonly sectorSize: number
   /** A map to resume from (filled by a MapFile); a new empty one by default. */
-  readonly map?: SectorMap
+  readonly map?: SectorStates
   readonly journal?: MapJournal
 }
 
@@ -74,9 +87,13 @@ export interface EngineStats {
   /** RW writes run on the event loop, and those that stalled it (see inline-writes.ts). */
   inlineWrites: number
   writeStalls: number
-  /** Sectors now served from RW, and their bytes. */
+  /** Sectors written by clients, and their bytes. */
   writtenSectors: number
   writtenBytes: number
+  /** Bytes copied from RO to RW and not written since (hydration, copy-on-read). */
+  copiedBytes: number
+  /** Copies made when a read found RO data, with copy-on-read on. */
+  copiesOnRead: number
   /** Memory used by the sector map, bytes. */
   mapBytes: number
 }
@@ -120,12 +137,29 @@ const CACHE_CHUNK = 1 << 20
 /** Bytes copied per step of commit. */
 const COMMIT_CHUNK = 1 << 20
 
+/** RO once released: nothing may read it. */
+const RELEASED: BlockIo = {
+  path: '(released)',
+  size: Number.MAX_SAFE_INTEGER,
+  read: () => Promise.reject(new Error('RO was released')),
+  readNow: () => false,
+  write: () => Promise.reject(new Error('RO was released')),
+  datasync: () => Promise.reject(new Error('RO was released')),
+  zero: () => Promise.reject(new Error('RO was released')),
+  release: () => Promise.resolve(false),
+  counters: () => ({ inlineWrites: 0, writeStalls: 0 }),
+}
+
 export class Engine {
   readonly size: number
   readonly sectorSize: number
-  readonly #ro: BlockIo
+  #ro: BlockIo
   readonly #rw: BlockIo
+  readonly #states: SectorStates
+  /** The sectors on RW (#states.onRw): what reads ask. */
   readonly #map: SectorMap
+  /** Copy what a read finds on RO to RW (--copy-on-read). */
+  copyOnRead = false
   readonly #inFlight = new InFlightList()
   /** I/O errors of RO and RW, until reset(): the device's health. */
   readonly errors = new IoErrors()
@@ -146,6 +180,7 @@ export class Engine {
       zeroBytes: 0,
       flushes: 0,
       caches: 0,
+      copiesOnRead: 0,
     }
   }
 
@@ -161,7 +196,8 @@ export class Engine {
     this.#rw = rw
     this.size = size
     this.sectorSize = sectorSize
-    this.#map = map ?? new SectorMap(size / sectorSize)
+    this.#states = map ?? new SectorStates(size / sectorSize)
+    this.#map = this.#states.onRw
     assert(this.#map.sectors === size / sectorSize, 'the map is for a device of another size')
     this.#journal = journal
   }
@@ -216,6 +252,7 @@ export class Engine {
     this.#stats.readBytesFromRo += fromRo
     this.#stats.readBytesFromRw += fromRw
     if (runs > 1) this.#stats.splitReads++
+    if (fromRo !== 0 && this.copyOnRead) this.#copyOnReadLater(offset, end)
     return true
   }
 
@@ -224,7 +261,10 @@ export class Engine {
     const request = await this.#enter(offset, offset + buf.length, false)
     try {
       this.#stats.reads++
-      await this.#readRuns(buf, 0, buf.length, offset)
+      const fromRo = this.#stats.readBytesFromRo
+      const read = this.#readRuns(buf, 0, buf.length, offset)
+      if (this.copyOnRead && this.#stats.readBytesFromRo !== fromRo) this.#copyOnReadLater(offset, offset + buf.length)
+      await read
     } catch (e) {
       throw this.#readFailed(offset, e)
     } finally {
@@ -313,16 +353,23 @@ export class Engine {
     }
   }
 
-  /** The written ranges, in order: what diff shows and commit copies. */
+  /** The ranges clients wrote, in order: what diff shows and commit copies. */
   writtenRanges(): WrittenRange[] {
     const { sectorSize } = this
-    return Array.from(this.#map.writtenRuns(), ([first, count]) => ({ offset: first * sectorSize, length: count * sectorSize }))
+    return Array.from(this.#states.written.writtenRuns(), ([first, count]) => ({ offset: first * sectorSize, length: count * sectorSize }))
   }
 
-  /** Forgets every write: the device reads as RO again. */
+  /** Refuses a job that reads or writes RO once RO is released. */
+  requireRo(job: string): void {
+    if (this.roHeld) return
+    throw new RowrError('ERORELEASED', `${job} needs RO, which was released when the device was fully hydrated: RW alone holds the device now`)
+  }
+
+  /** Forgets every write (and every copy): the device reads as RO again. */
   revert(): Promise<Emptied> {
+    this.requireRo('revert')
     return this.#exclusive(async () => {
-      const bytes = this.#map.writtenSectors * this.sectorSize
+      const bytes = this.#states.writtenSectors * this.sectorSize
       return { bytes, released: await this.#empty(() => this.#journal?.clear()) }
     })
   }
@@ -336,6 +383,7 @@ export class Engine {
    */
   commitInto(ro: BlockIo, step: JobStep): Promise<Emptied> {
     assert(ro.size >= this.size, `${ro.path} is smaller than the ${this.size}-byte engine`)
+    this.requireRo('commit')
     return this.#exclusive(async () => {
       await this.flush()
       await this.#journal?.startCommit()
@@ -367,7 +415,7 @@ export class Engine {
   async #empty(clearJournal: () => Promise<void> | undefined): Promise<boolean> {
     await this.#durable.catch(() => undefined)
     await clearJournal()
-    this.#map.clear()
+    this.#states.clear()
     return this.#rw.release(0, this.size)
   }
 
@@ -375,7 +423,7 @@ export class Engine {
   #mark(start: number, end: number): void {
     const first = start / this.sectorSize
     const count = (end - start) / this.sectorSize
-    if (this.#map.setRange(first, count) > 0) this.#journal?.marked(first, count)
+    if (this.#states.markWritten(first, count) > 0) this.#journal?.marked(first, count)
   }
 
   #makeDurable(): Promise<void> {
@@ -406,6 +454,135 @@ export class Engine {
   #readFailed(offset: number, e: unknown): unknown {
     if (e instanceof DeviceIoError || e instanceof assert.AssertionError) return e
     return this.#failed(this.#map.isWritten(Math.floor(offset / this.sectorSize)) ? 'rw' : 'ro', 'read', offset, e)
+  }
+
+  /** False once RO is released (releaseRo): every sector is on RW. */
+  get roHeld(): boolean {
+    return this.#ro !== RELEASED
+  }
+
+  /** Whether copies from RO can be recorded: not in a map kept in a format without room for them. */
+  get canCopy(): boolean {
+    return this.#journal?.recordsCopies ?? true
+  }
+
+  /** Bytes still served from RO. */
+  get roBytes(): number {
+    return this.#states.roSectors * this.sectorSize
+  }
+
+  /** Client requests so far (reads, writes, zero-writes, flushes): how hydration sees the foreground. */
+  get clientRequests(): number {
+    const s = this.#stats
+    return s.reads + s.writes + s.zeroes + s.flushes
+  }
+
+  /**
+   * The first range of at most `max` bytes from `offset` (sector-aligned)
+   * that is still served from RO, or null when none is left after `offset`.
+   * A hint: the copy itself asks the map again.
+   */
+  nextOnRo(offset: number, max: number): WrittenRange | null {
+    for (let sector = offset / this.sectorSize; sector < this.#map.sectors; ) {
+      const n = this.#map.runLength(sector, this.#map.sectors)
+      if (!this.#map.isWritten(sector)) {
+        return { offset: sector * this.sectorSize, length: Math.min(n * this.sectorSize, max) }
+      }
+      sector += n
+    }
+    return null
+  }
+
+  /**
+   * Copies the sectors of [offset, offset+length) that are still on RO to
+   * RW (holes of a sparse RO as zeros on RW) and marks them copied; returns
+   * their bytes. `buf` holds at least `length` bytes. Entered like a read:
+   * a write that came first is done, and marked written, before the map is
+   * asked; one that comes later waits until the copy is marked.
+   */
+  async copyFromRo(offset: number, length: number, buf: Buffer): Promise<number> {
+    assert(offset % this.sectorSize === 0 && length % this.sectorSize === 0 && buf.length >= length)
+    this.#check(offset, length)
+    const request = await this.#enter(offset, offset + length, false)
+    try {
+      const runs: number[] = []
+      this.#forEachRun(offset, length, (onRw, pos, n) => {
+        if (!onRw) runs.push(pos, n)
+        return true
+      })
+      let copied = 0
+      for (let i = 0; i < runs.length; i += 2) {
+        await this.#copyRun(runs[i]!, runs[i + 1]!, buf.subarray(runs[i]! - offset))
+        copied += runs[i + 1]!
+      }
+      for (let i = 0; i < runs.length; i += 2) {
+        const first = runs[i]! / this.sectorSize
+        const count = runs[i + 1]! / this.sectorSize
+        if (this.#states.markCopied(first, count) > 0) this.#journal?.copied(first, count)
+      }
+      return copied
+    } finally {
+      this.#inFlight.leave(request)
+    }
+  }
+
+  /** Copies one run of RO to RW, extent by extent: RO's data read and written, RO's holes made zero on RW. */
+  async #copyRun(offset: number, length: number, buf: Buffer): Promise<void> {
+    const end = offset + length
+    for (let pos = offset; pos < end; ) {
+      const extent = this.#ro.extentAt?.(pos) ?? { data: true, end }
+      // A file's extents need not fall on sector boundaries: only whole sectors of hole become zeros.
+      const holeEnd = extent.data ? pos : Math.min(end, this.#alignDown(extent.end))
+      if (holeEnd > pos) {
+        try {
+          await this.#rw.zero(pos, holeEnd - pos)
+        } catch (e) {
+          throw this.#failed('rw', 'write', pos, e)
+        }
+        pos = holeEnd
+        continue
+      }
+      const n = Math.min(end, Math.max(this.#alignUp(extent.end), pos + this.sectorSize)) - pos
+      const at = pos - offset
+      try {
+        await this.#ro.read(buf, at, n, pos)
+      } catch (e) {
+        throw this.#failed('ro', 'read', pos, e)
+      }
+      try {
+        await this.#rw.write(buf, at, n, pos)
+      } catch (e) {
+        throw this.#failed('rw', 'write', pos, e)
+      }
+      pos += n
+    }
+  }
+
+  /** Copy-on-read: copies the sectors of a read that came from RO, in the background (a failure counts in the health). */
+  #copyOnReadLater(offset: number, end: number): void {
+    const start = this.#alignDown(offset)
+    const length = this.#alignUp(end) - start
+    this.#stats.copiesOnRead++
+    this.copyFromRo(start, length, Buffer.allocUnsafe(length)).catch(() => undefined)
+  }
+
+  /** Makes the copies done so far durable, with the map (hydration's progress). */
+  saveProgress(): Promise<void> {
+    return this.#makeDurable()
+  }
+
+  /**
+   * Lets RO go once every sector is on RW: waits for every request (a read
+   * of RO may still be running), then never touches RO again; the caller
+   * closes it. False, and RO kept, when a sector is back on RO by then (a
+   * revert that came first).
+   */
+  releaseRo(): Promise<boolean> {
+    return this.#exclusive(async () => {
+      if (!this.#states.hydrated) return false
+      this.#ro = RELEASED
+      return true
+    })
   }
 
   /** Pulls the range into the page cache of whichever device serves it. */
@@ -447,9 +624,10 @@ export class Engine {
       overlapWaits: outside.overlapWaits - this.#since.overlapWaits,
       inlineWrites: outside.inlineWrites - this.#since.inlineWrites,
       writeStalls: outside.writeStalls - this.#since.writeStalls,
-      writtenSectors: this.#map.writtenSectors,
-      writtenBytes: this.#map.writtenSectors * this.sectorSize,
-      mapBytes: this.#map.memoryBytes,
+      writtenSectors: this.#states.writtenSectors,
+      writtenBytes: this.#states.writtenSectors * this.sectorSize,
+      copiedBytes: this.#states.copiedSectors * this.sectorSize,
+      mapBytes: this.#states.memoryBytes,
     }
   }
 

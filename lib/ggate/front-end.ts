@@ -6,10 +6,11 @@ import { Worker } from 'node:worker_threads'
 import { BioCmd, FreeBsdErrno } from '../../native-bindings/ggate-abi.js'
 import { libc } from '../../native-bindings/libc.js'
 import { providerPath } from '../../native-bindings/platform.js'
-import { geomProviders } from '../devices/geom-users.js'
+import type { BlockDevice } from '../devices/block-device.js'
+import { geomProviders, providerName } from '../devices/geom-users.js'
 import type { Engine } from '../engine/engine.js'
 import { RowrError, ioFailure } from '../errors.js'
-import { type GGateControl, GGateError } from './ggctl.js'
+import { type GGateControl, GGateError, checkReadOffset } from './ggctl.js'
 import { openControl, providerBusy, type GGateAttachment } from './provider.js'
 import type { LoopMessage, StartLoopData } from './start-loop.js'
 
@@ -93,6 +94,8 @@ export interface GGateStats {
   readonly bufferGrows: number
   /** The most bios served at once: how many STARTs were outstanding to good effect. */
   readonly peakInFlight: number
+  /** The provider the kernel sends reads to directly (after hydration), or null. */
+  readonly readProvider: string | null
 }
 
 const NO_DATA = Buffer.alloc(0)
@@ -119,6 +122,7 @@ export class GGateFrontEnd {
   #inFlight = 0
   #peakInFlight = 0
   #destroyed = false
+  #readProvider: string | null = null
   readonly #onExit: (code: number) => void
   #fatal: unknown
   readonly #onFatal = (e: unknown): void => {
@@ -274,7 +278,32 @@ export class GGateFrontEnd {
   }
 
   stats(): GGateStats {
-    return { unit: this.unit, workers: this.#workers.size, bios: { ...this.#bios }, failed: this.#failed, bufferGrows: this.#bufferGrows, peakInFlight: this.#peakInFlight }
+    return {
+      unit: this.unit,
+      workers: this.#workers.size,
+      bios: { ...this.#bios },
+      failed: this.#failed,
+      bufferGrows: this.#bufferGrows,
+      peakInFlight: this.#peakInFlight,
+      readProvider: this.#readProvider,
+    }
+  }
+
+  /**
+   * Once every sector is on RW (hydrated, RO released), and RW is a GEOM
+   * provider (an md, a disk; never a file): reads stay in the kernel, sent
+   * to RW at offset 0 (MODIFY, as hastd's enable_direct_reads); one that
+   * fails there comes to the daemon as before (g_gate_done). Returns the
+   * read provider, or null when RW is not a provider.
+   */
+  enableDirectReads(rw: BlockDevice): string | null {
+    const provider = rw.identity.kind === 'disk' ? providerName(rw.path) : undefined
+    if (provider === undefined) return null
+    const wrong = checkReadOffset(0, this.#engine.sectorSize, this.#engine.size, rw.size)
+    if (wrong) throw new RowrError('EATTACH', `cannot send reads of ${this.attachment.name} to ${provider}: ${wrong}`)
+    this.#control.directReads(this.unit, provider, 0)
+    this.#readProvider = provider
+    return provider
   }
 
   /** Clears the counters (geom-rowr reset); bios in flight stay counted as in flight. */

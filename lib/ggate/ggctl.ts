@@ -9,6 +9,7 @@ import {
   G_GATE_INFOSIZE,
   G_GATE_NAME_MAX,
   G_GATE_VERSION,
+  GGateModify,
   GGateUnit,
   ggateAbi,
   type GGateStructName,
@@ -156,11 +157,38 @@ export class GGateControl {
     return s.i32('gctl_unit')
   }
 
+  /**
+   * MODIFY with READPROV and READOFFSET, as hastd's enable_direct_reads:
+   * the kernel sends the unit's reads straight to provider `readProvider`
+   * at `readOffset`, and one that fails to the daemon as before. The
+   * caller checks the offset (checkReadOffset): g_gate.c fails a bad one
+   * with GEOM's topology lock still held.
+   */
+  directReads(unit: number, readProvider: string, readOffset: number): void {
+    const s = new Struct('g_gate_ctl_modify')
+    s.setI32('gctl_unit', unit)
+    s.setU32('gctl_modify', GGateModify.READPROV | GGateModify.READOFFSET)
+    s.setString('gctl_readprov', readProvider, G_GATE_NAME_MAX)
+    s.setI64('gctl_readoffset', readOffset)
+    this.#ioctl('MODIFY', s, `G_GATE_CMD_MODIFY of unit ${unit} (read provider ${readProvider})`)
+  }
+
   close(): void {
     if (this.#closed) return
     this.#closed = true
     libc().close(this.fd)
   }
+}
+
+/**
+ * g_gate_modify's checks of a read offset, made before MODIFY: a multiple
+ * of the sector size, and the provider's whole media past it on the read
+ * provider. Null when they pass, else why not.
+ */
+export const checkReadOffset = (offset: number, sectorSize: number, mediaSize: number, readProviderSize: number): string | null => {
+  if (offset < 0 || offset % sectorSize !== 0) return `read offset ${offset} is not a multiple of the ${sectorSize}-byte sector size`
+  if (mediaSize + offset > readProviderSize) return `the read provider's ${readProviderSize} bytes do not hold ${mediaSize} bytes from offset ${offset}`
+  return null
 }
 
 /**

@@ -89,6 +89,7 @@ export interface CommitPlan {
  * (no other device may read it meanwhile); `work` runs with it.
  */
 const withRoForCommit = async <T>(ctx: JobContext, work: (ro: BlockDevice) => Promise<T>): Promise<T> => {
+  ctx.engine.requireRo('commit')
   const roWritable = openRoForCommit(ctx.ro)
   try {
     await checkNotInUse(roWritable)

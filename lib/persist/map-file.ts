@@ -15,10 +15,19 @@
 //
 // The map is bound to its RW by a device ID (rw-binding.ts), checked on
 // every resume.
+//
+// Format 3 keeps a second set of pages: the sectors on RW, written or copied
+// from RO by hydration. Written sectors are marked in the first set only
+// (a client write dirties one page, as before); copies in the second. Both
+// sets only gain bits between header writes, so each has its floor; on
+// resume a sector is on RW when either set says so, and written when the
+// first does.
+import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import type { BlockIo } from '../devices/block-device.js'
 import type { MapJournal } from '../engine/engine.js'
 import type { SectorMap } from '../engine/sector-map.js'
+import type { SectorStates } from '../engine/sector-states.js'
 import { RowrError } from '../errors.js'
 import { roFingerprint, rwFingerprint } from './fingerprint.js'
 import {
@@ -33,6 +42,7 @@ import {
   encodePage,
   headerSlotAt,
   mapBytes,
+  mapBytesBeforeHydration,
   pageCount,
   pageSlotAt,
   type DecodedHeader,
@@ -54,7 +64,7 @@ interface OpenMapOptions {
   readonly size: number
   readonly sectorSize: number
   /** Filled from the map's pages. */
-  readonly map: SectorMap
+  readonly map: SectorStates
   /** Accept a RO or RW the map does not know, which the user vouches for (never damage or a newer format). */
   readonly force: boolean
   /**
@@ -66,6 +76,11 @@ interface OpenMapOptions {
   readonly fresh?: boolean
   /** Refuse a store that holds no map, rather than make one (the commands on a stopped device). */
   readonly existing?: boolean
+  /**
+   * RO was given as none: RO's fingerprint is not checked (the header keeps
+   * the one it has), and the map must say every sector is on RW.
+   */
+  readonly roAbsent?: boolean
 }
 
 interface OpenedMap {
@@ -134,6 +149,9 @@ const unboundWarning = (o: OpenMapOptions): string =>
 
 const isRoot = (): boolean => process.getuid?.() === 0
 
+/** The format a map of format 1 or 2 is rewritten in: 3 where its store has room for the pages of sectors on RW. */
+const upgradedFormat = (o: OpenMapOptions): number => (o.store.size - o.base >= mapBytes(o.size, o.sectorSize) ? FORMAT_VERSION : 2)
+
 /**
  * Whether RW is the map's own: the device ID it carries (format 2), or
  * format 1's fingerprint of sampled data, valid after a clean shutdown
@@ -150,12 +168,12 @@ const checkBinding = async (
     const clean = (header.flags & HeaderFlag.CLEAN) !== 0
     const foreign = (await o.identity.find()).filter(f => f.id !== header.uuid)
     const problems = foreign.length ? [`${rw} is the RW of another map, device ID ${describeIds(o.identity, foreign)}`] : []
-    if (problems.length === 0 && fingerprintAlso && clean && !(await rwFingerprint(o.rw, o.map, o.sectorSize)).equals(header.rwHash)) {
+    if (problems.length === 0 && fingerprintAlso && clean && !(await rwFingerprint(o.rw, o.map.written, o.sectorSize)).equals(header.rwHash)) {
       problems.push(`${rw} does not hold the data the map describes`)
     }
     const warning =
       `${o.describe} is in map format 1, which checks RW only by sampled data and only after a clean shutdown` +
-      `${clean ? '' : ' (this one was not shut down cleanly: RW was not checked)'}; it is now format ${FORMAT_VERSION}, ` +
+      `${clean ? '' : ' (this one was not shut down cleanly: RW was not checked)'}; it is now format ${upgradedFormat(o)}, ` +
       `bound to its RW by device ID ${header.uuid}, and geom-rowr versions that read only format 1 can no longer open it`
     return { problems, warnings: [warning], stamp: true }
   }
@@ -194,17 +212,17 @@ const setBits = (bits: Buffer, from: number, count: number): void => {
   for (; i < end; i++) bits[i >>> 3]! |= 1 << (i & 7)
 }
 
-/** Marks a page's set bits in the live map. */
-const loadBits = (map: SectorMap, index: number, bits: Buffer): void => {
+/** Marks a page's set bits in the live map, by `mark`. */
+const loadBits = (sectors: number, index: number, bits: Buffer, mark: (start: number, count: number) => void): void => {
   const first = index * PAGE_SECTORS
-  const limit = Math.min(PAGE_SECTORS, map.sectors - first)
+  const limit = Math.min(PAGE_SECTORS, sectors - first)
   let runStart = -1
   for (let i = 0; i < limit; ) {
     const byte = bits[i >>> 3]!
     if ((i & 7) === 0 && (byte === 0 || byte === 0xff) && i + 8 <= limit) {
       if (byte === 0xff && runStart < 0) runStart = i
       if (byte === 0 && runStart >= 0) {
-        map.setRange(first + runStart, i - runStart)
+        mark(first + runStart, i - runStart)
         runStart = -1
       }
       i += 8
@@ -213,23 +231,26 @@ const loadBits = (map: SectorMap, index: number, bits: Buffer): void => {
     const set = (byte >>> (i & 7)) & 1
     if (set && runStart < 0) runStart = i
     if (!set && runStart >= 0) {
-      map.setRange(first + runStart, i - runStart)
+      mark(first + runStart, i - runStart)
       runStart = -1
     }
     i++
   }
-  if (runStart >= 0) map.setRange(first + runStart, limit - runStart)
+  if (runStart >= 0) mark(first + runStart, limit - runStart)
 }
 
 export class MapFile implements MapJournal {
   readonly describe: string
   readonly #store: BlockIo
   readonly #base: number
-  readonly #map: SectorMap
+  readonly #map: SectorStates
   readonly #identity: RwIdentity
+  /** Pages per set; page key k < #perSet is written page k, k >= #perSet on-RW page k - #perSet. */
+  readonly #perSet: number
   #header: MapHeader
   /** A header slot that holds the newest good copy. */
   #headerSlot: 0 | 1
+  /** By page key. */
   readonly #pages = new Map<number, PageState>()
   readonly #dirty = new Set<number>()
   #running: Promise<void> = Promise.resolve()
@@ -241,6 +262,7 @@ export class MapFile implements MapJournal {
     this.#base = o.base
     this.#map = o.map
     this.#identity = o.identity
+    this.#perSet = pageCount(o.size, o.sectorSize)
     this.#header = header
     this.#headerSlot = headerSlot
   }
@@ -248,6 +270,15 @@ export class MapFile implements MapJournal {
   /** The device ID, which RW carries. */
   get uuid(): string {
     return this.#header.uuid
+  }
+
+  /**
+   * Whether the map keeps copied sectors (format 3): a format 2 map whose
+   * store had no room for the second set of pages (RW too small for it,
+   * with --map-on-rw) stays format 2 and cannot hydrate.
+   */
+  get recordsCopies(): boolean {
+    return this.#header.version >= 3
   }
 
   /** Whether a commit into RO was interrupted (re-run it). */
@@ -260,7 +291,13 @@ export class MapFile implements MapJournal {
    * good header: commands on a stopped device open it with that size.
    */
   static async sectorSizeOf(store: BlockIo, base: number): Promise<number | null> {
-    return newestHeader(await readHeaders(store, base))?.header.sectorSize ?? null
+    return (await MapFile.geometryOf(store, base))?.sectorSize ?? null
+  }
+
+  /** The device size and sector size a map at `base` describes, or null when there is no good header. */
+  static async geometryOf(store: BlockIo, base: number): Promise<{ deviceSize: number; sectorSize: number } | null> {
+    const header = newestHeader(await readHeaders(store, base))?.header
+    return header ? { deviceSize: header.deviceSize, sectorSize: header.sectorSize } : null
   }
 
   static async open(o: OpenMapOptions): Promise<OpenedMap> {
@@ -281,10 +318,10 @@ export class MapFile implements MapJournal {
             `(then restore the map and RW from copies made together); give a new or empty file, or the map this device was created with`,
         )
       }
-      if (!o.fresh && (await anyPageWritten(o.store, o.base, pageCount(o.size, o.sectorSize)))) {
+      if (!o.fresh && (await anyPageWritten(o.store, o.base, 2 * pageCount(o.size, o.sectorSize)))) {
         throw damaged(o, 'has map pages but no header: its header was destroyed')
       }
-      if (o.existing) throw new RowrError('ENOTMAP', `${o.describe} holds no map (it is empty): give the map this device was created with`)
+      if (o.existing || o.roAbsent) throw new RowrError('ENOTMAP', `${o.describe} holds no map (it is empty): give the map this device was created with`)
       await takeUnbound(o.identity, false)
       return MapFile.#create(o, 0n)
     }
@@ -315,11 +352,12 @@ export class MapFile implements MapJournal {
           `${o.size}-byte device of ${o.sectorSize}-byte sectors: it belongs to other devices`,
       )
     }
-    if (room < needed) throw damaged(o, `is truncated: it has ${room} of the ${needed} bytes of this map`)
+    const neededByFormat = header.version >= 3 ? needed : mapBytesBeforeHydration(o.size, o.sectorSize)
+    if (room < neededByFormat) throw damaged(o, `is truncated: it has ${room} of the ${neededByFormat} bytes of this map`)
     const file = new MapFile(o, header, slot)
     const problems: string[] = []
-    const roHash = await roFingerprint(o.ro, o.size, o.sectorSize)
-    if (!file.committing && (header.roSize !== o.ro.size || !roHash.equals(header.roHash))) {
+    const roHash = o.roAbsent ? header.roHash : await roFingerprint(o.ro, o.size, o.sectorSize)
+    if (!o.roAbsent && !file.committing && (header.roSize !== o.ro.size || !roHash.equals(header.roHash))) {
       problems.push(`RO ${o.ro.path} is not the device the map was made with (its size or sampled sectors differ)`)
     }
     if (header.rwSize !== o.rw.size) {
@@ -327,9 +365,20 @@ export class MapFile implements MapJournal {
     }
     const recovered = await file.#loadPages()
     const loaded = o.map.writtenSectors
-    if (loaded < header.writtenFloor) {
+    const loadedOnRw = o.map.onRw.writtenSectors
+    if (loaded < header.writtenFloor || loadedOnRw < header.onRwFloor) {
       o.map.clear()
-      throw damaged(o, `has lost pages: they hold ${loaded} written sectors, but held at least ${header.writtenFloor} when the map was last opened or closed`)
+      const [what, n, floor] = loaded < header.writtenFloor ? ['written', loaded, header.writtenFloor] : ['on-RW', loadedOnRw, header.onRwFloor]
+      throw damaged(o, `has lost pages: they hold ${n} ${what} sectors, but held at least ${floor} when the map was last opened or closed`)
+    }
+    if (o.roAbsent && !o.map.hydrated) {
+      const onRo = o.map.roSectors * o.sectorSize
+      o.map.clear()
+      throw new RowrError(
+        'ENEEDRO',
+        `${o.describe} is not fully hydrated: ${onRo} bytes of the device are still on RO, so RO cannot be none: ` +
+          'give the RO it was made with (and hydrate it: geom-rowr hydrate NAME --wait)',
+      )
     }
     const warnings: string[] = []
     const binding = await checkBinding(o, header, problems.length === 0)
@@ -355,15 +404,24 @@ export class MapFile implements MapJournal {
       kind = await o.identity.stamp(header.uuid)
       if (kind === 'none') warnings.push(unboundWarning(o))
     }
+    // A format 1 or 2 map gains the pages of sectors on RW where its store
+    // has room for them: zeroed first, as the store may hold anything there.
+    const upgrade = header.version < 3 && upgradedFormat(o) === FORMAT_VERSION
+    if (upgrade) {
+      await o.store.zero(o.base + pageSlotAt(file.#perSet, 0), needed - pageSlotAt(file.#perSet, 0))
+      await o.store.datasync()
+    }
     // From here on RW may change: the map is no longer known to match it.
     await file.#writeHeader({
       ...header,
+      version: header.version < 3 ? upgradedFormat(o) : header.version,
       flags: header.flags & ~HeaderFlag.CLEAN,
-      roSize: o.ro.size,
+      roSize: o.roAbsent ? header.roSize : o.ro.size,
       roHash: file.committing ? header.roHash : roHash,
       rwSize: o.rw.size,
       binding: kind,
       writtenFloor: loaded,
+      onRwFloor: loadedOnRw,
     })
     return { file, resumed: true, warnings }
   }
@@ -394,6 +452,7 @@ export class MapFile implements MapJournal {
       rwHash: Buffer.alloc(32),
       binding,
       writtenFloor: 0,
+      onRwFloor: 0,
     }
     const file = new MapFile(o, header, 0)
     await file.#writeHeader(header)
@@ -417,7 +476,7 @@ export class MapFile implements MapJournal {
 
   /** Reads every page's two slots; returns how many pages fell back to their older copy. */
   async #loadPages(): Promise<number> {
-    const count = pageCount(this.#header.deviceSize, this.#header.sectorSize)
+    const count = (this.recordsCopies ? 2 : 1) * this.#perSet
     let recovered = 0
     for await (const { first, n, bytes } of pageBatches(this.#store, this.#base, count)) {
       for (let i = 0; i < n; i++) {
@@ -438,7 +497,9 @@ export class MapFile implements MapJournal {
         if (good.length === 0) continue
         const { page, slot } = good[0]!
         this.#pages.set(index, { slot, generation: page.generation })
-        if (page.epoch === this.#header.epoch) loadBits(this.#map, index, page.bits)
+        if (page.epoch !== this.#header.epoch) continue
+        if (index < this.#perSet) loadBits(this.#map.sectors, index, page.bits, (s, n) => this.#map.markWritten(s, n))
+        else loadBits(this.#map.sectors, index - this.#perSet, page.bits, (s, n) => this.#map.markCopied(s, n))
       }
     }
     return recovered
@@ -452,7 +513,7 @@ export class MapFile implements MapJournal {
    * its floor, in the other.
    */
   async #writeHeader(header: MapHeader): Promise<void> {
-    const next = { ...header, version: FORMAT_VERSION, generation: header.generation + 1n }
+    const next = { ...header, generation: header.generation + 1n }
     const image = encodeHeader(next)
     for (const slot of [other(this.#headerSlot), this.#headerSlot]) {
       await this.#store.write(image, 0, SLOT_BYTES, this.#base + headerSlotAt(slot))
@@ -462,8 +523,23 @@ export class MapFile implements MapJournal {
   }
 
   marked(start: number, count: number): void {
+    this.#touch(0, start, count)
+  }
+
+  copied(start: number, count: number): void {
+    assert(this.recordsCopies, 'copies recorded in a map without pages for them')
+    this.#touch(this.#perSet, start, count)
+  }
+
+  /** Marks dirty the pages, of the set whose first key is `firstKey`, that hold sectors [start, start+count). */
+  #touch(firstKey: number, start: number, count: number): void {
     const last = Math.floor((start + count - 1) / PAGE_SECTORS)
-    for (let p = Math.floor(start / PAGE_SECTORS); p <= last; p++) this.#dirty.add(p)
+    for (let p = Math.floor(start / PAGE_SECTORS); p <= last; p++) this.#dirty.add(firstKey + p)
+  }
+
+  /** A page's bits, by its key. */
+  #pageBits(key: number): Buffer {
+    return key < this.#perSet ? pageBits(this.#map.written, key) : pageBits(this.#map.onRw, key - this.#perSet)
   }
 
   /**
@@ -487,7 +563,7 @@ export class MapFile implements MapJournal {
     // to a write that sync may not cover, so it waits for the next round.
     const indexes = [...this.#dirty]
     this.#dirty.clear()
-    const images = indexes.map(index => ({ index, bits: pageBits(this.#map, index) }))
+    const images = indexes.map(index => ({ index, bits: this.#pageBits(index) }))
     try {
       await syncRw()
       if (images.length === 0) return
@@ -524,6 +600,7 @@ export class MapFile implements MapJournal {
       flags: this.#header.flags & ~HeaderFlag.COMMITTING,
       ...(roHash ? { roHash } : {}),
       writtenFloor: 0,
+      onRwFloor: 0,
     })
   }
 
@@ -545,7 +622,7 @@ export class MapFile implements MapJournal {
   async closeClean(): Promise<void> {
     await this.#running.catch(() => undefined)
     if (this.#dirty.size > 0) return
-    await this.#writeHeader({ ...this.#header, flags: this.#header.flags | HeaderFlag.CLEAN, writtenFloor: this.#map.writtenSectors })
+    await this.#writeHeader({ ...this.#header, flags: this.#header.flags | HeaderFlag.CLEAN, writtenFloor: this.#map.writtenSectors, onRwFloor: this.#map.onRw.writtenSectors })
   }
 
   /**

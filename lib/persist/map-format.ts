@@ -1,6 +1,9 @@
 // The on-disk format of a persistent sector map (docs/map-format.md): two
 // header slots, then two slots per bitmap page. Every slot is 4096 bytes and
 // ends in a SHA-256 of the rest, so a torn or damaged slot is recognised.
+// Format 3 adds a second set of pages after the first: sectors on RW
+// (written by a client or copied from RO by hydration); the first set stays
+// the sectors written by a client.
 // Pages are written to the slot that does not hold their newest good copy,
 // headers to both slots in turn, so the newest good copy survives any
 // interrupted write. Also here: the stamp that binds RW to its map where
@@ -9,12 +12,14 @@ import { createHash } from 'node:crypto'
 
 export const SLOT_BYTES = 4096
 /**
- * 2: the map bound to its RW by a device ID, and a floor of written
- * sectors. 1 (no binding; RW's sampled fingerprint after a clean shutdown)
- * is still read, and upgraded on resume. A new format gets a case in
- * decodeHeader and keeps every older one readable.
+ * 3: pages of sectors on RW (copied from RO, or written) after the pages of
+ * written sectors, and a floor of sectors on RW. 2: the map bound to its RW
+ * by a device ID, and a floor of written sectors. 1 (no binding; RW's
+ * sampled fingerprint after a clean shutdown) and 2 are still read, and
+ * upgraded on resume. A new format gets a case in decodeHeader and keeps
+ * every older one readable.
  */
-export const FORMAT_VERSION = 2
+export const FORMAT_VERSION = 3
 const HEADER_MAGIC = 'GEOMROWR'
 const PAGE_MAGIC = 'GRWRPAGE'
 const STAMP_MAGIC = 'GRWRSTMP'
@@ -47,7 +52,7 @@ export type BindingKind = 'none' | 'attribute-system' | 'attribute-user' | 'tail
 const BINDINGS: readonly BindingKind[] = ['none', 'attribute-system', 'attribute-user', 'tail']
 
 export interface MapHeader {
-  /** The format the header was read in; headers are written in FORMAT_VERSION. */
+  /** The format the header was read in, or is to be written in. */
   readonly version: number
   /** The device ID: random, made with the map, and carried by RW as its binding says. */
   readonly uuid: string
@@ -71,6 +76,12 @@ export interface MapHeader {
    * fewer means pages were lost. 0 in format 1.
    */
   readonly writtenFloor: number
+  /**
+   * Sectors the map held on RW (written or copied), all durable, when this
+   * header was written: the same rule for the pages of sectors on RW. The
+   * written floor in formats 1 and 2.
+   */
+  readonly onRwFloor: number
 }
 
 interface MapPage {
@@ -90,6 +101,10 @@ export const pageCount = (deviceSize: number, sectorSize: number): number =>
 
 /** The bytes a map for this device occupies at most (it is sparse until written). */
 export const mapBytes = (deviceSize: number, sectorSize: number): number =>
+  pageSlotAt(2 * pageCount(deviceSize, sectorSize), 0)
+
+/** The bytes of a format 1 or 2 map, which has one set of pages. */
+export const mapBytesBeforeHydration = (deviceSize: number, sectorSize: number): number =>
   pageSlotAt(pageCount(deviceSize, sectorSize), 0)
 
 const checksum = (slot: Buffer): Buffer => createHash('sha256').update(slot.subarray(0, CHECKSUM_AT)).digest()
@@ -106,7 +121,7 @@ const uuidBytes = (uuid: string): Buffer => Buffer.from(uuid.replace(/-/g, ''), 
 export const encodeHeader = (h: MapHeader): Buffer => {
   const b = Buffer.alloc(SLOT_BYTES)
   b.write(HEADER_MAGIC, 0, 'latin1')
-  b.writeUInt32LE(FORMAT_VERSION, 8)
+  b.writeUInt32LE(h.version, 8)
   b.writeUInt32LE(SLOT_BYTES, 12)
   uuidBytes(h.uuid).copy(b, 16)
   b.writeBigUInt64LE(h.generation, 32)
@@ -120,6 +135,7 @@ export const encodeHeader = (h: MapHeader): Buffer => {
   h.roHash.copy(b, 80)
   b.writeBigUInt64LE(BigInt(h.rwSize), 112)
   b.writeBigUInt64LE(BigInt(h.writtenFloor), 120)
+  b.writeBigUInt64LE(BigInt(h.onRwFloor), 128)
   return seal(b)
 }
 
@@ -162,6 +178,7 @@ export const decodeHeader = (b: Buffer): DecodedHeader => {
       rwHash: version === 1 ? Buffer.from(b.subarray(120, 152)) : Buffer.alloc(32),
       binding,
       writtenFloor: version === 1 ? 0 : Number(b.readBigUInt64LE(120)),
+      onRwFloor: version === 1 ? 0 : Number(b.readBigUInt64LE(version === 2 ? 120 : 128)),
     },
   }
 }

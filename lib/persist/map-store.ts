@@ -4,7 +4,7 @@ import fs from 'node:fs'
 import { BlockDevice, type BlockIo } from '../devices/block-device.js'
 import { resizeHint } from '../devices/device-pair.js'
 import { RowrError, errnoCode } from '../errors.js'
-import { SLOT_BYTES, mapBytes } from './map-format.js'
+import { SLOT_BYTES, decodeHeader, mapBytes, mapBytesBeforeHydration } from './map-format.js'
 
 interface MapPlacement {
   readonly store: BlockIo
@@ -19,11 +19,28 @@ interface MapPlacement {
   abandon(): void
 }
 
+/** Whether `file`, `size` bytes long, is a whole map of format 1 or 2 for this device, which format 3 makes longer. */
+const isMapBeforeHydration = (file: string, size: number, deviceSize: number, sectorSize: number): boolean => {
+  if (size !== mapBytesBeforeHydration(deviceSize, sectorSize)) return false
+  const headers = Buffer.alloc(2 * SLOT_BYTES)
+  const fd = fs.openSync(file, 'r')
+  try {
+    fs.readSync(fd, headers, 0, headers.length, 0)
+  } finally {
+    fs.closeSync(fd)
+  }
+  return [0, 1].some(s => {
+    const d = decodeHeader(headers.subarray(s * SLOT_BYTES, (s + 1) * SLOT_BYTES))
+    return d.ok && d.header.version < 3
+  })
+}
+
 /**
  * Opens FILE for a map of this device; a file that does not exist yet, or is
  * empty, becomes a sparse file of the map's full size (it only takes space
  * as pages are written). With `discard` (--discard-map) a shorter file is
- * grown to that size: what it held is being thrown away.
+ * grown to that size: what it held is being thrown away. A whole map of
+ * format 1 or 2 is grown too, sparse: its upgrade adds pages (map-file.ts).
  */
 export const openMapFile = (file: string, size: number, sectorSize: number, { discard = false } = {}): MapPlacement => {
   const needed = mapBytes(size, sectorSize)
@@ -36,7 +53,8 @@ export const openMapFile = (file: string, size: number, sectorSize: number, { di
     if (errnoCode(e) !== 'EEXIST') throw e
     const stat = fs.statSync(file)
     made = stat.isFile() && stat.size === 0 ? 'size' : null
-    if (made || (discard && stat.isFile() && stat.size < needed)) fs.truncateSync(file, needed)
+    const grow = stat.isFile() && stat.size < needed && (discard || isMapBeforeHydration(file, stat.size, size, sectorSize))
+    if (made || grow) fs.truncateSync(file, needed)
   }
   const device = BlockDevice.open(file, { writable: true })
   return {

@@ -69,6 +69,15 @@ export class TakeoverLog implements MapJournal {
     this.#inner.marked(start, count)
   }
 
+  /** Copies need no log: one a dead daemon did not make durable reads from RO again, as it did. */
+  copied(start: number, count: number): void {
+    this.#inner.copied(start, count)
+  }
+
+  get recordsCopies(): boolean {
+    return this.#inner.recordsCopies
+  }
+
   commit(syncRw: () => Promise<void>): Promise<void> {
     return this.#covering(() => this.#inner.commit(syncRw))
   }

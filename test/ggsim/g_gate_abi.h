@@ -41,6 +41,12 @@ struct g_gate_ctl_create {
 	int32_t gctl_unit;
 };
 
+/* What G_GATE_CMD_MODIFY changes (g_gate.h). */
+#define GG_MODIFY_MEDIASIZE 0x01
+#define GG_MODIFY_INFO 0x02
+#define GG_MODIFY_READPROV 0x04
+#define GG_MODIFY_READOFFSET 0x08
+
 struct g_gate_ctl_modify {
 	uint32_t gctl_version;
 	int32_t gctl_unit;

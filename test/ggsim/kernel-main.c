@@ -52,6 +52,8 @@ struct_size(unsigned long request)
 		return sizeof(struct g_gate_ctl_destroy);
 	if (request == G_GATE_CMD_CANCEL)
 		return sizeof(struct g_gate_ctl_cancel);
+	if (request == G_GATE_CMD_MODIFY)
+		return sizeof(struct g_gate_ctl_modify);
 	if (request == G_GATE_CMD_START || request == G_GATE_CMD_DONE)
 		return sizeof(struct g_gate_ctl_io);
 	return 0;

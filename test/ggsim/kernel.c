@@ -12,11 +12,14 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <sys/stat.h>
 
 #include "g_gate_abi.h"
 #include "ggsim.h"
@@ -71,6 +74,16 @@ struct ggsim_provider {
 	int acw;
 	/* The unit table, open files and ioctls in progress each hold one. */
 	int refs;
+	/*
+	 * The read provider MODIFY's READPROV names (g_gate.c's sc_readcons):
+	 * a disk, /dev/NAME of the Linux host standing in for a GEOM provider
+	 * (an md), open read-only; -1: none. READs go straight to it at
+	 * readoffset, and to the queue when that fails (g_gate_done).
+	 */
+	int readfd;
+	char readprov[G_GATE_NAME_MAX + 1];
+	int64_t readoffset;
+	int64_t readsize;
 	pthread_cond_t start_cv;
 };
 
@@ -136,6 +149,8 @@ provider_release(struct ggsim_provider *p)
 {
 	if (--p->refs > 0)
 		return;
+	if (p->readfd >= 0)
+		close(p->readfd);
 	pthread_cond_destroy(&p->start_cv);
 	free(p);
 }
@@ -200,7 +215,7 @@ ctl_create(struct g_gate_ctl_create *c)
 	copy_name(name, c->gctl_name);
 	if (c->gctl_unit == G_GATE_NAME_GIVEN && name[0] == '\0')
 		return EINVAL;
-	/* The readprov fast path needs a second provider; not simulated. */
+	/* A read provider at CREATE: rowr never gives one (MODIFY does, after hydration); not simulated. */
 	if (c->gctl_readprov[0] != '\0')
 		return EINVAL;
 
@@ -236,6 +251,7 @@ ctl_create(struct g_gate_ctl_create *c)
 	p->timeout = c->gctl_timeout;
 	p->next_seq = 1;
 	p->refs = 1;
+	p->readfd = -1;
 	pthread_cond_init(&p->start_cv, NULL);
 	units[unit] = p;
 	c->gctl_unit = unit;
@@ -252,6 +268,82 @@ fail_queue(struct ggsim_provider *p, struct bioq *q, int error)
 		p->queue_count--;
 		bio_finish(bp, error);
 	}
+}
+
+/*
+ * g_provider_by_name() and g_access(cp, 1, 0, 0) for a read provider: the
+ * host's /dev/NAME, which must be a disk (a file is no GEOM provider).
+ */
+static int
+open_read_provider(const char *name, int64_t *size)
+{
+	char path[G_GATE_NAME_MAX + 6];
+	struct stat st;
+	int fd;
+
+	snprintf(path, sizeof(path), "/dev/%s", name);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	if (fstat(fd, &st) != 0 || !S_ISBLK(st.st_mode) || (*size = lseek(fd, 0, SEEK_END)) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/*
+ * g_gate_modify(): a new media size alone; else the info, then the read
+ * provider (the old one let go first) and its offset, checked against the
+ * provider's sector size and both media sizes. Where g_gate.c fails READOFFSET
+ * with the topology lock still held, this just fails: rowr checks the
+ * offset before it asks (docs/ggate-abi.md).
+ */
+static int
+ctl_modify(struct g_gate_ctl_modify *m)
+{
+	char name[G_GATE_NAME_MAX + 1];
+	struct ggsim_provider *p = hold(m->gctl_unit, NULL);
+	int64_t size = 0;
+	int fd;
+
+	if (p == NULL)
+		return ENXIO;
+	if (m->gctl_modify & GG_MODIFY_MEDIASIZE) {
+		if (m->gctl_mediasize <= 0 || m->gctl_mediasize % p->sectorsize != 0)
+			return EINVAL;
+		p->mediasize = m->gctl_mediasize;
+		return 0;
+	}
+	if (m->gctl_modify & GG_MODIFY_INFO) {
+		memcpy(p->info, m->gctl_info, G_GATE_INFOSIZE);
+		p->info[G_GATE_INFOSIZE - 1] = '\0';
+	}
+	fd = p->readfd;
+	size = p->readsize;
+	copy_name(name, m->gctl_readprov);
+	if (m->gctl_modify & GG_MODIFY_READPROV) {
+		if (p->readfd >= 0)
+			close(p->readfd);
+		p->readfd = fd = -1;
+		p->readprov[0] = '\0';
+		if (name[0] != '\0' && (fd = open_read_provider(name, &size)) < 0)
+			return EINVAL;
+	}
+	if (m->gctl_modify & GG_MODIFY_READOFFSET) {
+		if (fd < 0 || m->gctl_readoffset % p->sectorsize != 0 || p->mediasize + m->gctl_readoffset > size) {
+			if ((m->gctl_modify & GG_MODIFY_READPROV) && fd >= 0)
+				close(fd);
+			return EINVAL;
+		}
+		p->readoffset = m->gctl_readoffset;
+	}
+	if (m->gctl_modify & GG_MODIFY_READPROV) {
+		p->readfd = fd;
+		p->readsize = size;
+		strcpy(p->readprov, name);
+	}
+	return 0;
 }
 
 static int
@@ -391,7 +483,7 @@ ggsim_ctl_ioctl(unsigned long request, void *arg, int (*interrupted)(void *), vo
 	/* Every struct starts with gctl_version. */
 	if (request != G_GATE_CMD_CREATE && request != G_GATE_CMD_DESTROY &&
 	    request != G_GATE_CMD_CANCEL && request != G_GATE_CMD_START &&
-	    request != G_GATE_CMD_DONE)
+	    request != G_GATE_CMD_DONE && request != G_GATE_CMD_MODIFY)
 		return ENOTTY;
 	if (*(uint32_t *)arg != G_GATE_VERSION) {
 		fprintf(stderr, "ggsim: Version mismatch %u != %d.\n", *(uint32_t *)arg, G_GATE_VERSION);
@@ -404,6 +496,8 @@ ggsim_ctl_ioctl(unsigned long request, void *arg, int (*interrupted)(void *), vo
 		error = ctl_destroy(arg);
 	else if (request == G_GATE_CMD_CANCEL)
 		error = ctl_cancel(arg);
+	else if (request == G_GATE_CMD_MODIFY)
+		error = ctl_modify(arg);
 	else if (request == G_GATE_CMD_START)
 		error = ctl_start(arg, interrupted, ctx);
 	else
@@ -498,6 +592,11 @@ ggsim_confxml(void)
 		fputs("</name>\n      <rank>1</rank>\n      <config>\n", out);
 		fprintf(out, "\t<access>%s</access>\n", (p->flags & G_GATE_FLAG_READONLY) ? "read-only" :
 		    (p->flags & G_GATE_FLAG_WRITEONLY) ? "write-only" : "read-write");
+		if (p->readfd >= 0) {
+			fprintf(out, "\t<read_offset>%jd</read_offset>\n\t<read_provider>", (intmax_t)p->readoffset);
+			put_escaped(out, p->readprov);
+			fputs("</read_provider>\n", out);
+		}
 		fprintf(out, "\t<timeout>%u</timeout>\n\t<info>%s</info>\n", p->timeout, p->info);
 		fprintf(out, "\t<queue_count>%u</queue_count>\n\t<queue_size>%u</queue_size>\n", p->queue_count, p->maxcount);
 		fprintf(out, "\t<ref>%d</ref>\n\t<unit>%d</unit>\n      </config>\n", p->refs, p->unit);
@@ -576,6 +675,20 @@ ggsim_provider_io(struct ggsim_provider *p, uint32_t cmd, int64_t offset, int64_
 	int error;
 
 	pthread_mutex_lock(&lock);
+	if (cmd == BIO_READ && p->readfd >= 0 && !p->destroying) {
+		/* g_gate_start's direct read, on a descriptor of its own: MODIFY may close the provider's meanwhile. */
+		int fd = dup(p->readfd);
+		int64_t at = offset + p->readoffset;
+
+		pthread_mutex_unlock(&lock);
+		ssize_t n = fd >= 0 ? pread(fd, data, (size_t)length, at) : -1;
+		if (fd >= 0)
+			close(fd);
+		if (n == length)
+			return 0;
+		/* g_gate_done: a direct read that failed goes through the daemon. */
+		pthread_mutex_lock(&lock);
+	}
 	if (p->destroying)
 		error = ENXIO;
 	else if ((p->flags & G_GATE_FLAG_READONLY) && cmd != BIO_READ)

@@ -231,6 +231,7 @@ ctl_ioctl(unsigned long request, void *arg)
 	size_t size = request == G_GATE_CMD_CREATE ? sizeof(struct g_gate_ctl_create)
 	    : request == G_GATE_CMD_DESTROY        ? sizeof(struct g_gate_ctl_destroy)
 	    : request == G_GATE_CMD_CANCEL         ? sizeof(struct g_gate_ctl_cancel)
+	    : request == G_GATE_CMD_MODIFY         ? sizeof(struct g_gate_ctl_modify)
 	    : request == G_GATE_CMD_START || request == G_GATE_CMD_DONE ? sizeof(struct g_gate_ctl_io)
 	                                           : 0;
 	struct g_gate_ctl_io *io = arg;

@@ -17,7 +17,7 @@ delete process.env.GGSIM_MOUNT
 
 const { BlockDevice } = await import('../../lib/devices/block-device.js')
 const { Engine } = await import('../../lib/engine/engine.js')
-const { SectorMap } = await import('../../lib/engine/sector-map.js')
+const { SectorStates } = await import('../../lib/engine/sector-states.js')
 const { serveBio } = await import('../../lib/ggate/front-end.js')
 const { BioCmd } = await import('../../native-bindings/ggate-abi.js')
 
@@ -54,7 +54,7 @@ t.test('FLUSH and the map barrier send DIOCGFLUSH to a disk RW, until it says it
     ro.close()
     rw.close()
   })
-  const engine = new Engine({ ro, rw, size: SIZE, sectorSize: 512, map: new SectorMap(SIZE / 512) })
+  const engine = new Engine({ ro, rw, size: SIZE, sectorSize: 512, map: new SectorStates(SIZE / 512) })
   const before = calls().flushes
   await engine.write(0, Buffer.alloc(4096, 1))
   t.equal(await serveBio(engine, { cmd: BioCmd.FLUSH, offset: 0, length: 0, data: Buffer.alloc(0) }), 0)
@@ -82,7 +82,7 @@ t.test('a map on a disk RW is made durable with DIOCGFLUSH', async t => {
     ro.close()
     rw.close()
   })
-  const map = new SectorMap((SIZE - (1 << 20)) / 512)
+  const map = new SectorStates((SIZE - (1 << 20)) / 512)
   const before = calls().flushes
   const identity = rwIdentity(rw, SIZE - (1 << 20), { mapInTail: true })
   const opened = await MapFile.open({ ...placement, ro, rw, identity, size: SIZE - (1 << 20), sectorSize: 512, map, force: true })
