@@ -122,7 +122,11 @@ const rssGrowth = async (base: string): Promise<{ at10s: number; at60s: number }
 const mapMemory = (): { written: string; bytes: number }[] => {
   const sectors = 2 ** 40 / 512
   const out: { written: string; bytes: number }[] = []
-  for (const [label, bytes] of [['0', 0], ['1 GiB', 2 ** 30], ['100 GiB', 100 * 2 ** 30]] as const) {
+  for (const [label, bytes] of [
+    ['0', 0],
+    ['1 GiB', 2 ** 30],
+    ['100 GiB', 100 * 2 ** 30],
+  ] as const) {
     const m = new SectorMap(sectors)
     // Scattered: 4 KiB writes spread evenly over the whole device.
     const writes = bytes / 4096
@@ -178,7 +182,8 @@ const main = async (): Promise<void> => {
       return `${r.median.toFixed(digits)} (${r.min.toFixed(digits)}-${r.max.toFixed(digits)})`.padStart(24)
     })
     const mine = row['geom-rowr']?.median
-    const cow = chosen.filter(p => p.kind === 'cow')
+    const cow = chosen
+      .filter(p => p.kind === 'cow')
       .map(p => row[p.name]?.median)
       .filter((v): v is number => v !== undefined)
     const best = w.higherIsBetter ? Math.max(...cow) : Math.min(...cow)

@@ -179,8 +179,10 @@ const main = async (): Promise<void> => {
     readP99WithVsWithout: median(reads.loaded) / median(reads.alone),
     writeIopsWithVsWithout: median(writes.loaded) / median(writes.alone),
   }
-  log(`under 4K random reads at QD32: hydration at ${(median(reads.rate) / idleRate).toFixed(2)}x its idle rate, ` +
-    `client p99 ${(median(reads.loaded) / median(reads.alone)).toFixed(2)}x; 4K random-write IOPS ${(median(writes.loaded) / median(writes.alone)).toFixed(2)}x`)
+  log(
+    `under 4K random reads at QD32: hydration at ${(median(reads.rate) / idleRate).toFixed(2)}x its idle rate, ` +
+      `client p99 ${(median(reads.loaded) / median(reads.alone)).toFixed(2)}x; 4K random-write IOPS ${(median(writes.loaded) / median(writes.alone)).toFixed(2)}x`,
+  )
   fs.mkdirSync(path.dirname(opts.json!), { recursive: true })
   fs.writeFileSync(opts.json!, `${JSON.stringify(out, null, 2)}\n`)
   log(`written to ${opts.json}`)

@@ -66,7 +66,13 @@ const geomRowrAt = (name: string, kind: 'rowr' | 'baseline', cliPath: string): P
     fs.truncateSync(rw, fs.statSync(base).size)
     const socket = path.join(work, `${slug}.sock`)
     // As the daemon runs in production (create starts it with these flags).
-    return launch(name, process.execPath, [...DAEMON_NODE_FLAGS, cliPath, 'serve', '--name', 'bench', '--socket', socket, base, rw], socket, [rw])
+    return launch(
+      name,
+      process.execPath,
+      [...DAEMON_NODE_FLAGS, cliPath, 'serve', '--name', 'bench', '--socket', socket, base, rw],
+      socket,
+      [rw],
+    )
   },
 })
 

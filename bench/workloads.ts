@@ -76,8 +76,7 @@ export const WORKLOADS: readonly Workload[] = [
     base: 'random',
     withReference: true,
     writes: false,
-    run: async (uri, ctx) =>
-      (await single(uri, { rw: 'randread', bs: '4k', iodepth: 32, runtime: ctx.runtime, numjobs: 2 }, 'read')).iops,
+    run: async (uri, ctx) => (await single(uri, { rw: 'randread', bs: '4k', iodepth: 32, runtime: ctx.runtime, numjobs: 2 }, 'read')).iops,
   },
   {
     name: 'first write 4K qd32 (one per 64K)',

@@ -40,9 +40,7 @@ export const isRowrError = (e: unknown): e is RowrError => e instanceof RowrErro
 
 /** The errno-style code of a Node.js system error, if it is one. */
 export const errnoCode = (e: unknown): string | undefined =>
-  typeof e === 'object' && e !== null && 'code' in e && typeof e.code === 'string'
-    ? e.code
-    : undefined
+  typeof e === 'object' && e !== null && 'code' in e && typeof e.code === 'string' ? e.code : undefined
 
 /** What an engine or system failure means to a client, in errno names every front end can express. */
 type IoFailure = 'ENOSPC' | 'EPERM' | 'ENOMEM' | 'EIO'

@@ -20,11 +20,13 @@ const isSystemError = (e: unknown): e is SystemError =>
 
 /** The problem and the fix, for the errnos a user's input or machine can cause. */
 const explanations: Record<string, (what: string, e: SystemError) => string> = {
-  ENOENT: what => `${what} does not exist (or a folder on its path does not): check the path; a new file's folder must exist first (mkdir -p)`,
+  ENOENT: what =>
+    `${what} does not exist (or a folder on its path does not): check the path; a new file's folder must exist first (mkdir -p)`,
   EISDIR: what => `${what} is a directory: give a regular file or a disk device`,
   ENOTDIR: what => `a part of ${what}'s path is not a directory: check the path`,
   EACCES: what => `permission to use ${what} is denied: run as its owner or as root, or choose a path you may use`,
-  EPERM: what => `${what} may not be changed (an immutable or append-only file, or a device the system protects): lsattr or the system's policy says which; choose another`,
+  EPERM: what =>
+    `${what} may not be changed (an immutable or append-only file, or a device the system protects): lsattr or the system's policy says which; choose another`,
   EROFS: what => `${what} is on a read-only file system: choose a path on a writable one, or remount it read-write`,
   ENOSPC: what => `the file system holding ${what} is full: free space there, or choose a file system with room`,
   EDQUOT: what => `the disk quota for ${what} is used up: free space or raise the quota`,

@@ -46,10 +46,7 @@ export class DiskIoctlError extends Error {
 }
 
 /** Media size and logical sector size of an open disk device. */
-export const diskGeometry = (
-  fd: number,
-  path: string,
-): { mediaSize: number; sectorSize: number } => {
+export const diskGeometry = (fd: number, path: string): { mediaSize: number; sectorSize: number } => {
   const ioctls = DISK_IOCTLS[platform()]
   const c = libc()
   const size = Buffer.alloc(8)

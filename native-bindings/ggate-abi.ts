@@ -167,7 +167,10 @@ export const ggateAbi = (): GGateAbi => {
   }
   const sizeof = (name: GGateStructName): number => koffi.sizeof(types[name])
   const ioctl = {} as Record<keyof typeof GGATE_COMMANDS, number>
-  for (const [command, [n, struct]] of Object.entries(GGATE_COMMANDS) as [keyof typeof GGATE_COMMANDS, readonly [number, GGateStructName]][]) {
+  for (const [command, [n, struct]] of Object.entries(GGATE_COMMANDS) as [
+    keyof typeof GGATE_COMMANDS,
+    readonly [number, GGateStructName],
+  ][]) {
     ioctl[command] = freebsdIowr(G_GATE_IOCTL_GROUP, n, sizeof(struct))
   }
   abi = { sizeof, offsetof: (name, field) => koffi.offsetof(types[name], field), ioctl }

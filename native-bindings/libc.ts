@@ -196,9 +196,7 @@ export const libc = (): Libc => {
           resolve(-1)
           return
         }
-        fallocate.async(fd, mode, offset, length, (err: Error | null, res: number) =>
-          err ? reject(err) : resolve(res),
-        )
+        fallocate.async(fd, mode, offset, length, (err: Error | null, res: number) => (err ? reject(err) : resolve(res)))
       }),
     seek: (fd, offset, to) => {
       lseek ??= lib.func('int64_t lseek(int fd, int64_t offset, int whence)')

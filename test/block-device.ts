@@ -87,7 +87,7 @@ t.test('a refused pair leaves no file descriptor open', async t => {
   t.equal(fs.readdirSync('/proc/self/fd').length, before)
 })
 
-t.test('a larger RW is accepted with a warning and only RO\'s size is used', async t => {
+t.test("a larger RW is accepted with a warning and only RO's size is used", async t => {
   const { ro, rw } = images(t, 1 << 20, 2 << 20)
   const p = openDevicePair(ro, rw)
   t.teardown(() => {
@@ -95,7 +95,10 @@ t.test('a larger RW is accepted with a warning and only RO\'s size is used', asy
     p.rw.close()
   })
   t.equal(p.mediaSize, 1 << 20)
-  t.match(p.warnings[0], /larger than .*its first 1048576 bytes hold the device's data, and past them only a map's device ID or the map itself/)
+  t.match(
+    p.warnings[0],
+    /larger than .*its first 1048576 bytes hold the device's data, and past them only a map's device ID or the map itself/,
+  )
 })
 
 t.test('a chosen sector size must divide the device size', async t => {
@@ -120,7 +123,7 @@ t.test('RW that cannot be written is refused', async t => {
 })
 
 t.test('device arguments as geom(8) takes them', async t => {
-  const dir = t.testdir({ 'img': '' })
+  const dir = t.testdir({ img: '' })
   t.equal(resolveDevicePath('null'), '/dev/null', 'a bare name in /dev')
   t.equal(resolveDevicePath(path.join(dir, 'img')), path.join(dir, 'img'))
   t.equal(resolveDevicePath('some/relative'), path.resolve('some/relative'))
@@ -141,11 +144,17 @@ t.test('readNow reads cached bytes, and refuses what it cannot do without blocki
 })
 
 t.test('the resize hint loses nothing: a new md(4) beside the old one (recreating it would wipe it), a file grown', async t => {
-  t.equal(resizeHint('/dev/md1', 536870912), 'make a new md of that size (mdconfig -a -t swap -s 536870912b prints its name) and give it as RW; /dev/md1 is left as it is')
-  t.notMatch(resizeHint('/dev/md1', 536870912), 'mdconfig -d', 'never detaches the md that holds RW\'s data')
+  t.equal(
+    resizeHint('/dev/md1', 536870912),
+    'make a new md of that size (mdconfig -a -t swap -s 536870912b prints its name) and give it as RW; /dev/md1 is left as it is',
+  )
+  t.notMatch(resizeHint('/dev/md1', 536870912), 'mdconfig -d', "never detaches the md that holds RW's data")
   t.equal(resizeHint('/srv/rw.img', 4096), 'truncate -s 4096 /srv/rw.img')
   // truncate on a disk fails, or a loop device would need its backing file grown and re-read: neither is a fix to print.
-  t.equal(resizeHint('/dev/vdb', 4096), 'give a device of at least 4096 bytes as RW, or a file (truncate -s 4096 FILE makes an empty one); /dev/vdb is left as it is')
+  t.equal(
+    resizeHint('/dev/vdb', 4096),
+    'give a device of at least 4096 bytes as RW, or a file (truncate -s 4096 FILE makes an empty one); /dev/vdb is left as it is',
+  )
 })
 
 t.test('small writes to RW land before write() returns; large ones go through the thread pool', async t => {

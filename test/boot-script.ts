@@ -29,7 +29,9 @@ const RESCUE = `
   head mt sed tail tee gzip gunzip gzcat zcat bzip2 bunzip2 bzcat less more xz unxz
   lzma unlzma xzcat lzcat zstd unzstd zstdcat zstdmt fetch tar nc vi ex id groups
   whoami iscsictl chroot chown chgrp iscsid nextboot dhclient-script
-`.trim().split(/\s+/)
+`
+  .trim()
+  .split(/\s+/)
 
 /** /rescue commands whose real behaviour the model borrows from the host. */
 const HOST_TOOLS = ['sed', 'head', 'tail', 'cat']
@@ -38,7 +40,6 @@ const GIB = 1 << 30
 
 /** By its path: PATH, inside, holds only the stubs. */
 const dash = spawnSync('sh', ['-c', 'command -v dash'], { encoding: 'utf8' }).stdout.trim() || 'dash'
-
 
 /**
  * One stub for every /rescue command and for the image's programs,
@@ -195,7 +196,9 @@ const boot = (t: Test, { image = 'little.img.uzip', media = 'present', env = {} 
   }
   const calls = path.join(dir, 'calls')
   fs.writeFileSync(calls, '')
-  const hostPath = [...new Set(HOST_TOOLS.map(tool => path.dirname(execFileSync('sh', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).trim())))]
+  const hostPath = [
+    ...new Set(HOST_TOOLS.map(tool => path.dirname(execFileSync('sh', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).trim()))),
+  ]
   const r = spawnSync(dash, [script], {
     encoding: 'utf8',
     input: '',
@@ -217,7 +220,15 @@ const boot = (t: Test, { image = 'little.img.uzip', media = 'present', env = {} 
     .map(l => l.replaceAll(root, 'ROOT'))
   // The boot's steps, without the look-ups and helpers around them.
   const steps = log.filter(l => !/^(kenv -q|sleep|sed|head|tail|cat|env|node) /.test(l) && !l.startsWith('sysctl -n kern.geom'))
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr, calls: log, steps, root, ticks: Number(fs.readFileSync(path.join(state, 'ticks'), 'utf8')) }
+  return {
+    status: r.status,
+    stdout: r.stdout,
+    stderr: r.stderr,
+    calls: log,
+    steps,
+    root,
+    ticks: Number(fs.readFileSync(path.join(state, 'ticks'), 'utf8')),
+  }
 }
 
 type Result = ReturnType<typeof boot>
@@ -236,7 +247,10 @@ const readOnlyFallback = (t: Test, r: Result, what: string): void => {
 const deadEnd = (t: Test, r: Result, what: string): void => {
   t.equal(r.status, 1, `${what}: exit 1 sends init to single-user mode`)
   t.match(r.stdout, /no system to boot/, what)
-  t.notOk(r.calls.some(c => c.startsWith('kenv init_chroot')), `${what}: no hand-over`)
+  t.notOk(
+    r.calls.some(c => c.startsWith('kenv init_chroot')),
+    `${what}: no hand-over`,
+  )
 }
 
 const CHROOT = 'chroot ROOT/ro /usr/bin/env PATH=/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin /usr/local/bin/geom-rowr'
@@ -276,7 +290,10 @@ t.test('the whole boot: remount, attach, create inside the image, protect, check
     'ln -s /sysroot/boot ROOT/boot',
     'kenv init_chroot=/sysroot',
   ])
-  t.notOk(r.calls.some(c => c.includes('kern.module_path')), 'kern.module_path is left alone')
+  t.notOk(
+    r.calls.some(c => c.includes('kern.module_path')),
+    'kern.module_path is left alone',
+  )
   t.match(r.stdout, /system\.uzip: 1048576 bytes uncompressed/, 'the size comes from the kernel (kern.geom.confxml)')
   t.equal(fs.readlinkSync(path.join(r.root, 'boot')), '/sysroot/boot', '/boot is the same inside and outside the chroot')
 })
@@ -288,7 +305,11 @@ t.test('rowr.hydrate=1: the runtime runs from a tmpfs, the device hydrates, then
   t.ok(r.steps.includes('kenv init_chroot=/sysroot') && !r.steps.includes('kenv rowr.readonly=YES'), 'it boots read-write')
   const released = async (): Promise<string[]> => {
     for (let i = 0; i < 200; i++) {
-      const calls = fs.readFileSync(path.join(r.root, '../calls'), 'utf8').trim().split('\n').map(l => l.replaceAll(r.root, 'ROOT'))
+      const calls = fs
+        .readFileSync(path.join(r.root, '../calls'), 'utf8')
+        .trim()
+        .split('\n')
+        .map(l => l.replaceAll(r.root, 'ROOT'))
       if (calls.includes('umount ROOT/cdrom')) return calls
       await new Promise(resolve => setTimeout(resolve, 25))
     }
@@ -316,9 +337,19 @@ t.test('rowr.hydrate=1: the runtime runs from a tmpfs, the device hydrates, then
     'umount ROOT/cdrom',
   ]
   for (const call of order) t.ok(at(call) >= 0, `called: ${call}`)
-  t.same(order.map(at), order.map(at).sort((a, b) => a - b), 'in this order: runtime copied, device created from it, the medium released after hydration')
-  t.notOk(calls.some(c => c.startsWith('mount -t devfs devfs ROOT/ro/')), 'nothing runs from the image')
-  t.ok(fs.existsSync(path.join(r.root, 'rt/libexec/ld-elf.so.1')) && fs.existsSync(path.join(r.root, 'rt/lib/libc.so.7')), 'the linker and libc are in the tmpfs')
+  t.same(
+    order.map(at),
+    order.map(at).sort((a, b) => a - b),
+    'in this order: runtime copied, device created from it, the medium released after hydration',
+  )
+  t.notOk(
+    calls.some(c => c.startsWith('mount -t devfs devfs ROOT/ro/')),
+    'nothing runs from the image',
+  )
+  t.ok(
+    fs.existsSync(path.join(r.root, 'rt/libexec/ld-elf.so.1')) && fs.existsSync(path.join(r.root, 'rt/lib/libc.so.7')),
+    'the linker and libc are in the tmpfs',
+  )
   t.match(r.stdout, /copying the image into RAM in the background; the medium is released when it is done/)
 
   const noCopy = boot(t, { env: { KENV_rowr_hydrate: '1', FAIL_cp: 'any' } })
@@ -332,11 +363,18 @@ t.test('the model: each limit of the real ramdisk makes the old way fail', async
   const probe = (body: string, r = boot(t)) => {
     const file = path.join(dir, 'probe.sh')
     fs.writeFileSync(file, `root=${r.root}\n${body}\n`)
-    return spawnSync(dash, [file], { encoding: 'utf8', env: { PATH: path.join(r.root, '../rescue'), STUB_HOST_PATH: process.env.PATH, CALLS: '/dev/null', ROWR_INIT_ROOT: r.root } })
+    return spawnSync(dash, [file], {
+      encoding: 'utf8',
+      env: { PATH: path.join(r.root, '../rescue'), STUB_HOST_PATH: process.env.PATH, CALLS: '/dev/null', ROWR_INIT_ROOT: r.root },
+    })
   }
   t.match(probe('od -A n -c -N 10 /dev/null').stderr, /od: not found/, 'od is not in /rescue')
   t.match(probe('diskinfo /dev/rowr0').stderr, /diskinfo: not found/, 'diskinfo is not in /rescue')
-  t.match(probe('"$root/ro/usr/local/bin/geom-rowr" list').stderr, /\/usr\/bin\/env: not found/, 'a #!/usr/bin/env script cannot start on the ramdisk')
+  t.match(
+    probe('"$root/ro/usr/local/bin/geom-rowr" list').stderr,
+    /\/usr\/bin\/env: not found/,
+    'a #!/usr/bin/env script cannot start on the ramdisk',
+  )
   t.match(probe('"$root/ro/usr/local/bin/node" --version').stderr, /ld-elf\.so\.1 not found/, 'node cannot start without its linker')
   t.equal(probe('chroot "$root/ro" /usr/local/bin/node --version').status, 0, 'node starts inside the image')
 })
@@ -388,7 +426,10 @@ t.test('a small machine boots read-only, with the reason', async t => {
   const small = boot(t, { env: { PHYSMEM: String(512 << 20) } })
   readOnlyFallback(t, small, 'small memory')
   t.match(small.stdout, /this machine has 512 MiB of memory, under the 1024 MiB a writable system needs \(set rowr\.min_memory/)
-  t.notOk(small.calls.some(c => c.startsWith('geom-rowr')), 'no daemon started')
+  t.notOk(
+    small.calls.some(c => c.startsWith('geom-rowr')),
+    'no daemon started',
+  )
   const lowered = boot(t, { env: { PHYSMEM: String(512 << 20), KENV_rowr_min_memory: '256' } })
   t.equal(lowered.steps.at(-1), 'kenv init_chroot=/sysroot', 'rowr.min_memory lowers the floor')
 })
@@ -414,9 +455,19 @@ t.test('failures after the image is attached fall back to a read-only boot', asy
   const cases: [string, Record<string, string>, RegExp, boolean][] = [
     ['geom_gate not preloaded', { LOADED: 'g_uzip' }, /geom_gate is not loaded; add geom_gate_load="YES" to loader.conf/, false],
     ['geom-rowr create fails', { FAIL_geom_rowr: 'create rowr0 md1.uzip auto' }, /geom-rowr create rowr0 md1.uzip auto failed/, false],
-    ['the daemon cannot be protected', { FAIL_protect: 'any' }, /cannot protect the geom-rowr daemon \(pid 4242\) from the OOM killer/, true],
+    [
+      'the daemon cannot be protected',
+      { FAIL_protect: 'any' },
+      /cannot protect the geom-rowr daemon \(pid 4242\) from the OOM killer/,
+      true,
+    ],
     ['the device has the wrong size', { DEVICE_SIZE: '524288' }, /\/dev\/rowr0 is 524288 bytes, the image 1048576/, true],
-    ['no tmpfs for the run directory', { FAIL_mount: '-t tmpfs -o size=16m tmpfs ROOT/ro/var/run' }, /add tmpfs_load="YES" to loader.conf/, false],
+    [
+      'no tmpfs for the run directory',
+      { FAIL_mount: '-t tmpfs -o size=16m tmpfs ROOT/ro/var/run' },
+      /add tmpfs_load="YES" to loader.conf/,
+      false,
+    ],
     ['the device cannot be mounted', { FAIL_mount: '/dev/rowr0 ROOT/sysroot' }, /cannot mount \/dev\/rowr0/, true],
   ]
   for (const [what, env, message, destroys] of cases) {
@@ -428,7 +479,7 @@ t.test('failures after the image is attached fall back to a read-only boot', asy
   }
 })
 
-t.test('the image\'s shutdown script syncs and remounts the geom-rowr root read-only, forcing if it must', async t => {
+t.test("the image's shutdown script syncs and remounts the geom-rowr root read-only, forcing if it must", async t => {
   if (!requires(t, { tools: ['dash', 'shellcheck'] })) return
   const rcd = path.join(repoRoot, 'boot/rc.d/geom_rowr_root')
   const text = fs.readFileSync(rcd, 'utf8')
@@ -446,10 +497,22 @@ t.test('the image\'s shutdown script syncs and remounts the geom-rowr root read-
     const stub = `#!/bin/sh\necho "\${0##*/} $*" >> ${calls}\ncase "\${0##*/}" in\nkenv) [ -n "$NAME" ] && echo "$NAME" ;;\nstat) echo "$ROOTDEV" ;;\nmount) [ "$*" = "-u -r /" ] && [ -n "$BUSY" ] && exit 1 ;;\nesac\nexit 0\n`
     for (const name of ['kenv', 'stat', 'mount', 'sync']) fs.writeFileSync(path.join(bin, name), stub, { mode: 0o755 })
     const r = spawnSync(dash, [path.join(dir, 'script'), 'faststop'], { encoding: 'utf8', env: { PATH: bin, ...env } })
-    return { status: r.status, calls: fs.readFileSync(calls, 'utf8').trim().split('\n').map(l => l.trim()).filter(l => l && !l.startsWith('kenv') && !l.startsWith('stat')) }
+    return {
+      status: r.status,
+      calls: fs
+        .readFileSync(calls, 'utf8')
+        .trim()
+        .split('\n')
+        .map(l => l.trim())
+        .filter(l => l && !l.startsWith('kenv') && !l.startsWith('stat')),
+    }
   }
   t.same(shutdown({ ROOTDEV: 'rowr0' }).calls, ['sync', 'mount -u -r /'])
   t.same(shutdown({ ROOTDEV: 'live0', NAME: 'live0' }).calls, ['sync', 'mount -u -r /'], 'rowr.name is followed')
-  t.same(shutdown({ ROOTDEV: 'rowr0', BUSY: '1' }).calls, ['sync', 'mount -u -r /', 'mount -u -r -f /'], 'files open for writing do not keep it read-write')
+  t.same(
+    shutdown({ ROOTDEV: 'rowr0', BUSY: '1' }).calls,
+    ['sync', 'mount -u -r /', 'mount -u -r -f /'],
+    'files open for writing do not keep it read-write',
+  )
   t.same(shutdown({ ROOTDEV: 'md1.uzip' }).calls, [], 'a read-only boot has nothing to do')
 })

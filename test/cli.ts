@@ -36,8 +36,7 @@ const killAndWait = async (pid: number): Promise<void> => {
 }
 
 /** The device names with state in the run directory. */
-const names = (run: string): string[] =>
-  fs.existsSync(run) ? fs.readdirSync(run).filter(n => !n.endsWith('.log')) : []
+const names = (run: string): string[] => (fs.existsSync(run) ? fs.readdirSync(run).filter(n => !n.endsWith('.log')) : [])
 
 t.test('usage errors exit 2 and say what is wrong', async t => {
   const { cli, ro, rw } = setup(t)
@@ -47,7 +46,10 @@ t.test('usage errors exit 2 and say what is wrong', async t => {
     [['create', 'q', ro, rw, 'extra'], /create: unexpected argument extra/],
     // An undeclared option would take NAME as its value; it is named instead.
     [['create', '--flatten', 'q', ro, rw], /create: unknown option --flatten/],
-    [['create', '--hydrate-rate', 'fast', 'q', ro, rw], /--hydrate-rate fast is not a rate: give bytes per second as N, NK, NM or NG \(0: no limit\)/],
+    [
+      ['create', '--hydrate-rate', 'fast', 'q', ro, rw],
+      /--hydrate-rate fast is not a rate: give bytes per second as N, NK, NM or NG \(0: no limit\)/,
+    ],
     [['create', '--hydrate-share', '0', 'q', ro, rw], /--hydrate-share 0 is not a share: give a percentage above 0, at most 100/],
     [['hydrate', '--pause', '--wait', 'q'], /--pause excludes --wait/],
     [['hydrate', '--copy-on-read', 'maybe', 'q'], /Invalid values/],
@@ -99,7 +101,10 @@ t.test('refusals exit 1 with the devices named, and leave nothing behind', async
   const { dir, run, cli, ro } = setup(t)
   const small = makeImage(path.join(dir, 'small.img'), SIZE / 2, 'zero')
   const cases: [string[], RegExp][] = [
-    [['create', '--no-attach', 'r0', ro, small], new RegExp(`mediasize mismatch: ${ro} is ${SIZE} bytes, ${small} is ${SIZE / 2} bytes.*truncate -s ${SIZE} ${small}`)],
+    [
+      ['create', '--no-attach', 'r0', ro, small],
+      new RegExp(`mediasize mismatch: ${ro} is ${SIZE} bytes, ${small} is ${SIZE / 2} bytes.*truncate -s ${SIZE} ${small}`),
+    ],
     [['create', '--no-attach', 'r0', ro, ro], /are the same file/],
     [['create', '--no-attach', 'r0', path.join(dir, 'missing.img'), small], /missing.img does not exist/],
     [['destroy', 'nothere'], /no device named nothere/],
@@ -180,7 +185,7 @@ t.test('destroy -f ends connected clients', async t => {
   t.same(names(run), [])
 })
 
-t.test('RW auto: a sparse file of RO\'s size, removed on destroy', async t => {
+t.test("RW auto: a sparse file of RO's size, removed on destroy", async t => {
   const { cli, ro } = setup(t)
   const name = `auto${process.pid}`
   const file = `/var/tmp/geom-rowr-${name}.rw`

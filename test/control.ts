@@ -73,8 +73,19 @@ t.test('run state: names are claimed once, and liveness follows the pid', async 
   t.equal(claim('r0'), false, 'a second claim fails')
   t.equal(liveness('r0').kind, 'starting', 'claimed but no state yet')
   const state = {
-    name: 'r0', pid: process.pid, phase: 'ready' as const, ro: '/a', rw: '/b', rwAuto: false, map: null,
-    mediasize: 512, sectorsize: 512, device: null, nbd: 'x', attachment: null, created: '',
+    name: 'r0',
+    pid: process.pid,
+    phase: 'ready' as const,
+    ro: '/a',
+    rw: '/b',
+    rwAuto: false,
+    map: null,
+    mediasize: 512,
+    sectorsize: 512,
+    device: null,
+    nbd: 'x',
+    attachment: null,
+    created: '',
   }
   writeState(state)
   t.equal(liveness('r0').kind, 'running')

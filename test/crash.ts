@@ -59,7 +59,9 @@ t.test(`${ROUNDS} SIGKILLs while writing and flushing: every flushed write survi
       const value = got.equals(roBytes.subarray(b * BLOCK, (b + 1) * BLOCK)) ? -1 : got.readUInt32LE(4) === b ? got.readUInt32LE(0) : -2
       if (value === -2 || !allowed.has(value) || (value >= 0 && !got.equals(content(b, value)))) {
         failures++
-        t.fail(`round ${round}: block ${b} reads ${value === -1 ? 'RO' : value === -2 ? 'garbage' : `write ${value}`}, allowed ${[...allowed].join('/')}`)
+        t.fail(
+          `round ${round}: block ${b} reads ${value === -1 ? 'RO' : value === -2 ? 'garbage' : `write ${value}`}, allowed ${[...allowed].join('/')}`,
+        )
       }
       if (value !== -2) durable.set(b, value)
       since.delete(b)

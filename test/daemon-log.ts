@@ -96,5 +96,8 @@ t.test('a destroyed device takes its log with it; a refused or crashed one keeps
   await waitUntil(() => !fs.existsSync(`/proc/${pid}`))
   const listed = await cli('list')
   t.match(listed.stderr, `its log is ${path.join(logs, 'l1.log')}`, 'cleanup after a crash names the log')
-  t.ok(fs.readdirSync(logs).some(f => /^l1\..*Z\.log$/.test(f)), 'the refused run\'s log was set aside when l1 started again')
+  t.ok(
+    fs.readdirSync(logs).some(f => /^l1\..*Z\.log$/.test(f)),
+    "the refused run's log was set aside when l1 started again",
+  )
 })

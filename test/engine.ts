@@ -37,10 +37,12 @@ const readBack = async (engine: Engine, offset: number, length: number): Promise
 }
 
 /** A deterministic random number source, so a failure can be replayed. */
-const prng = (seed: number) => (k: number): number => {
-  seed = (seed * 1103515245 + 12345) % 2147483648
-  return Math.floor((seed / 2147483648) * k)
-}
+const prng =
+  (seed: number) =>
+  (k: number): number => {
+    seed = (seed * 1103515245 + 12345) % 2147483648
+    return Math.floor((seed / 2147483648) * k)
+  }
 
 t.test('reads come from RO until written, then from RW', async t => {
   const { engine, original } = setup(t, MiB)
@@ -96,7 +98,7 @@ t.test('zero-writes and trims read back as zeros and punch holes in RW', async t
   t.same(head.subarray(100, 150), Buffer.alloc(50), 'a partial-sector zero')
   t.notSame(head.subarray(0, 100), Buffer.alloc(100), 'the rest of the sector is kept')
   await engine.zero(3 * MiB + 500, 1000)
-  t.same((await readBack(engine, 3 * MiB + 500, 1000)), Buffer.alloc(1000), 'zeros across a sector boundary with no whole sector')
+  t.same(await readBack(engine, 3 * MiB + 500, 1000), Buffer.alloc(1000), 'zeros across a sector boundary with no whole sector')
 })
 
 t.test('a zero-write on RO data leaves RO alone and reads zeros', async t => {
@@ -295,7 +297,10 @@ t.test('CACHE reads the range through whichever device serves it', async t => {
   const engine = new Engine({ ro, rw, size: 3 * MiB, sectorSize: 512 })
   await engine.write(MiB, Buffer.alloc(512))
   await engine.cache(0, 2 * MiB + 512)
-  t.same(rw.calls.filter(c => c.startsWith('read')), [`read ${MiB}+512`])
+  t.same(
+    rw.calls.filter(c => c.startsWith('read')),
+    [`read ${MiB}+512`],
+  )
   t.ok(ro.calls.includes('read 0+1048576'))
   t.equal(engine.stats().caches, 1)
 })
@@ -464,7 +469,14 @@ t.test('commitInto copies the written ranges into RO chunk by chunk, and a step 
     }),
     stop,
   )
-  t.same(steps, [[0, data.length], [MiB, data.length]], 'a step before each chunk')
+  t.same(
+    steps,
+    [
+      [0, data.length],
+      [MiB, data.length],
+    ],
+    'a step before each chunk',
+  )
   t.ok(ro.data.subarray(MiB, 2 * MiB).equals(data.subarray(0, MiB)), 'the first chunk reached RO')
   t.same(engine.writtenRanges(), [{ offset: MiB, length: data.length }], 'the map still describes RW')
   t.notOk(log.includes('journal finishCommit /fake'))
@@ -475,13 +487,11 @@ t.test('commitInto copies the written ranges into RO chunk by chunk, and a step 
   t.same(steps.at(-1), [data.length, data.length], 'and one when all is copied')
   t.ok(ro.data.subarray(MiB, MiB + data.length).equals(data), 'RO holds every write')
   t.same(engine.writtenRanges(), [])
-  t.same(log.filter(c => !c.startsWith('read') && !c.startsWith('write')), [
-    'datasync',
-    'journal commit',
-    'journal startCommit',
-    'journal finishCommit /fake',
-    'release 0+4194304',
-  ], 'RW and the map durable first, the commit recorded, then the map emptied, then RW released')
+  t.same(
+    log.filter(c => !c.startsWith('read') && !c.startsWith('write')),
+    ['datasync', 'journal commit', 'journal startCommit', 'journal finishCommit /fake', 'release 0+4194304'],
+    'RW and the map durable first, the commit recorded, then the map emptied, then RW released',
+  )
 })
 
 /** RW whose syncs each wait until the test lets them go. */
@@ -497,7 +507,7 @@ const turns = async (until: () => boolean): Promise<void> => {
   for (let i = 0; i < 1000 && !until(); i++) await new Promise(resolve => setImmediate(resolve))
 }
 
-t.test('revert waits for the map\'s flush rounds still running or queued, or they would write old bits into the emptied map', async t => {
+t.test("revert waits for the map's flush rounds still running or queued, or they would write old bits into the emptied map", async t => {
   const sectors = PAGE_SECTORS
   const size = sectors * 512
   const ro = new MemoryDevice('/ro', size, { fill: (_p, into) => into.fill(3) })
@@ -507,7 +517,18 @@ t.test('revert waits for the map\'s flush rounds still running or queued, or the
   const attributes = new MemoryAttributes()
   const open = async () => {
     const map = new SectorStates(sectors)
-    const opened = await MapFile.open({ store, base: 0, describe: 'map', ro, rw, identity: new RwIdentity(rw, size, attributes), size, sectorSize: 512, map, force: false })
+    const opened = await MapFile.open({
+      store,
+      base: 0,
+      describe: 'map',
+      ro,
+      rw,
+      identity: new RwIdentity(rw, size, attributes),
+      size,
+      sectorSize: 512,
+      map,
+      force: false,
+    })
     return { map, file: opened.file }
   }
   const { map, file } = await open()

@@ -27,7 +27,10 @@ t.test('the first error of a kind is logged at once, the next ones once an inter
   t.teardown(() => log.close())
   log.report(event(0))
   t.equal(lines.length, 1, 'at once')
-  t.match(lines[0], /^RW \/x: failed at byte 0: ENOSPC; r0 is degraded \(geom-rowr status r0\) until geom-rowr reset r0; further rw write ENOSPC errors are logged at most once a minute$/)
+  t.match(
+    lines[0],
+    /^RW \/x: failed at byte 0: ENOSPC; r0 is degraded \(geom-rowr status r0\) until geom-rowr reset r0; further rw write ENOSPC errors are logged at most once a minute$/,
+  )
   for (let i = 1; i <= 5; i++) log.report(event(i * 512))
   t.equal(lines.length, 1, 'the next ones wait')
   log.report(event(0, 'EIO', 'ro'))

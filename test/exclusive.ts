@@ -28,7 +28,7 @@ const setup = (t: Test) => {
   return { dir, runDir, base, rw, g, create, onlyDevices, write }
 }
 
-t.test('the RW of a running device is refused as another device\'s RW', async t => {
+t.test("the RW of a running device is refused as another device's RW", async t => {
   if (!requires(t, NEEDS)) return
   const s = setup(t)
   await s.create('n1', s.base, s.rw)
@@ -41,7 +41,7 @@ t.test('the RW of a running device is refused as another device\'s RW', async t 
   await s.create('n1b', s.base, own)
 })
 
-t.test('the RO of a running device is refused as another device\'s RW, and is not written', async t => {
+t.test("the RO of a running device is refused as another device's RW, and is not written", async t => {
   if (!requires(t, NEEDS)) return
   const s = setup(t)
   const hash = sha256(s.base)
@@ -50,7 +50,7 @@ t.test('the RO of a running device is refused as another device\'s RW, and is no
   const x3 = await s.g('create', '--no-attach', 'x3', other, s.base)
   t.equal(x3.code, 1)
   t.match(x3.stderr, `${s.base} belongs to running device x1 as its RO; it cannot also be this device's RW`)
-  t.equal(sha256(s.base), hash, 'x1\'s RO is unchanged')
+  t.equal(sha256(s.base), hash, "x1's RO is unchanged")
   s.onlyDevices('x1')
   // Nothing is left locked: other.img, which x3 held as RO, now serves as a RW.
   await s.create('x4', s.base, other)
@@ -79,7 +79,10 @@ t.test('two devices share one RO, each with its own RW', async t => {
   const b = await s.create('s2', s.base, makeImage(path.join(s.dir, 'rw2.img'), SIZE, 'zero'))
   await s.write(a, 0, 4096, 0x11)
   await s.write(b, 0, 4096, 0x22)
-  for (const [uri, fill] of [[a, 0x11], [b, 0x22]] as const) {
+  for (const [uri, fill] of [
+    [a, 0x11],
+    [b, 0x22],
+  ] as const) {
     const r = await run('qemu-io', ['-f', 'raw', uri, '-c', `read -P ${fill} 0 4096`, '-c', `read -v 4096 16`])
     t.equal(r.code, 0, r.stderr)
     t.notMatch(r.stdout, 'Pattern verification failed')
@@ -95,7 +98,10 @@ t.test('commit refuses while another device shares the RO; the RO is unchanged',
   await s.create('c2', s.base, makeImage(path.join(s.dir, 'rw2.img'), SIZE, 'zero'))
   const refused = await s.g('commit', '-y', 'c1')
   t.equal(refused.code, 1)
-  t.match(refused.stderr, `${s.base} is also the RO of running device c2; committing would change it under c2: make a new image instead (geom-rowr export c1 FILE)`)
+  t.match(
+    refused.stderr,
+    `${s.base} is also the RO of running device c2; committing would change it under c2: make a new image instead (geom-rowr export c1 FILE)`,
+  )
   t.equal(sha256(s.base), hash)
   // A stopped device's commit is refused the same way.
   const map = path.join(s.dir, 'o.map')
@@ -118,7 +124,10 @@ t.test('commit without -y and without a terminal refuses and says so', async t =
   await s.write(await s.create('y1', s.base, s.rw))
   const r = await s.g('commit', 'y1')
   t.equal(r.code, 1)
-  t.match(r.stderr, 'y1: commit overwrites RO with the device\'s writes, which cannot be undone, so it asks first, and there is no terminal to ask on: give -y (--yes)')
+  t.match(
+    r.stderr,
+    "y1: commit overwrites RO with the device's writes, which cannot be undone, so it asks first, and there is no terminal to ask on: give -y (--yes)",
+  )
   t.equal(sha256(s.base), hash)
   t.same(JSON.parse((await s.g('diff', '--json', 'y1')).stdout).writtenBytes, 8192, 'the writes are still there')
 })
@@ -135,7 +144,15 @@ t.test('commit --dry-run prints the ranges and bytes and writes nothing', async 
   t.equal(text.stdout, `4096 8192\n${1 << 20} 512\n`)
   t.match(text.stderr, `d1: commit --dry-run: would write 8704 bytes in 2 range(s) into ${s.base}; nothing was written`)
   const json = await s.g('commit', '--dry-run', '--json', 'd1')
-  t.same(JSON.parse(json.stdout), { dryRun: true, ro: s.base, bytes: 8704, ranges: [{ offset: 4096, length: 8192 }, { offset: 1 << 20, length: 512 }] })
+  t.same(JSON.parse(json.stdout), {
+    dryRun: true,
+    ro: s.base,
+    bytes: 8704,
+    ranges: [
+      { offset: 4096, length: 8192 },
+      { offset: 1 << 20, length: 512 },
+    ],
+  })
   t.equal(sha256(s.base), hash, 'RO is unchanged')
   t.equal(JSON.parse((await s.g('diff', '--json', 'd1')).stdout).writtenBytes, 8704, 'the map still holds every write')
 })

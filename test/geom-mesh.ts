@@ -29,8 +29,15 @@ t.test('providers with their classes, sizes, access counts and consumers', async
     ['DEV ada0p2 r0w0e0', 'LABEL ada0p2 r0w0e0', 'VFS ffs.ada0p2 r1w1e1'],
     'its consumers: the mount, the label class and /dev/ada0p2, found through their provider refs',
   )
-  t.match(mesh.get('rowr0'), { className: 'GATE', geom: 'rowr0', mediaSize: 4294967296 }, 'a GATE provider, past an unescaped <info> with < and &')
-  t.same(mesh.get('ada0p1')!.consumers.map(c => c.className), ['DEV'])
+  t.match(
+    mesh.get('rowr0'),
+    { className: 'GATE', geom: 'rowr0', mediaSize: 4294967296 },
+    'a GATE provider, past an unescaped <info> with < and &',
+  )
+  t.same(
+    mesh.get('ada0p1')!.consumers.map(c => c.className),
+    ['DEV'],
+  )
 })
 
 t.test('users: mounts (read-only ones too), classes on top, swap, opens of /dev', async t => {
@@ -64,8 +71,12 @@ t.test('text that is not kern.geom.confxml is refused with where and why', async
   t.throws(() => parseGeomMesh('<?xml version="1.0"?>\n<mesh>\n</mesh>\n'), { message: /does not start with <mesh>/ })
   const cut = liveSystem.slice(0, liveSystem.indexOf('  <class id="0xfffff80003000005">'))
   t.throws(() => parseGeomMesh(cut), { message: /ends before <\/mesh>/ }, 'cut short')
-  t.throws(() => parseGeomMesh(liveSystem.replace('<mode>r1w1e0</mode>', '<mode>rw</mode>')), { message: /line \d+: "rw" is not an access mode/ })
+  t.throws(() => parseGeomMesh(liveSystem.replace('<mode>r1w1e0</mode>', '<mode>rw</mode>')), {
+    message: /line \d+: "rw" is not an access mode/,
+  })
   t.throws(() => parseGeomMesh(liveSystem.replace('\t  <name>md1</name>\n', '')), { message: /a provider without <name>/ })
-  t.throws(() => parseGeomMesh(liveSystem.replace('  <class id="0xfffff80003000002">', '  <klass>')), { message: /line 29: unexpected "<klass>"/ })
+  t.throws(() => parseGeomMesh(liveSystem.replace('  <class id="0xfffff80003000002">', '  <klass>')), {
+    message: /line 29: unexpected "<klass>"/,
+  })
   t.same([...parseGeomMesh('<mesh>\n</mesh>\n').keys()], [], 'an empty mesh')
 })

@@ -26,7 +26,11 @@ t.test('a READ the engine answers at once is answered at once; any other when th
   const engineOver = (ro: MemoryDevice) => new Engine({ ro, rw: new MemoryDevice('/rw', size), size, sectorSize: 512 })
   const bio = () => ({ cmd: BioCmd.READ, offset: 512, length: 1024, data: Buffer.alloc(1024) })
   const cached = bio()
-  t.equal(serveBio(engineOver(new MemoryDevice('/ro', size, { fill: (_p, into) => into.fill(9), readNowShare: 1 })), cached), 0, 'DONE can go at once')
+  t.equal(
+    serveBio(engineOver(new MemoryDevice('/ro', size, { fill: (_p, into) => into.fill(9), readNowShare: 1 })), cached),
+    0,
+    'DONE can go at once',
+  )
   t.same(cached.data, Buffer.alloc(1024, 9))
   const cold = bio()
   const later = serveBio(engineOver(new MemoryDevice('/ro', size, { fill: (_p, into) => into.fill(8), readNowShare: 0 })), cold)

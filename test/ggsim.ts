@@ -177,8 +177,16 @@ t.test('providers outlive the process that made them; kern.geom.confxml shows th
   t.equal(await maker.exited, 0)
   t.type(maker.lines[0], 'number', 'it printed its unit')
   const p = mesh().get('kept0')
-  t.match(p, { className: 'GATE', geom: 'kept0', mediaSize: 1 << 20, sectorSize: 512, mode: { r: 0, w: 0, e: 0 } }, 'the provider is still there')
-  t.same(p?.consumers.map(c => c.className), ['DEV'], 'with the DEV geom geom_dev tastes onto every provider')
+  t.match(
+    p,
+    { className: 'GATE', geom: 'kept0', mediaSize: 1 << 20, sectorSize: 512, mode: { r: 0, w: 0, e: 0 } },
+    'the provider is still there',
+  )
+  t.same(
+    p?.consumers.map(c => c.className),
+    ['DEV'],
+    'with the DEV geom geom_dev tastes onto every provider',
+  )
 
   const control = GGateControl.open()
   t.teardown(() => control.close())
@@ -256,48 +264,55 @@ t.test('a signal ends a sleeping START with ECANCELED (g_gate.c: msleep with PCA
   t.equal(await read, 0)
 })
 
-t.test('MODIFY READPROV and READOFFSET as g_gate_modify: checks, reads straight to the read provider, a failed one through the daemon', async t => {
-  if (!requires(t, { root: true, tools: ['losetup', 'truncate'] })) return
-  const control = GGateControl.open()
-  t.teardown(() => control.close())
-  const dir = fs.mkdtempSync('/tmp/ggsim-modify-')
-  const backing = path.join(dir, 'md.img')
-  const content = Buffer.alloc(2 << 20)
-  for (let i = 0; i < content.length; i += 4) content.writeUInt32LE(i, i)
-  fs.writeFileSync(backing, content)
-  const attached = await run('losetup', ['--find', '--show', backing])
-  t.equal(attached.code, 0, attached.stderr)
-  const disk = attached.stdout.trim()
-  t.teardown(async () => {
-    await run('losetup', ['-d', disk])
-    fs.rmSync(dir, { recursive: true, force: true })
-  })
-  const provider = path.basename(disk)
-  const unit = control.create({ ...sizes, name: 'm0' })
-  t.teardown(() => control.destroy('m0', { force: true }))
+t.test(
+  'MODIFY READPROV and READOFFSET as g_gate_modify: checks, reads straight to the read provider, a failed one through the daemon',
+  async t => {
+    if (!requires(t, { root: true, tools: ['losetup', 'truncate'] })) return
+    const control = GGateControl.open()
+    t.teardown(() => control.close())
+    const dir = fs.mkdtempSync('/tmp/ggsim-modify-')
+    const backing = path.join(dir, 'md.img')
+    const content = Buffer.alloc(2 << 20)
+    for (let i = 0; i < content.length; i += 4) content.writeUInt32LE(i, i)
+    fs.writeFileSync(backing, content)
+    const attached = await run('losetup', ['--find', '--show', backing])
+    t.equal(attached.code, 0, attached.stderr)
+    const disk = attached.stdout.trim()
+    t.teardown(async () => {
+      await run('losetup', ['-d', disk])
+      fs.rmSync(dir, { recursive: true, force: true })
+    })
+    const provider = path.basename(disk)
+    const unit = control.create({ ...sizes, name: 'm0' })
+    t.teardown(() => control.destroy('m0', { force: true }))
 
-  failsWith(t, () => control.directReads(unit + 1, provider, 0), FreeBsdErrno.ENXIO, 'a unit that does not exist')
-  failsWith(t, () => control.directReads(unit, 'nosuch0', 0), FreeBsdErrno.EINVAL, 'a provider that does not exist')
-  failsWith(t, () => control.directReads(unit, 'null', 0), FreeBsdErrno.EINVAL, 'a character device is no provider')
-  failsWith(t, () => control.directReads(unit, provider, 100), FreeBsdErrno.EINVAL, 'an offset that is not a multiple of the sector size')
-  failsWith(t, () => control.directReads(unit, provider, 2 << 20), FreeBsdErrno.EINVAL, 'an offset past which the media does not fit')
-  t.equal(checkReadOffset(100, 512, 1 << 20, 2 << 20), 'read offset 100 is not a multiple of the 512-byte sector size', 'rowr checks first')
-  t.equal(checkReadOffset(1 << 20, 512, 1 << 20, 2 << 20), null)
+    failsWith(t, () => control.directReads(unit + 1, provider, 0), FreeBsdErrno.ENXIO, 'a unit that does not exist')
+    failsWith(t, () => control.directReads(unit, 'nosuch0', 0), FreeBsdErrno.EINVAL, 'a provider that does not exist')
+    failsWith(t, () => control.directReads(unit, 'null', 0), FreeBsdErrno.EINVAL, 'a character device is no provider')
+    failsWith(t, () => control.directReads(unit, provider, 100), FreeBsdErrno.EINVAL, 'an offset that is not a multiple of the sector size')
+    failsWith(t, () => control.directReads(unit, provider, 2 << 20), FreeBsdErrno.EINVAL, 'an offset past which the media does not fit')
+    t.equal(
+      checkReadOffset(100, 512, 1 << 20, 2 << 20),
+      'read offset 100 is not a multiple of the 512-byte sector size',
+      'rowr checks first',
+    )
+    t.equal(checkReadOffset(1 << 20, 512, 1 << 20, 2 << 20), null)
 
-  control.directReads(unit, provider, 1 << 20)
-  const direct = Buffer.alloc(4096)
-  t.equal(await submit(unit, BioCmd.READ, 8192, direct), 0, 'a READ is answered without START')
-  t.same(direct, content.subarray((1 << 20) + 8192, (1 << 20) + 8192 + 4096), 'from the read provider at the read offset')
+    control.directReads(unit, provider, 1 << 20)
+    const direct = Buffer.alloc(4096)
+    t.equal(await submit(unit, BioCmd.READ, 8192, direct), 0, 'a READ is answered without START')
+    t.same(direct, content.subarray((1 << 20) + 8192, (1 << 20) + 8192 + 4096), 'from the read provider at the read offset')
 
-  // The read provider shrinks under the provider: the direct read comes up short and goes to the daemon.
-  t.equal((await run('truncate', ['-s', '1M', backing])).code, 0)
-  t.equal((await run('losetup', ['-c', disk])).code, 0)
-  const io = new GGateIo(control, unit, Buffer.alloc(64 * 1024))
-  const fallback = Buffer.alloc(4096)
-  const read = submit(unit, BioCmd.READ, 0, fallback)
-  t.same(io.start(), { kind: 'bio', cmd: BioCmd.READ, offset: 0, length: 4096 }, 'the failed direct read is queued for the daemon')
-  io.data.fill(0x5d, 0, 4096)
-  t.equal(io.done(0), true)
-  t.equal(await read, 0)
-  t.same(fallback, Buffer.alloc(4096, 0x5d), 'and answered by it')
-})
+    // The read provider shrinks under the provider: the direct read comes up short and goes to the daemon.
+    t.equal((await run('truncate', ['-s', '1M', backing])).code, 0)
+    t.equal((await run('losetup', ['-c', disk])).code, 0)
+    const io = new GGateIo(control, unit, Buffer.alloc(64 * 1024))
+    const fallback = Buffer.alloc(4096)
+    const read = submit(unit, BioCmd.READ, 0, fallback)
+    t.same(io.start(), { kind: 'bio', cmd: BioCmd.READ, offset: 0, length: 4096 }, 'the failed direct read is queued for the daemon')
+    io.data.fill(0x5d, 0, 4096)
+    t.equal(io.done(0), true)
+    t.equal(await read, 0)
+    t.same(fallback, Buffer.alloc(4096, 0x5d), 'and answered by it')
+  },
+)

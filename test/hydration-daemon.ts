@@ -77,7 +77,7 @@ t.test('create --hydrate with a map: SIGKILL part-way, resume, RO released when 
 
   const expected = fs.readFileSync(ro)
   expected.fill(0x5c, 20 << 20, 21 << 20)
-  t.ok(fs.readFileSync(rw).equals(expected), 'RW alone holds RO plus the write (RO\'s hole as zeros)')
+  t.ok(fs.readFileSync(rw).equals(expected), "RW alone holds RO plus the write (RO's hole as zeros)")
   fs.renameSync(ro, `${ro}.gone`)
   const noRo = await g('create', '--no-attach', '--map', map, 'h1', 'none', rw)
   t.equal(noRo.code, 0, `resumed with RO none: ${noRo.stderr}`)
@@ -97,5 +97,9 @@ t.test('create --hydrate with a map: SIGKILL part-way, resume, RO released when 
   const refused = await g('create', '--no-attach', '--map', other, 'h2', 'none', rw2)
   t.equal(refused.code, 1)
   t.match(refused.stderr, `map ${other} is not fully hydrated: ${SIZE} bytes of the device are still on RO, so RO cannot be none`)
-  t.same(fs.readdirSync(runDir).filter(n => !n.endsWith('.log') && !n.startsWith('.')), [], 'the refusal leaves nothing running')
+  t.same(
+    fs.readdirSync(runDir).filter(n => !n.endsWith('.log') && !n.startsWith('.')),
+    [],
+    'the refusal leaves nothing running',
+  )
 })

@@ -16,11 +16,13 @@ import { prng } from './fixtures/prng.js'
 const SECTOR = 512
 const PIECE = 512
 /** RO's content: each piece its number; a hole reads zeros. */
-const roFill = (holes: (piece: number) => boolean) => (piece: number, into: Buffer): void => {
-  if (holes(piece)) return void into.fill(0)
-  into.fill((piece * 7) & 0xff)
-  into.writeUInt32LE(piece, 0)
-}
+const roFill =
+  (holes: (piece: number) => boolean) =>
+  (piece: number, into: Buffer): void => {
+    if (holes(piece)) return void into.fill(0)
+    into.fill((piece * 7) & 0xff)
+    into.writeUInt32LE(piece, 0)
+  }
 /** RW before anything is written: not zeros, so that a hole not made zero on RW shows. */
 const rwGarbage = (_piece: number, into: Buffer): void => void into.fill(0xee)
 
@@ -66,56 +68,62 @@ const until = async (done: () => boolean): Promise<void> => {
   while (!done()) await new Promise(resolve => setTimeout(resolve, 1))
 }
 
-t.test('random writes, trims and zero-writes racing hydration: RW alone equals the model, diff lists exactly the client\'s ranges', async t => {
-  for (const seed of [1, 2, 3]) {
-    const size = 2 << 20
-    const { ro, rw, engine, model } = setup(size, seed)
-    const random = prng(seed)
-    const written = new Set<number>()
-    const hydration = new Hydration(engine, { pieceBytes: 16 << 10, share: 0.5 })
-    hydration.start()
-    const pending: Promise<void>[] = []
-    const readsChecked: Promise<void>[] = []
-    for (let op = 0; op < 1500; op++) {
-      const offset = Math.floor(random() * (size - 1))
-      const length = Math.min(size - offset, 1 + Math.floor(random() * 12000))
-      const kind = random()
-      const first = Math.floor(offset / SECTOR)
-      const last = Math.floor((offset + length - 1) / SECTOR)
-      if (kind < 0.45) {
-        const data = Buffer.alloc(length, (op % 250) + 1)
-        data.writeUInt32LE(op, 0)
-        data.copy(model, offset)
-        pending.push(engine.write(offset, data))
-      } else if (kind < 0.6) {
-        model.fill(0, offset, offset + length)
-        pending.push(engine.zero(offset, length, { allocate: random() < 0.5 }))
-      } else {
-        const expected = Buffer.from(model.subarray(offset, offset + length))
-        const buf = Buffer.alloc(length)
-        const read = engine.read(buf, offset)
-        readsChecked.push(
-          Promise.resolve(read).then(() => {
-            if (!buf.equals(expected)) throw new Error(`seed ${seed} op ${op}: a read of ${offset}+${length} differs from the model`)
-          }),
-        )
-        continue
+t.test(
+  "random writes, trims and zero-writes racing hydration: RW alone equals the model, diff lists exactly the client's ranges",
+  async t => {
+    for (const seed of [1, 2, 3]) {
+      const size = 2 << 20
+      const { ro, rw, engine, model } = setup(size, seed)
+      const random = prng(seed)
+      const written = new Set<number>()
+      const hydration = new Hydration(engine, { pieceBytes: 16 << 10, share: 0.5 })
+      hydration.start()
+      const pending: Promise<void>[] = []
+      const readsChecked: Promise<void>[] = []
+      for (let op = 0; op < 1500; op++) {
+        const offset = Math.floor(random() * (size - 1))
+        const length = Math.min(size - offset, 1 + Math.floor(random() * 12000))
+        const kind = random()
+        const first = Math.floor(offset / SECTOR)
+        const last = Math.floor((offset + length - 1) / SECTOR)
+        if (kind < 0.45) {
+          const data = Buffer.alloc(length, (op % 250) + 1)
+          data.writeUInt32LE(op, 0)
+          data.copy(model, offset)
+          pending.push(engine.write(offset, data))
+        } else if (kind < 0.6) {
+          model.fill(0, offset, offset + length)
+          pending.push(engine.zero(offset, length, { allocate: random() < 0.5 }))
+        } else {
+          const expected = Buffer.from(model.subarray(offset, offset + length))
+          const buf = Buffer.alloc(length)
+          const read = engine.read(buf, offset)
+          readsChecked.push(
+            Promise.resolve(read).then(() => {
+              if (!buf.equals(expected)) throw new Error(`seed ${seed} op ${op}: a read of ${offset}+${length} differs from the model`)
+            }),
+          )
+          continue
+        }
+        for (let s = first; s <= last; s++) written.add(s)
+        if (op % 20 === 19) await Promise.all(pending.splice(0))
       }
-      for (let s = first; s <= last; s++) written.add(s)
-      if (op % 20 === 19) await Promise.all(pending.splice(0))
+      await Promise.all([...pending, ...readsChecked])
+      await until(() => hydration.state !== 'running')
+      t.equal(hydration.state, 'done', `seed ${seed}: hydration finished`)
+      t.equal(engine.roBytes, 0, `seed ${seed}: every sector is on RW`)
+      t.ok((await rwImage(rw)).equals(model), `seed ${seed}: RW alone equals the model (no client write overwritten by the copy)`)
+      t.same(engine.writtenRanges(), ranges(written), `seed ${seed}: diff lists exactly the client-written ranges`)
+      t.ok(
+        engine.stats().copiedBytes > 0 && engine.stats().copiedBytes + engine.stats().writtenBytes === size,
+        `seed ${seed}: the rest was copied`,
+      )
+      t.ok(ro.extentAt !== undefined)
     }
-    await Promise.all([...pending, ...readsChecked])
-    await until(() => hydration.state !== 'running')
-    t.equal(hydration.state, 'done', `seed ${seed}: hydration finished`)
-    t.equal(engine.roBytes, 0, `seed ${seed}: every sector is on RW`)
-    t.ok((await rwImage(rw)).equals(model), `seed ${seed}: RW alone equals the model (no client write overwritten by the copy)`)
-    t.same(engine.writtenRanges(), ranges(written), `seed ${seed}: diff lists exactly the client-written ranges`)
-    t.ok(engine.stats().copiedBytes > 0 && engine.stats().copiedBytes + engine.stats().writtenBytes === size, `seed ${seed}: the rest was copied`)
-    t.ok(ro.extentAt !== undefined)
-  }
-})
+  },
+)
 
-t.test('RO\'s holes become zeros on RW; the device reads the same before and after', async t => {
+t.test("RO's holes become zeros on RW; the device reads the same before and after", async t => {
   const size = 1 << 20
   const { ro, rw, engine, model } = setup(size, 7)
   let readFromRo = 0
@@ -131,7 +139,7 @@ t.test('RO\'s holes become zeros on RW; the device reads the same before and aft
   t.ok((await rwImage(rw)).equals(model), 'RW equals RO, holes as zeros where RW held other bytes')
   let data = 0
   for (let piece = 0; piece < size / PIECE; piece++) if (!holesEvery(piece)) data += PIECE
-  t.equal(readFromRo, data, 'only RO\'s data was read: its holes were zeroed, not copied')
+  t.equal(readFromRo, data, "only RO's data was read: its holes were zeroed, not copied")
   t.same(engine.writtenRanges(), [], 'nothing copied counts as a change')
 })
 
@@ -146,8 +154,8 @@ t.test('copy-on-read copies what a read finds on RO, marked copied, not written'
   await engine.drain()
   t.equal(engine.stats().copiedBytes, 4096 + (64 << 10))
   const image = await rwImage(rw)
-  t.ok(image.subarray(8192, 8192 + 4096).equals(model.subarray(8192, 8192 + 4096)), 'the small read\'s sectors are on RW')
-  t.ok(image.subarray(256 << 10, 320 << 10).equals(model.subarray(256 << 10, 320 << 10)), 'the large read\'s sectors are on RW')
+  t.ok(image.subarray(8192, 8192 + 4096).equals(model.subarray(8192, 8192 + 4096)), "the small read's sectors are on RW")
+  t.ok(image.subarray(256 << 10, 320 << 10).equals(model.subarray(256 << 10, 320 << 10)), "the large read's sectors are on RW")
   t.same(engine.writtenRanges(), [])
   engine.copyOnRead = false
   await engine.read(Buffer.alloc(4096), 512 << 10)
@@ -202,7 +210,18 @@ t.test('with a persistent map, copies survive a restart; a client write makes a 
   const rw = new MemoryDevice('/rw', size, { fill: rwGarbage })
   const open = async () => {
     const map = new SectorStates(sectors)
-    const opened = await MapFile.open({ store, base: 0, describe: 'map', ro, rw, identity: new RwIdentity(rw, size, attributes), size, sectorSize: SECTOR, map, force: false })
+    const opened = await MapFile.open({
+      store,
+      base: 0,
+      describe: 'map',
+      ro,
+      rw,
+      identity: new RwIdentity(rw, size, attributes),
+      size,
+      sectorSize: SECTOR,
+      map,
+      force: false,
+    })
     return { map, engine: new Engine({ ro, rw, size, sectorSize: SECTOR, map, journal: opened.file }), file: opened.file }
   }
   const first = await open()
@@ -217,7 +236,7 @@ t.test('with a persistent map, copies survive a restart; a client write makes a 
 
   const second = await open()
   t.equal(second.map.copiedSectors, copied - 8, 'the copies are back, less the sectors written over')
-  t.same(second.engine.writtenRanges(), [{ offset: 0, length: 4096 }], 'only the client\'s write is a change')
+  t.same(second.engine.writtenRanges(), [{ offset: 0, length: 4096 }], "only the client's write is a change")
   const again = new Hydration(second.engine)
   again.start()
   await until(() => again.state !== 'running')
@@ -231,7 +250,7 @@ t.test('with a persistent map, copies survive a restart; a client write makes a 
   await third.engine.read(b, 0)
   const expected = Buffer.alloc(4096)
   await ro.read(expected, 0, 4096, 0)
-  t.ok(b.equals(expected), 'reverted: RO\'s data again')
+  t.ok(b.equals(expected), "reverted: RO's data again")
 })
 
 t.test('a revert after hydration (RO still held) puts sectors back on RO; starting again copies them again', async t => {

@@ -107,7 +107,7 @@ t.test('revert: refused while a client is connected, then the device reads as RO
   const copy = path.join(s.dir, 'copy.img')
   t.equal((await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', uri, copy])).code, 0)
   t.equal(sha256(copy), sha256(s.ro), 'the device reads as RO again')
-  t.equal(fs.statSync(s.rw).blocks, 0, 'RW\'s space was given back')
+  t.equal(fs.statSync(s.rw).blocks, 0, "RW's space was given back")
   t.equal((await s.g('destroy', 'r0')).code, 0)
   t.same(JSON.parse((await s.g('diff', '--json', ...s.offline)).stdout).ranges, [], 'the map stays empty after a restart')
 })
@@ -131,7 +131,7 @@ t.test('commit folds the writes into RO, empties the map, and resumes; offline t
   t.same(JSON.parse(offline.stdout), { committedBytes: 4096, released: true })
   const image = s.expected()
   image.fill(0x55, 8192, 8192 + 4096)
-  t.ok(fs.readFileSync(s.ro).equals(image), 'the stopped device\'s commit wrote RO too')
+  t.ok(fs.readFileSync(s.ro).equals(image), "the stopped device's commit wrote RO too")
 })
 
 t.test('refusals: commit into a .uzip, a map for other devices, two writers', async t => {
@@ -162,12 +162,17 @@ t.test('refusals: commit into a .uzip, a map for other devices, two writers', as
   t.match(usage.stderr, 'a stopped device needs its map: --map MAP or --map-on-rw')
 })
 
-t.test('--map-on-rw keeps the map in RW\'s tail, and says how much room it needs', async t => {
+t.test("--map-on-rw keeps the map in RW's tail, and says how much room it needs", async t => {
   if (!requires(t, NEEDS)) return
   const s = setup(t)
   const small = await s.g('create', '--no-attach', '--map-on-rw', 'm0', s.ro, s.rw)
   t.equal(small.code, 1)
-  t.match(small.stderr, new RegExp(`--map-on-rw needs ${s.rw} to hold the device and its map: (\\d+) bytes \\(${SIZE} \\+ \\d+ for the map\\), but it is ${SIZE} bytes: truncate -s \\1 ${s.rw}`))
+  t.match(
+    small.stderr,
+    new RegExp(
+      `--map-on-rw needs ${s.rw} to hold the device and its map: (\\d+) bytes \\(${SIZE} \\+ \\d+ for the map\\), but it is ${SIZE} bytes: truncate -s \\1 ${s.rw}`,
+    ),
+  )
   const needed = Number(/: (\d+) bytes/.exec(small.stderr)![1])
   fs.truncateSync(s.rw, needed)
   const created = await s.g('create', '--no-attach', '--map-on-rw', 'm0', s.ro, s.rw)
@@ -176,7 +181,7 @@ t.test('--map-on-rw keeps the map in RW\'s tail, and says how much room it needs
   t.equal((await s.g('destroy', 'm0')).code, 0)
   const image = path.join(s.dir, 'out.img')
   t.equal((await s.g('export', '--ro', s.ro, '--rw', s.rw, '--map-on-rw', image)).code, 0)
-  t.ok(fs.readFileSync(image).equals(s.expected()), 'the map in RW\'s tail described every write')
+  t.ok(fs.readFileSync(image).equals(s.expected()), "the map in RW's tail described every write")
 })
 
 t.test('Ctrl-C stops an export cleanly: no partial file, exit 130', async t => {
@@ -272,7 +277,11 @@ t.test('an interrupted commit leaves the device as it was, resumes, and finishes
   t.notOk(roNow.subarray(3 << 20, 4 << 20).equals(data.subarray(0, 1 << 20)), 'the rest did not')
 
   const resumed = await openOffline(target, m => t.comment(m))
-  t.match(resumed.warnings.join('\n'), 'a commit into RO was interrupted; run geom-rowr commit again to finish it', 'RO changed, and the map knows why')
+  t.match(
+    resumed.warnings.join('\n'),
+    'a commit into RO was interrupted; run geom-rowr commit again to finish it',
+    'RO changed, and the map knows why',
+  )
   const view = Buffer.alloc(3 << 20)
   await resumed.engine.read(view, 1 << 20)
   t.ok(view.equals(data), 'the device shows the same data')
@@ -284,7 +293,7 @@ t.test('an interrupted commit leaves the device as it was, resumes, and finishes
   const image = fs.readFileSync(s.ro)
   t.ok(image.subarray(1 << 20, 4 << 20).equals(data), 'RO holds all of it')
   const again = await s.g('diff', '--json', ...s.offline)
-  t.same(JSON.parse(again.stdout).ranges, [], 'and the map is empty, with RO\'s new fingerprint accepted')
+  t.same(JSON.parse(again.stdout).ranges, [], "and the map is empty, with RO's new fingerprint accepted")
 })
 
 t.test('with --map, RW auto is kept on destroy and used again', async t => {

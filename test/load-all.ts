@@ -8,9 +8,9 @@ import t from 'tap'
 import { repoRoot } from './fixtures/helpers.js'
 
 const sources = (dir: string): string[] =>
-  fs.readdirSync(path.join(repoRoot, dir), { withFileTypes: true }).flatMap(e =>
-    e.isDirectory() ? sources(path.join(dir, e.name)) : e.name.endsWith('.ts') ? [path.join(dir, e.name)] : [],
-  )
+  fs
+    .readdirSync(path.join(repoRoot, dir), { withFileTypes: true })
+    .flatMap(e => (e.isDirectory() ? sources(path.join(dir, e.name)) : e.name.endsWith('.ts') ? [path.join(dir, e.name)] : []))
 
 const ENTRY_POINTS = new Set(['lib/daemon/main.ts'])
 const RUNTIME_EXPORT = /^export (const|let|class|function|async|default|\{)/m

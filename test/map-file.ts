@@ -5,7 +5,15 @@ import t from 'tap'
 import { Engine } from '../lib/engine/engine.js'
 import { SectorStates } from '../lib/engine/sector-states.js'
 import { MapFile, pageBits } from '../lib/persist/map-file.js'
-import { FORMAT_VERSION, PAGE_SECTORS, SLOT_BYTES, decodeHeader, encodeHeader, mapBytes, mapBytesBeforeHydration } from '../lib/persist/map-format.js'
+import {
+  FORMAT_VERSION,
+  PAGE_SECTORS,
+  SLOT_BYTES,
+  decodeHeader,
+  encodeHeader,
+  mapBytes,
+  mapBytesBeforeHydration,
+} from '../lib/persist/map-format.js'
 import { RwIdentity } from '../lib/persist/rw-binding.js'
 import { MemoryAttributes, MemoryDevice } from './fixtures/memory-device.js'
 
@@ -37,9 +45,22 @@ const identity = (d: Devices): RwIdentity => new RwIdentity(d.rw, SIZE, d.attrib
 
 const open = (d: Devices, o: { force?: boolean; store?: MemoryDevice } = {}) => {
   const map = new SectorStates(SECTORS)
-  return MapFile.open({ store: o.store ?? d.store, base: 0, describe: 'map /map', ro: d.ro, rw: d.rw, identity: identity(d), size: SIZE, sectorSize: SECTOR, map, force: o.force ?? false }).then(
-    opened => ({ ...opened, map, engine: new Engine({ ro: d.ro, rw: d.rw, size: SIZE, sectorSize: SECTOR, map, journal: opened.file }) }),
-  )
+  return MapFile.open({
+    store: o.store ?? d.store,
+    base: 0,
+    describe: 'map /map',
+    ro: d.ro,
+    rw: d.rw,
+    identity: identity(d),
+    size: SIZE,
+    sectorSize: SECTOR,
+    map,
+    force: o.force ?? false,
+  }).then(opened => ({
+    ...opened,
+    map,
+    engine: new Engine({ ro: d.ro, rw: d.rw, size: SIZE, sectorSize: SECTOR, map, journal: opened.file }),
+  }))
 }
 
 /** Writes at these sectors, each sector holding its own number and the write's tag. */
@@ -77,7 +98,10 @@ t.test('a new map resumes with every flushed write, and says so', async t => {
   const { engine, resumed, warnings, map } = await open(d)
   t.equal(resumed, true)
   t.same(warnings, [])
-  t.equal(map.writtenSectors, WRITES.reduce((n, [, c]) => n + c, 0))
+  t.equal(
+    map.writtenSectors,
+    WRITES.reduce((n, [, c]) => n + c, 0),
+  )
   for (const [first, count] of WRITES) {
     const b = Buffer.alloc(count * SECTOR)
     await engine.read(b, first * SECTOR)
@@ -91,18 +115,51 @@ t.test('a new map resumes with every flushed write, and says so', async t => {
 
 t.test('pages round-trip through their bitmap', async t => {
   const map = new SectorStates(SECTORS)
-  const runs = [[0, 1], [7, 9], [31, 40], [PAGE_SECTORS - 1, 2], [PAGE_SECTORS + 8, 64], [SECTORS - 5, 5]] as const
-  const copies = [[100, 50], [PAGE_SECTORS + 500, 3000], [SECTORS - 20, 10]] as const
+  const runs = [
+    [0, 1],
+    [7, 9],
+    [31, 40],
+    [PAGE_SECTORS - 1, 2],
+    [PAGE_SECTORS + 8, 64],
+    [SECTORS - 5, 5],
+  ] as const
+  const copies = [
+    [100, 50],
+    [PAGE_SECTORS + 500, 3000],
+    [SECTORS - 20, 10],
+  ] as const
   for (const [s, n] of copies) map.markCopied(s, n)
   for (const [s, n] of runs) map.markWritten(s, n)
   const back = new SectorStates(SECTORS)
   const d = devices()
   // Through a real open: write the pages, then resume into `back`.
-  const opened = await MapFile.open({ store: d.store, base: 0, describe: 'm', ro: d.ro, rw: d.rw, identity: identity(d), size: SIZE, sectorSize: SECTOR, map, force: false })
+  const opened = await MapFile.open({
+    store: d.store,
+    base: 0,
+    describe: 'm',
+    ro: d.ro,
+    rw: d.rw,
+    identity: identity(d),
+    size: SIZE,
+    sectorSize: SECTOR,
+    map,
+    force: false,
+  })
   for (const [s, n] of runs) opened.file.marked(s, n)
   for (const [s, n] of copies) opened.file.copied(s, n)
   await opened.file.commit(async () => undefined)
-  await MapFile.open({ store: d.store, base: 0, describe: 'm', ro: d.ro, rw: d.rw, identity: identity(d), size: SIZE, sectorSize: SECTOR, map: back, force: false })
+  await MapFile.open({
+    store: d.store,
+    base: 0,
+    describe: 'm',
+    ro: d.ro,
+    rw: d.rw,
+    identity: identity(d),
+    size: SIZE,
+    sectorSize: SECTOR,
+    map: back,
+    force: false,
+  })
   for (let p = 0; p < 3; p++) {
     t.same(pageBits(back.written, p), pageBits(map.written, p), `written page ${p}`)
     t.same(pageBits(back.onRw, p), pageBits(map.onRw, p), `on-RW page ${p}`)
@@ -157,7 +214,10 @@ t.test('a format 2 map: its bits are written; upgraded to format 3 where its sto
 t.test('refusals name the map, the problem and the way out', async t => {
   const other = devices()
   other.store.apply(Buffer.alloc(SLOT_BYTES, 0x41), 0)
-  await t.rejects(open(other), { code: 'ENOTMAP', message: /map \/map is not a geom-rowr map: it holds other data; give a new or empty file/ })
+  await t.rejects(open(other), {
+    code: 'ENOTMAP',
+    message: /map \/map is not a geom-rowr map: it holds other data; give a new or empty file/,
+  })
 
   const newer = await populated(true)
   for (const slot of [0, 1]) {
@@ -167,18 +227,25 @@ t.test('refusals name the map, the problem and the way out', async t => {
     b.writeUInt32LE(FORMAT_VERSION + 1, 8)
     newer.store.apply(b, slot * SLOT_BYTES)
   }
-  await t.rejects(open(newer), { code: 'EMAPFORMAT', message: `was written by a newer geom-rowr (map format ${FORMAT_VERSION + 1}); this one reads format ${FORMAT_VERSION}` })
+  await t.rejects(open(newer), {
+    code: 'EMAPFORMAT',
+    message: `was written by a newer geom-rowr (map format ${FORMAT_VERSION + 1}); this one reads format ${FORMAT_VERSION}`,
+  })
 
   const damaged = await populated(true)
   const headers = Buffer.alloc(2 * SLOT_BYTES)
   await damaged.store.read(headers, 0, headers.length, 0)
-  t.ok(headers.readUInt32LE(8) === FORMAT_VERSION && headers.readUInt32LE(SLOT_BYTES + 8) === FORMAT_VERSION, 'both header slots are in use')
+  t.ok(
+    headers.readUInt32LE(8) === FORMAT_VERSION && headers.readUInt32LE(SLOT_BYTES + 8) === FORMAT_VERSION,
+    'both header slots are in use',
+  )
   headers[200] = headers[200]! ^ 0xff
   headers[SLOT_BYTES + 200] = headers[SLOT_BYTES + 200]! ^ 0xff
   damaged.store.apply(headers, 0)
   await t.rejects(open(damaged), {
     code: 'EMAPCORRUPT',
-    message: /has a damaged header \(no good copy is left\), so the map cannot be trusted: restore the map and RW from copies made together .* or start over with --discard-map/,
+    message:
+      /has a damaged header \(no good copy is left\), so the map cannot be trusted: restore the map and RW from copies made together .* or start over with --discard-map/,
   })
 
   const headless = await populated(true)
@@ -187,7 +254,10 @@ t.test('refusals name the map, the problem and the way out', async t => {
 
   const roChanged = await populated(true)
   roChanged.ro.apply(Buffer.alloc(SECTOR, 0xee), 0)
-  await t.rejects(open(roChanged), { code: 'EFINGERPRINT', message: /map \/map belongs to other devices: RO \/ro is not the device the map was made with.*use --force/ })
+  await t.rejects(open(roChanged), {
+    code: 'EFINGERPRINT',
+    message: /map \/map belongs to other devices: RO \/ro is not the device the map was made with.*use --force/,
+  })
   const forced = await open(roChanged, { force: true })
   t.match(forced.warnings[0], /^--force: RO \/ro is not the device/)
   t.equal((await open(roChanged)).resumed, true, 'forced once, the map now belongs to the new RO')
@@ -197,7 +267,10 @@ t.test('refusals name the map, the problem and the way out', async t => {
     rwSwapped.attributes.values.clear()
     await t.rejects(
       open(rwSwapped),
-      { code: 'EFINGERPRINT', message: /RW \/rw is not the RW this map was made with \(device ID [-0-9a-f]{36}\): it carries no device ID in extended attribute/ },
+      {
+        code: 'EFINGERPRINT',
+        message: /RW \/rw is not the RW this map was made with \(device ID [-0-9a-f]{36}\): it carries no device ID in extended attribute/,
+      },
       `a RW without the map's device ID is refused (${clean ? 'clean stop' : 'crash'})`,
     )
   }
@@ -205,7 +278,18 @@ t.test('refusals name the map, the problem and the way out', async t => {
   const geometry = await populated(true)
   const map = new SectorStates(SECTORS - 8)
   await t.rejects(
-    MapFile.open({ store: geometry.store, base: 0, describe: 'map /map', ro: geometry.ro, rw: geometry.rw, identity: identity(geometry), size: SIZE - 8 * SECTOR, sectorSize: SECTOR, map, force: true }),
+    MapFile.open({
+      store: geometry.store,
+      base: 0,
+      describe: 'map /map',
+      ro: geometry.ro,
+      rw: geometry.rw,
+      identity: identity(geometry),
+      size: SIZE - 8 * SECTOR,
+      sectorSize: SECTOR,
+      map,
+      force: true,
+    }),
     { code: 'EMAPGEOMETRY', message: /describes a \d+-byte device of 512-byte sectors, not this \d+-byte device/ },
     '--force does not override another geometry',
   )
@@ -234,7 +318,11 @@ t.test('damage at any slot: the last good state, or a clear refusal; truncation:
       try {
         opened = await open(d)
       } catch (e) {
-        t.match((e as { code: string }).code, /^EMAP(CORRUPT|GEOMETRY)$|^ENOTMAP$/, `${harm} at slot ${slot}: refused (${(e as Error).message})`)
+        t.match(
+          (e as { code: string }).code,
+          /^EMAP(CORRUPT|GEOMETRY)$|^ENOTMAP$/,
+          `${harm} at slot ${slot}: refused (${(e as Error).message})`,
+        )
         continue
       }
       resumedCount++
@@ -280,7 +368,18 @@ t.test('the floor: a page lost in both copies after a header write is damage, no
 
 t.test('a RW without extended attributes carries the ID in its tail, or says it cannot be checked', async t => {
   const openWith = (d: Devices, rw: MemoryDevice) =>
-    MapFile.open({ store: d.store, base: 0, describe: 'map /map', ro: d.ro, rw, identity: new RwIdentity(rw, SIZE, null), size: SIZE, sectorSize: SECTOR, map: new SectorStates(SECTORS), force: false })
+    MapFile.open({
+      store: d.store,
+      base: 0,
+      describe: 'map /map',
+      ro: d.ro,
+      rw,
+      identity: new RwIdentity(rw, SIZE, null),
+      size: SIZE,
+      sectorSize: SECTOR,
+      map: new SectorStates(SECTORS),
+      force: false,
+    })
   const d = devices()
   const tail = Math.ceil(SIZE / SLOT_BYTES) * SLOT_BYTES
   const roomy = new MemoryDevice('/rw', tail + SLOT_BYTES)
@@ -288,13 +387,16 @@ t.test('a RW without extended attributes carries the ID in its tail, or says it 
   const other = new MemoryDevice('/other', tail + SLOT_BYTES)
   await t.rejects(openWith(d, other), {
     code: 'EFINGERPRINT',
-    message: new RegExp(`RW /other is not the RW this map was made with \\(device ID [-0-9a-f]{36}\\): it carries no device ID in /other's tail \\(bytes ${tail}-${tail + SLOT_BYTES - 1}\\)`),
+    message: new RegExp(
+      `RW /other is not the RW this map was made with \\(device ID [-0-9a-f]{36}\\): it carries no device ID in /other's tail \\(bytes ${tail}-${tail + SLOT_BYTES - 1}\\)`,
+    ),
   })
   t.equal((await openWith(d, roomy)).resumed, true, 'its own RW resumes')
 
   const e = devices()
   const exact = new MemoryDevice('/rw', SIZE)
-  const unbound = /the binding of map \/map to RW \/rw cannot be checked: \/rw is a disk of exactly the device's size: it has no room past the device's end for a stamp/
+  const unbound =
+    /the binding of map \/map to RW \/rw cannot be checked: \/rw is a disk of exactly the device's size: it has no room past the device's end for a stamp/
   t.match((await openWith(e, exact)).warnings, [unbound], 'no stamp fits: said at create')
   t.match((await openWith(e, exact)).warnings, [unbound], 'and at every resume')
 })

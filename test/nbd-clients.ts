@@ -20,18 +20,31 @@ t.test('qemu-io pattern writes read back; qemu-img compare and nbdcopy see the e
   if (!requires(t, { tools: ['qemu-io', 'qemu-img', 'nbdcopy'] })) return
   const { dir, ro, roHash, uri } = await setup(t)
   const io = await run('qemu-io', [
-    '-f', 'raw', uri,
-    '-c', 'write -P 0xab 1M 64k',
-    '-c', 'write -P 0xcd 1000 3000',
-    '-c', 'write -z 4M 1M',
-    '-c', 'discard 8M 1M',
-    '-c', 'write -P 0xef 63M 1M',
-    '-c', 'flush',
-    '-c', 'read -P 0xab 1M 64k',
-    '-c', 'read -P 0xcd 1000 3000',
-    '-c', 'read -P 0 4M 1M',
-    '-c', 'read -P 0 8M 1M',
-    '-c', 'read -P 0xef 63M 1M',
+    '-f',
+    'raw',
+    uri,
+    '-c',
+    'write -P 0xab 1M 64k',
+    '-c',
+    'write -P 0xcd 1000 3000',
+    '-c',
+    'write -z 4M 1M',
+    '-c',
+    'discard 8M 1M',
+    '-c',
+    'write -P 0xef 63M 1M',
+    '-c',
+    'flush',
+    '-c',
+    'read -P 0xab 1M 64k',
+    '-c',
+    'read -P 0xcd 1000 3000',
+    '-c',
+    'read -P 0 4M 1M',
+    '-c',
+    'read -P 0 8M 1M',
+    '-c',
+    'read -P 0xef 63M 1M',
   ])
   t.equal(io.code, 0, io.stderr)
   t.notMatch(io.stdout, /Pattern verification failed/, 'every pattern read back')
@@ -85,7 +98,10 @@ t.test('nbdinfo --map shows which ranges come from RW', async t => {
   const written = (JSON.parse(map.stdout) as { offset: number; length: number; type: number }[])
     .filter(e => e.type === 1)
     .map(e => [e.offset, e.length])
-  t.same(written, [[1 << 20, 512 << 10], [10 << 20, 4096]])
+  t.same(written, [
+    [1 << 20, 512 << 10],
+    [10 << 20, 4096],
+  ])
   const base = await run('nbdinfo', ['--map', uri])
   t.equal(base.code, 0)
   t.match(base.stdout, /0\s+67108864\s+0\s+data/, 'base:allocation: all data')

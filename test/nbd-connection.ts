@@ -53,7 +53,12 @@ t.test('simple replies: write, read back, flush, trim, zero, cache', async t => 
   const back = await r.take(1536)
   t.same(back.subarray(512, 1024), Buffer.alloc(512, 0xaa))
   t.same(back.subarray(1024), pattern.subarray(1024, 1536))
-  for (const [type, cookie] of [[FLUSH, 4], [TRIM, 5], [WRITE_ZEROES, 6], [CACHE, 7]] as const) {
+  for (const [type, cookie] of [
+    [FLUSH, 4],
+    [TRIM, 5],
+    [WRITE_ZEROES, 6],
+    [CACHE, 7],
+  ] as const) {
     r.socket.write(request(type, cookie, type === FLUSH ? 0 : 4096, type === FLUSH ? 0 : 4096))
     t.same(await r.simpleReply(), { error: 0, cookie }, `command ${type}`)
   }
@@ -170,7 +175,18 @@ t.test('block status: both contexts, one chunk each, the last marked DONE', asyn
     return { id: p.readUInt32BE(0), extents: out }
   }
   t.same(decode(first.payload), { id: 1, extents: [[16384, 0]] }, 'base:allocation: all data')
-  t.same(decode(second.payload), { id: 2, extents: [[4096, 0], [1024, 1], [11264, 0]] }, 'geom-rowr:written')
+  t.same(
+    decode(second.payload),
+    {
+      id: 2,
+      extents: [
+        [4096, 0],
+        [1024, 1],
+        [11264, 0],
+      ],
+    },
+    'geom-rowr:written',
+  )
   r.socket.write(request(BLOCK_STATUS, 3, 0, 16384, 8))
   await r.chunk()
   t.same(decode((await r.chunk()).payload).extents, [[4096, 0]], 'REQ_ONE gives one extent')
@@ -181,10 +197,13 @@ t.test('hostile input ends that connection only', async t => {
   const good = await connectGo(socket)
   const hostile: [string, (r: Reader) => void][] = [
     ['bad request magic', r => r.socket.write(Buffer.alloc(28, 0xff))],
-    ['a disconnect half way through a write payload', r => {
-      r.socket.write(Buffer.concat([request(WRITE, 1, 0, 65536), Buffer.alloc(1000)]))
-      r.socket.destroy()
-    }],
+    [
+      'a disconnect half way through a write payload',
+      r => {
+        r.socket.write(Buffer.concat([request(WRITE, 1, 0, 65536), Buffer.alloc(1000)]))
+        r.socket.destroy()
+      },
+    ],
   ]
   for (const [what, act] of hostile) {
     const { r } = await connectGo(socket)
@@ -202,7 +221,10 @@ t.test('hostile input ends that connection only', async t => {
   good.r.socket.write(request(READ, 99, 0, 512))
   t.same(await good.r.simpleReply(), { error: 0, cookie: 99 }, 'the well-behaved connection is unharmed')
   await good.r.take(512)
-  t.ok(logs.some(l => /bad request magic/.test(l)), 'the reason is logged')
+  t.ok(
+    logs.some(l => /bad request magic/.test(l)),
+    'the reason is logged',
+  )
 })
 
 t.test('a write over the maximum payload: an error reply, its payload skipped, the next request served', async t => {
@@ -305,7 +327,10 @@ t.test('a payload arriving in pieces, and replies the client is slow to take', a
     answered.push(reply.cookie)
     t.ok((await r.take(SIZE)).equals(expected), `read ${reply.cookie}: the whole export, with the write`)
   }
-  t.same(answered.sort((a, b) => a - b), [10, 11, 12, 13, 14, 15, 16, 17])
+  t.same(
+    answered.sort((a, b) => a - b),
+    [10, 11, 12, 13, 14, 15, 16, 17],
+  )
   t.same(await r.simpleReply(), { error: 0, cookie: 20 }, 'the write sent behind them is served once they drained')
   r.socket.write(request(READ, 21, 0, 4096))
   await r.simpleReply()

@@ -172,10 +172,7 @@ t.test(`${SECONDS} s of hostile connections beside a good one`, async t => {
   const timed = async (what: string, p: Promise<{ error: number; data?: Buffer }>) => {
     const started = Date.now()
     let timer: NodeJS.Timeout | undefined
-    const r = await Promise.race([
-      p,
-      new Promise<undefined>(resolve => (timer = setTimeout(() => resolve(undefined), REPLY_BOUND_MS))),
-    ])
+    const r = await Promise.race([p, new Promise<undefined>(resolve => (timer = setTimeout(() => resolve(undefined), REPLY_BOUND_MS)))])
     clearTimeout(timer)
     slowest = Math.max(slowest, Date.now() - started)
     if (!r) failures.push(`${what}: no reply within ${REPLY_BOUND_MS} ms`)

@@ -71,16 +71,27 @@ t.test('INFO and GO: export info, requested block sizes, name and description', 
   const info = n.option(6, nameAndInfos('rowr0', [3, 1, 2, 3, 99]))
   t.equal(info.next, 'options', 'INFO stays in haggling')
   const replies = info.replies.map(parse)
-  t.same(replies.map(r => r.type), [INFO, INFO, INFO, INFO, ACK], 'export, block size, name, description; duplicates and unknowns ignored')
+  t.same(
+    replies.map(r => r.type),
+    [INFO, INFO, INFO, INFO, ACK],
+    'export, block size, name, description; duplicates and unknowns ignored',
+  )
   const [e, bs, name, desc] = replies
   t.equal(e!.data.readUInt16BE(0), 0)
   t.equal(Number(e!.data.readBigUInt64BE(2)), 1 << 20)
-  t.same([bs!.data.readUInt16BE(0), bs!.data.readUInt32BE(2), bs!.data.readUInt32BE(6), bs!.data.readUInt32BE(10)], [3, 512, 4096, 32 << 20])
+  t.same(
+    [bs!.data.readUInt16BE(0), bs!.data.readUInt32BE(2), bs!.data.readUInt32BE(6), bs!.data.readUInt32BE(10)],
+    [3, 512, 4096, 32 << 20],
+  )
   t.equal(name!.data.subarray(2).toString(), 'rowr0')
   t.equal(desc!.data.subarray(2).toString(), 'a test export')
   const go = n.option(7, nameAndInfos('', []))
   t.equal(go.next, 'transmission')
-  t.same(go.replies.map(b => parse(b).type), [INFO, ACK], 'no block size unless asked')
+  t.same(
+    go.replies.map(b => parse(b).type),
+    [INFO, ACK],
+    'no block size unless asked',
+  )
   const unknown = new Negotiation(exp).option(7, nameAndInfos('nope', []))
   t.equal(unknown.next, 'options')
   t.equal(parse(unknown.replies[0]!).type, ERR_UNKNOWN)
@@ -119,13 +130,30 @@ t.test('metadata contexts need structured replies, then list and set', async t =
   t.equal(parse(n.option(8, Buffer.alloc(0)).replies[0]!).type, ACK)
   t.equal(n.structuredReplies, true)
   const listAll = n.option(9, metaQuery('', [])).replies.map(parse)
-  t.same(listAll.map(r => r.type), [META_CONTEXT, META_CONTEXT, ACK])
-  t.same(listAll.slice(0, 2).map(r => r.data.subarray(4).toString()), ['base:allocation', 'geom-rowr:written'])
-  t.same(listAll.slice(0, 2).map(r => r.data.readUInt32BE(0)), [0, 0], 'LIST ids are zero')
+  t.same(
+    listAll.map(r => r.type),
+    [META_CONTEXT, META_CONTEXT, ACK],
+  )
+  t.same(
+    listAll.slice(0, 2).map(r => r.data.subarray(4).toString()),
+    ['base:allocation', 'geom-rowr:written'],
+  )
+  t.same(
+    listAll.slice(0, 2).map(r => r.data.readUInt32BE(0)),
+    [0, 0],
+    'LIST ids are zero',
+  )
   const base = n.option(9, metaQuery('rowr0', ['base:'])).replies.map(parse)
-  t.same(base.map(r => r.data.subarray(4).toString()), ['base:allocation', ''], 'a namespace query')
+  t.same(
+    base.map(r => r.data.subarray(4).toString()),
+    ['base:allocation', ''],
+    'a namespace query',
+  )
   const set = n.option(10, metaQuery('', ['geom-rowr:written', 'qemu:dirty-bitmap:x'])).replies.map(parse)
-  t.same(set.map(r => r.type), [META_CONTEXT, ACK])
+  t.same(
+    set.map(r => r.type),
+    [META_CONTEXT, ACK],
+  )
   t.equal(set[0]!.data.readUInt32BE(0), 2)
   t.same([...n.metaContexts.values()], ['geom-rowr:written'])
   n.option(10, metaQuery('', []))

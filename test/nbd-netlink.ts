@@ -62,7 +62,15 @@ t.test('little-endian hosts (the byte order of every expected message here)', as
   })
 
   t.test('NBD_CMD_CONNECT for a given device starts with NBD_ATTR_INDEX', async t => {
-    const m = nbdConnectRequest(0x1a, 1, { index: 3, sizeBytes: 512, blockSizeBytes: 512, serverFlags: 1, timeoutSeconds: 0, deadConnTimeoutSeconds: 0, socketFds: [9, 10] })
+    const m = nbdConnectRequest(0x1a, 1, {
+      index: 3,
+      sizeBytes: 512,
+      blockSizeBytes: 512,
+      serverFlags: 1,
+      timeoutSeconds: 0,
+      deadConnTimeoutSeconds: 0,
+      socketFds: [9, 10],
+    })
     t.equal(m.readUInt32LE(0), m.length, 'nlmsg_len is the whole message')
     t.same(m.subarray(20, 28), hex('0800 0100 03000000'), 'NBD_ATTR_INDEX 3 first')
     t.same(

@@ -105,7 +105,10 @@ t.test('64 MiB of unread NBD_OPT_LIST costs the daemon no more than 64 MiB of re
     return still
   }, 10_000)
   await sleep(1000)
-  t.ok(flooder.writableLength > 0, `the daemon stopped reading (${flood.length - flooder.writableLength} bytes taken, ${flooder.writableLength} not)`)
+  t.ok(
+    flooder.writableLength > 0,
+    `the daemon stopped reading (${flood.length - flooder.writableLength} bytes taken, ${flooder.writableLength} not)`,
+  )
   await servesOthers(t, unread.socketPath)
   const unreadGrowth = memory(unread.pid).peak - unread.before
   t.ok(

@@ -81,8 +81,7 @@ const makeStream = (rand: ReturnType<typeof prng>) => {
     const offset = rand.int(0, 1 << 20)
     const pick = rand.next()
     if (pick < 0.35) {
-      const length =
-        rand.next() < 0.1 ? MAX_PAYLOAD : rand.next() < 0.3 ? rand.int(1, 16) : rand.int(1, MAX_PAYLOAD)
+      const length = rand.next() < 0.1 ? MAX_PAYLOAD : rand.next() < 0.3 ? rand.int(1, 16) : rand.int(1, MAX_PAYLOAD)
       const payload = Buffer.alloc(length)
       for (let k = 0; k < length; k += 997) payload[k] = rand.int(0, 255)
       const f = rand.next() < 0.3 ? FUA : 0

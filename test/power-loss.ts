@@ -120,7 +120,8 @@ const acceptable = (ops: Op[], cut: number, s: number): Set<string> => {
   const flushes = ops.filter(o => o.kind === 'flush' && o.acked >= 0 && o.acked <= cut)
   const lastFlushIssued = flushes.length ? Math.max(...flushes.map(f => f.issued)) : -1
   const touching = ops.filter(
-    (o): o is Extract<Op, { fua: boolean }> => (o.kind === 'write' || o.kind === 'zero') && o.issued < cut && s >= o.first && s < o.first + o.count,
+    (o): o is Extract<Op, { fua: boolean }> =>
+      (o.kind === 'write' || o.kind === 'zero') && o.issued < cut && s >= o.first && s < o.first + o.count,
   )
   const value = (o: Extract<Op, { fua: boolean }>): string => (o.kind === 'zero' ? 'zero' : `w${o.id}`)
   const durable = touching.filter(o => o.acked >= 0 && (o.acked <= lastFlushIssued || (o.fua && o.acked <= cut)))
@@ -150,7 +151,18 @@ const powerLoss = async (seed: number, opCount: number, journalOf: (f: MapFile) 
   const map = new SectorStates(SECTORS)
   // RW's device ID is stamped when the map is made, before anything is logged: every rebuilt RW carries it.
   const attributes = new MemoryAttributes()
-  const opened = await MapFile.open({ store, base: 0, describe: 'map', ro, rw, identity: new RwIdentity(rw, SIZE, attributes), size: SIZE, sectorSize: SECTOR, map, force: false })
+  const opened = await MapFile.open({
+    store,
+    base: 0,
+    describe: 'map',
+    ro,
+    rw,
+    identity: new RwIdentity(rw, SIZE, attributes),
+    size: SIZE,
+    sectorSize: SECTOR,
+    map,
+    force: false,
+  })
   const engine = new Engine({ ro, rw, size: SIZE, sectorSize: SECTOR, map, journal: journalOf(opened.file) })
   const start = log.length
   const ops = await runWorkload(engine, log, random(seed), opCount)
@@ -170,7 +182,18 @@ const powerLoss = async (seed: number, opCount: number, journalOf: (f: MapFile) 
       const store2 = rebuild(log, cut, 'map', store.size, tear)
       const map2 = new SectorStates(SECTORS)
       try {
-        await MapFile.open({ store: store2, base: 0, describe: 'map', ro, rw: rw2, identity: new RwIdentity(rw2, SIZE, attributes), size: SIZE, sectorSize: SECTOR, map: map2, force: false })
+        await MapFile.open({
+          store: store2,
+          base: 0,
+          describe: 'map',
+          ro,
+          rw: rw2,
+          identity: new RwIdentity(rw2, SIZE, attributes),
+          size: SIZE,
+          sectorSize: SECTOR,
+          map: map2,
+          force: false,
+        })
       } catch (e) {
         violations.push(`cut ${cut}: the map did not resume: ${(e as Error).message}`)
         continue
@@ -181,7 +204,10 @@ const powerLoss = async (seed: number, opCount: number, journalOf: (f: MapFile) 
         await resumed.read(b, s * SECTOR)
         const got = identify(s, b)
         const ok = acceptable(ops, cut, s)
-        if (!ok.has(got)) violations.push(`cut ${cut} (${typeof tear === 'string' ? tear : 'torn'}): sector ${s} reads ${got}, allowed ${[...ok].join('/')}`)
+        if (!ok.has(got))
+          violations.push(
+            `cut ${cut} (${typeof tear === 'string' ? tear : 'torn'}): sector ${s} reads ${got}, allowed ${[...ok].join('/')}`,
+          )
       }
       readsNow += rw2.readsNow
       readsNotNow += rw2.readsNotNow

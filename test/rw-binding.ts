@@ -67,7 +67,8 @@ const autoName = (t: Test, prefix: string): { name: string; auto: string } => {
 
 const DEVICE_ID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
 /** The only ways on a damaged map may name: restoring copies, or starting over explicitly. */
-const SAFE_WAYS = /restore the map and RW from copies made together .*or start over with --discard-map, which discards every change RW holds/
+const SAFE_WAYS =
+  /restore the map and RW from copies made together .*or start over with --discard-map, which discards every change RW holds/
 
 t.test('a map refuses another RW, after a clean stop and after a SIGKILL; its own RW resumes with every flushed write', async t => {
   if (!requires(t, NEEDS)) return
@@ -93,7 +94,10 @@ t.test('a map refuses another RW, after a clean stop and after a SIGKILL; its ow
   t.ok(fs.readFileSync(other).equals(Buffer.alloc(SIZE)), 'the other RW is not written')
 
   await s.create('b0', '--map', s.map, s.ro, s.rw)
-  t.ok((await s.shows('b0')).equals(s.expected([1 << 20, 64 << 10, 0], [3 << 20, 128 << 10, 0x5a])), 'its own RW resumes with every flushed write')
+  t.ok(
+    (await s.shows('b0')).equals(s.expected([1 << 20, 64 << 10, 0], [3 << 20, 128 << 10, 0x5a])),
+    'its own RW resumes with every flushed write',
+  )
 })
 
 t.test('a map cut short is damaged, even re-extended: the refusal suggests nothing that loses data; --discard-map starts over', async t => {
@@ -114,7 +118,10 @@ t.test('a map cut short is damaged, even re-extended: the refusal suggests nothi
   fs.truncateSync(s.map, MAP_BYTES)
   const grown = await s.g('create', '--no-attach', '--map', s.map, 'c0', s.ro, s.rw)
   t.equal(grown.code, 1, 'the re-extended map is refused, not resumed with nothing written')
-  t.match(grown.stderr, `map ${s.map} has lost pages: they hold 0 written sectors, but held at least ${(64 << 10) / SECTOR} when the map was last opened or closed`)
+  t.match(
+    grown.stderr,
+    `map ${s.map} has lost pages: they hold 0 written sectors, but held at least ${(64 << 10) / SECTOR} when the map was last opened or closed`,
+  )
   t.match(grown.stderr, SAFE_WAYS)
   t.notMatch(grown.stderr, /truncate/)
   s.nothingLeft('the refusals')
@@ -129,14 +136,14 @@ t.test('a map cut short is damaged, even re-extended: the refusal suggests nothi
     ),
   )
   t.same(JSON.parse((await s.g('diff', '--json', 'c0')).stdout).ranges, [], 'the new map is empty')
-  t.ok((await s.shows('c0')).equals(fs.readFileSync(s.ro)), 'RW\'s old data is unreachable: the device reads as RO')
+  t.ok((await s.shows('c0')).equals(fs.readFileSync(s.ro)), "RW's old data is unreachable: the device reads as RO")
   await s.write(over.stdout.trim(), 0, 4096, 0x44)
   t.equal((await s.g('destroy', 'c0')).code, 0)
   await s.create('c0', '--map', s.map, s.ro, s.rw)
   t.ok((await s.shows('c0')).equals(s.expected([0, 4096, 0x44])), 'the new map resumes')
 })
 
-t.test('a RW that holds a map\'s changes is not taken as empty by a new map or by a device without one', async t => {
+t.test("a RW that holds a map's changes is not taken as empty by a new map or by a device without one", async t => {
   if (!requires(t, NEEDS)) return
   const s = setup(t)
   await s.write(await s.create('d0', '--map', s.map, s.ro, s.rw), 0, 8192, 0x21)
@@ -161,10 +168,13 @@ t.test('a RW that holds a map\'s changes is not taken as empty by a new map or b
 
   const discarded = await s.g('create', '--no-attach', '--discard-map', 'd1', s.ro, s.rw)
   t.equal(discarded.code, 0, discarded.stderr)
-  t.match(discarded.stderr, new RegExp(`warning: --discard-map: the changes ${s.rw} held for device ID ${DEVICE_ID} .* are discarded; it is taken as empty`))
+  t.match(
+    discarded.stderr,
+    new RegExp(`warning: --discard-map: the changes ${s.rw} held for device ID ${DEVICE_ID} .* are discarded; it is taken as empty`),
+  )
   t.equal((await s.g('destroy', 'd1')).code, 0)
   const stale = await s.g('create', '--no-attach', '--map', s.map, 'd0', s.ro, s.rw)
-  t.equal(stale.code, 1, 'RW no longer carries the old map\'s ID: that map cannot resume over what the other device wrote')
+  t.equal(stale.code, 1, "RW no longer carries the old map's ID: that map cannot resume over what the other device wrote")
   t.match(stale.stderr, 'is not the RW this map was made with')
 })
 
@@ -210,7 +220,7 @@ t.test('--map-on-rw with RW auto: the automatic RW has room for the map, and res
   await s.write(created.stdout.trim(), 2 << 20, 16 << 10, 0x6b)
   t.equal((await s.g('destroy', name)).code, 0)
   await s.create(name, '--map-on-rw', s.ro, 'auto')
-  t.ok((await s.shows(name)).equals(s.expected([2 << 20, 16 << 10, 0x6b])), 'the map in the automatic RW\'s tail resumes')
+  t.ok((await s.shows(name)).equals(s.expected([2 << 20, 16 << 10, 0x6b])), "the map in the automatic RW's tail resumes")
 })
 
 t.test('an automatic RW kept for a map is never to be removed: the hint names the map and --discard-map', async t => {
@@ -222,7 +232,10 @@ t.test('an automatic RW kept for a map is never to be removed: the hint names th
   const r = await s.g('create', '--no-attach', name, s.ro, 'auto')
   t.equal(r.code, 1)
   t.match(r.stderr, `${auto} already exists, and may hold the changes of a device ${name} with a persistent map`)
-  t.match(r.stderr, /To resume them, give that map .*to start over on it, discarding them, add --discard-map; or name another read-write device/)
+  t.match(
+    r.stderr,
+    /To resume them, give that map .*to start over on it, discarding them, add --discard-map; or name another read-write device/,
+  )
   t.notMatch(r.stderr, /\brm\b/, 'no hint to remove it')
   t.ok(fs.existsSync(auto))
   await s.create(name, '--map', s.map, s.ro, 'auto')

@@ -103,7 +103,11 @@ t.test('agrees with the model under random writes and queries', async t => {
       }
     }
     t.equal(firstMismatch, undefined, `round ${round}: 2000 writes and queries agree`)
-    t.equal(m.writtenSectors, model.bits.reduce((a, b) => a + b, 0), `round ${round} totals agree`)
+    t.equal(
+      m.writtenSectors,
+      model.bits.reduce((a, b) => a + b, 0),
+      `round ${round} totals agree`,
+    )
   }
 })
 
@@ -134,7 +138,10 @@ t.test('a sparsely written leaf keeps a run list, and becomes a bitmap when runs
   t.equal(miscounted, 0, '300 separate runs, each counted right')
   t.ok(m.memoryBytes > 8192, 'past the limit the leaf is a bitmap')
   t.ok(agree(), 'and answers as before')
-  t.equal(m.writtenSectors, model.bits.reduce((a, b) => a + b, 0))
+  t.equal(
+    m.writtenSectors,
+    model.bits.reduce((a, b) => a + b, 0),
+  )
 })
 
 t.test('memory: 1 GiB written scattered over 1 TiB stays small', async t => {
@@ -152,8 +159,21 @@ t.test('writtenRuns lists the written runs of a range, cut at its ends', async t
   m.setRange(0, 4)
   m.setRange(LEAF_SECTORS - 2, 10)
   m.setRange(3 * LEAF_SECTORS - 1, 1)
-  t.same([...m.writtenRuns()], [[0, 4], [LEAF_SECTORS - 2, 10], [3 * LEAF_SECTORS - 1, 1]])
-  t.same([...m.writtenRuns(2, LEAF_SECTORS)], [[2, 2], [LEAF_SECTORS - 2, 2]])
+  t.same(
+    [...m.writtenRuns()],
+    [
+      [0, 4],
+      [LEAF_SECTORS - 2, 10],
+      [3 * LEAF_SECTORS - 1, 1],
+    ],
+  )
+  t.same(
+    [...m.writtenRuns(2, LEAF_SECTORS)],
+    [
+      [2, 2],
+      [LEAF_SECTORS - 2, 2],
+    ],
+  )
   m.clear()
   t.same([...m.writtenRuns()], [])
   t.equal(m.writtenSectors, 0)

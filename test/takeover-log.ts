@@ -36,8 +36,22 @@ t.test('ranges marked since the last commit are in the log after a crash', async
   const log = new TakeoverLog(dir, f.journal)
   log.marked(0, 8)
   log.marked(2 ** 40, 1)
-  t.same(f.marked, [[0, 8], [2 ** 40, 1]], 'passed on to the map')
-  t.same(readTakeoverLog(dir), [[0, 8], [2 ** 40, 1]], 'and on disk before marked() returns')
+  t.same(
+    f.marked,
+    [
+      [0, 8],
+      [2 ** 40, 1],
+    ],
+    'passed on to the map',
+  )
+  t.same(
+    readTakeoverLog(dir),
+    [
+      [0, 8],
+      [2 ** 40, 1],
+    ],
+    'and on disk before marked() returns',
+  )
 })
 
 t.test('a commit removes what it covered and keeps what was marked while it ran', async t => {
@@ -47,7 +61,14 @@ t.test('a commit removes what it covered and keeps what was marked while it ran'
   log.marked(10, 2)
   const committing = log.commit(async () => undefined)
   log.marked(20, 3)
-  t.same(readTakeoverLog(dir), [[10, 2], [20, 3]], 'both while the commit runs')
+  t.same(
+    readTakeoverLog(dir),
+    [
+      [10, 2],
+      [20, 3],
+    ],
+    'both while the commit runs',
+  )
   f.finishCommit()
   await committing
   t.same(readTakeoverLog(dir), [[20, 3]], 'only the range the commit may have missed')
@@ -85,7 +106,10 @@ t.test('an emptied map (revert, or the end of a commit into RO) takes the logged
   ] as const) {
     const dir = t.testdir()
     const cleared: string[] = []
-    const log = new TakeoverLog(dir, quietJournal({ clear: async () => void cleared.push('clear'), finishCommit: async () => void cleared.push('finishCommit') }))
+    const log = new TakeoverLog(
+      dir,
+      quietJournal({ clear: async () => void cleared.push('clear'), finishCommit: async () => void cleared.push('finishCommit') }),
+    )
     log.marked(7, 3)
     await empty(log)
     t.equal(cleared.length, 1, `${how}: the map was emptied`)

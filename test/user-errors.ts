@@ -31,7 +31,10 @@ t.test('a map in a folder that does not exist', async t => {
   const map = path.join(dir, 'missing/r.map')
   const r = await cli('create', '--no-attach', '--map', map, 'm0', ro, rw)
   t.equal(r.code, 1)
-  t.match(r.stderr, `${map} does not exist (or a folder on its path does not): check the path; a new file's folder must exist first (mkdir -p)`)
+  t.match(
+    r.stderr,
+    `${map} does not exist (or a folder on its path does not): check the path; a new file's folder must exist first (mkdir -p)`,
+  )
   t.notOk(fs.existsSync(path.join(dir, 'run/m0')), 'nothing is left behind')
 })
 

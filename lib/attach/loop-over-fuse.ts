@@ -29,7 +29,10 @@ const mountinfoEscape = (p: string): string => p.replace(/[ \t\n\\]/g, c => `\\$
 export const fuseMounted = (mount: string): boolean => {
   const target = ` ${mountinfoEscape(mount)} `
   try {
-    return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some(line => line.includes(target))
+    return fs
+      .readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .some(line => line.includes(target))
   } catch {
     return false
   }
@@ -64,14 +67,7 @@ export const attachLoopOverFuse = async (options: AttachOptions): Promise<LoopOv
   const fusePid = child.pid!
   log(`nbdfuse (pid ${fusePid}) shows the export as ${file}`)
   try {
-    const { stdout } = await runCommand('losetup', [
-      '--find',
-      '--show',
-      '--direct-io=on',
-      '--sector-size',
-      String(sectorSize),
-      file,
-    ])
+    const { stdout } = await runCommand('losetup', ['--find', '--show', '--direct-io=on', '--sector-size', String(sectorSize), file])
     const device = stdout.trim()
     log(`attached ${device} (loop device over ${file})`)
     return { kind: 'loop', device, mount: mountDir, file, fusePid }
@@ -110,10 +106,7 @@ export const detachLoopOverFuse = async (
   await unmountFuse(attachment, { force })
 }
 
-const unmountFuse = async (
-  { mount, fusePid }: { mount: string; fusePid: number },
-  { force }: { force: boolean },
-): Promise<void> => {
+const unmountFuse = async ({ mount, fusePid }: { mount: string; fusePid: number }, { force }: { force: boolean }): Promise<void> => {
   // The loop device lets go of the FUSE file a moment after losetup -d
   // returns, so a plain unmount is retried until it stops being busy.
   const deadline = Date.now() + (force ? 0 : UNMOUNT_MS)

@@ -42,7 +42,9 @@ const nbdIndex = (device: string): number => {
 const sysfs = (device: string, file: string): string => `/sys/block/${device.slice('/dev/'.length)}/${file}`
 
 const explain = (e: unknown): string =>
-  e instanceof NetlinkRequestError && e.errno === 2 ? "the kernel has no nbd netlink family (load the nbd module: modprobe nbd)" : (e as Error).message
+  e instanceof NetlinkRequestError && e.errno === 2
+    ? 'the kernel has no nbd netlink family (load the nbd module: modprobe nbd)'
+    : (e as Error).message
 
 export const attachNbdModule = async ({ name, nbdSocket, sectorSize, persistent, log }: AttachOptions): Promise<NbdModuleAttachment> => {
   let index: number
@@ -63,10 +65,14 @@ export const attachNbdModule = async ({ name, nbdSocket, sectorSize, persistent,
       closeFd(s.fd)
     }
   } catch (e) {
-    throw new RowrError('EATTACH', `could not attach ${name} to the kernel's nbd driver: ${explain(e)}; or use --no-attach for NBD only`, { cause: e })
+    throw new RowrError('EATTACH', `could not attach ${name} to the kernel's nbd driver: ${explain(e)}; or use --no-attach for NBD only`, {
+      cause: e,
+    })
   }
   const device = `/dev/nbd${index}`
-  log(`attached ${device} over netlink${persistent ? `; it waits up to ${DEAD_CONNECTION_SECONDS} s for a new daemon should this one die` : ''}`)
+  log(
+    `attached ${device} over netlink${persistent ? `; it waits up to ${DEAD_CONNECTION_SECONDS} s for a new daemon should this one die` : ''}`,
+  )
   return { kind: 'nbd', device }
 }
 
@@ -96,7 +102,11 @@ export const reconnectNbdModule = async (
       closeFd(s.fd)
     }
   } catch (e) {
-    throw new RowrError('EATTACH', `could not reconnect ${device} of ${name}: ${explain(e)}; it still waits; try again, or give up on it: geom-rowr destroy -f ${name}`, { cause: e })
+    throw new RowrError(
+      'EATTACH',
+      `could not reconnect ${device} of ${name}: ${explain(e)}; it still waits; try again, or give up on it: geom-rowr destroy -f ${name}`,
+      { cause: e },
+    )
   }
   log(`reconnected ${device}: the kernel sends its held requests to this daemon`)
   return attachment

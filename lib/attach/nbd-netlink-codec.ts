@@ -119,7 +119,10 @@ export interface NbdConnectConfig {
 }
 
 const sockets = (fds: readonly number[]): Buffer =>
-  attrNested(NbdAttr.SOCKETS, fds.map(fd => attrNested(NBD_SOCK_ITEM, [attrU32(NBD_SOCK_FD, fd)])))
+  attrNested(
+    NbdAttr.SOCKETS,
+    fds.map(fd => attrNested(NBD_SOCK_ITEM, [attrU32(NBD_SOCK_FD, fd)])),
+  )
 
 const nbdMessage = (family: number, cmd: number, seq: number, attrs: readonly Buffer[]): Buffer =>
   genlMessage({ family, cmd, version: NBD_GENL_VERSION, seq, attrs })
@@ -136,7 +139,13 @@ export const nbdConnectRequest = (family: number, seq: number, c: NbdConnectConf
   ])
 
 /** Replaces the dead connection of device `index` with `socketFd`. */
-export const nbdReconfigureRequest = (family: number, seq: number, index: number, socketFd: number, deadConnTimeoutSeconds: number): Buffer =>
+export const nbdReconfigureRequest = (
+  family: number,
+  seq: number,
+  index: number,
+  socketFd: number,
+  deadConnTimeoutSeconds: number,
+): Buffer =>
   nbdMessage(family, NbdCmd.RECONFIGURE, seq, [
     attrU32(NbdAttr.INDEX, index),
     attrU64(NbdAttr.DEAD_CONN_TIMEOUT, deadConnTimeoutSeconds),
@@ -158,7 +167,7 @@ export interface NetlinkMessage {
 }
 
 class NetlinkFormatError extends Error {
-  override name = "NetlinkFormatError"
+  override name = 'NetlinkFormatError'
 }
 
 /** The messages in one datagram from the kernel. */
@@ -170,7 +179,12 @@ export const parseMessages = (b: Buffer): NetlinkMessage[] => {
     if (length < NLMSG_HEADER_BYTES || at + length > b.length) {
       throw new NetlinkFormatError(`a netlink message of ${length} bytes at offset ${at} of ${b.length}`)
     }
-    out.push({ type: readU16(b, at + 4), flags: readU16(b, at + 6), seq: readU32(b, at + 8), payload: b.subarray(at + NLMSG_HEADER_BYTES, at + length) })
+    out.push({
+      type: readU16(b, at + 4),
+      flags: readU16(b, at + 6),
+      seq: readU32(b, at + 8),
+      payload: b.subarray(at + NLMSG_HEADER_BYTES, at + length),
+    })
     at += align4(length)
   }
   return out

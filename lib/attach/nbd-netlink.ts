@@ -68,7 +68,12 @@ class NbdNetlink {
 
   async reconfigure(index: number, socketFd: number, deadConnTimeoutSeconds: number): Promise<void> {
     const seq = this.#seq++
-    await exchange(this.#socket, nbdReconfigureRequest(this.#family, seq, index, socketFd, deadConnTimeoutSeconds), seq, `NBD_CMD_RECONFIGURE of nbd${index}`)
+    await exchange(
+      this.#socket,
+      nbdReconfigureRequest(this.#family, seq, index, socketFd, deadConnTimeoutSeconds),
+      seq,
+      `NBD_CMD_RECONFIGURE of nbd${index}`,
+    )
   }
 
   async disconnect(index: number): Promise<void> {

@@ -23,10 +23,7 @@ export interface CreateArgs extends MapArgs, HydrationArgs {
 const checkCanAttach = (): void => {
   if (process.getuid?.() !== 0) {
     const what = platform() === 'freebsd' ? 'a GEOM Gate provider (/dev/ggctl)' : 'a kernel block device'
-    throw new RowrError(
-      'EPLATFORM',
-      `attaching ${what} needs root: run it as root, or use --no-attach (or geom-rowr serve) for NBD only`,
-    )
+    throw new RowrError('EPLATFORM', `attaching ${what} needs root: run it as root, or use --no-attach (or geom-rowr serve) for NBD only`)
   }
 }
 

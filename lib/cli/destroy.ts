@@ -38,25 +38,34 @@ export const destroy = async ({ name, force }: DestroyArgs): Promise<void> => {
     case 'waiting':
       // Giving up loses what the kernel holds for the daemon: only on -f.
       if (!force) throw new RowrError('EBUSY', waitingMessage(l))
-      await cleanupStale(name, { kind: 'stale', state: l.state, reason: `${l.reason}, and destroy -f gave up waiting for a new one` }, warn, { force })
+      await cleanupStale(
+        name,
+        { kind: 'stale', state: l.state, reason: `${l.reason}, and destroy -f gave up waiting for a new one` },
+        warn,
+        { force },
+      )
       return
     case 'held':
       // Its users' I/O fails once it is gone: only on -f.
       if (!force) throw new RowrError('EBUSY', heldMessage(l))
-      await cleanupStale(name, { kind: 'stale', state: l.state, reason: `${l.reason}, and destroy -f took its open device away` }, warn, { force })
+      await cleanupStale(name, { kind: 'stale', state: l.state, reason: `${l.reason}, and destroy -f took its open device away` }, warn, {
+        force,
+      })
       return
     case 'unresponsive': {
       if (!force) {
-        throw new RowrError(
-          'EBUSY',
-          `the daemon of ${name} (pid ${l.state.pid}) does not answer; use destroy -f to kill it and clean up`,
-        )
+        throw new RowrError('EBUSY', `the daemon of ${name} (pid ${l.state.pid}) does not answer; use destroy -f to kill it and clean up`)
       }
       if (isRowrDaemon(l.state.pid)) {
         process.kill(l.state.pid, 'SIGKILL')
         await waitFor(() => !processAlive(l.state.pid), EXIT_WAIT_MS)
       }
-      await cleanupStale(name, { kind: 'stale', state: l.state, reason: `its daemon (pid ${l.state.pid}) did not answer and was killed` }, warn, { force })
+      await cleanupStale(
+        name,
+        { kind: 'stale', state: l.state, reason: `its daemon (pid ${l.state.pid}) did not answer and was killed` },
+        warn,
+        { force },
+      )
       return
     }
     case 'running': {

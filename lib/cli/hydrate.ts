@@ -24,7 +24,10 @@ const POLL_MS = 500
 const hydrationOf = (status: DeviceStatus): HydrationReport => {
   const { hydration, roHeld } = status
   if (!hydration || roHeld === undefined) {
-    throw new RowrError('EDAEMON', `the daemon of ${status.name} (pid ${status.pid}) predates hydration: destroy and create the device again`)
+    throw new RowrError(
+      'EDAEMON',
+      `the daemon of ${status.name} (pid ${status.pid}) predates hydration: destroy and create the device again`,
+    )
   }
   return { hydration, roHeld }
 }
@@ -59,5 +62,6 @@ export const hydrate = async (a: HydrateArgs): Promise<void> => {
     bar.end()
   }
   process.stdout.write(`${a.name}: hydration ${hydrationLine(h, mediasize)}${report.roHeld ? '' : '; RO released'}\n`)
-  if (a.wait && h.state === 'failed') throw new RowrError('EDAEMON', `hydration of ${a.name} failed: ${h.error}; geom-rowr hydrate --resume ${a.name} retries`)
+  if (a.wait && h.state === 'failed')
+    throw new RowrError('EDAEMON', `hydration of ${a.name} failed: ${h.error}; geom-rowr hydrate --resume ${a.name} retries`)
 }

@@ -171,7 +171,9 @@ const printPlan = (a: TargetArgs, plan: CommitPlan): void => {
     return
   }
   process.stdout.write(plan.ranges.map(r => `${r.offset} ${r.length}\n`).join(''))
-  warn(`${label(a)}: commit --dry-run: would write ${plan.bytes} bytes in ${plan.ranges.length} range(s) into ${plan.ro}; nothing was written`)
+  warn(
+    `${label(a)}: commit --dry-run: would write ${plan.bytes} bytes in ${plan.ranges.length} range(s) into ${plan.ro}; nothing was written`,
+  )
 }
 
 /**
@@ -197,13 +199,22 @@ export const commit = async (a: CommitArgs): Promise<void> => {
     }
     const p = await plan()
     if (!p) return
-    if (p.bytes > 0 && !(await confirm(`geom-rowr: ${label(a)}: overwrite ${p.ro} with ${p.bytes} bytes in ${p.ranges.length} range(s)? This cannot be undone. [y/N] `))) {
+    if (
+      p.bytes > 0 &&
+      !(await confirm(
+        `geom-rowr: ${label(a)}: overwrite ${p.ro} with ${p.bytes} bytes in ${p.ranges.length} range(s)? This cannot be undone. [y/N] `,
+      ))
+    ) {
       throw new RowrError('ENOTCONFIRMED', `${label(a)}: not committed; nothing was written`)
     }
   }
   const s = await runJob(a, 'commit', { cmd: 'commit', force: a.force, dryRun: false }, commitJob)
   if (!s) return
-  print(a, s, `${label(a)}: committed ${s.committedBytes} bytes into RO; the map is empty${s.released ? ' and RW\'s space was released' : ''}`)
+  print(
+    a,
+    s,
+    `${label(a)}: committed ${s.committedBytes} bytes into RO; the map is empty${s.released ? " and RW's space was released" : ''}`,
+  )
 }
 
 export interface ExportArgs extends TargetArgs {

@@ -72,7 +72,10 @@ const jobLine = (j: JobProgress): string => `${j.name}, ${human(j.done)} of ${hu
 export const hydrationLine = (h: HydrationReport['hydration'], mediasize: number): string => {
   const done = mediasize - h.remainingBytes
   const percent = mediasize > 0 ? ((100 * done) / mediasize).toFixed(1) : '100.0'
-  const rate = h.state === 'running' && h.rateBytesPerSecond > 0 ? `, ${human(h.rateBytesPerSecond)}/s, ETA ${clock(h.remainingBytes / h.rateBytesPerSecond)}` : ''
+  const rate =
+    h.state === 'running' && h.rateBytesPerSecond > 0
+      ? `, ${human(h.rateBytesPerSecond)}/s, ETA ${clock(h.remainingBytes / h.rateBytesPerSecond)}`
+      : ''
   const settings = [
     h.rateLimit > 0 ? `rate limit ${human(h.rateLimit)}/s` : 'no rate limit',
     `at least ${Math.round(h.share * 100)}% under client load`,
@@ -104,7 +107,9 @@ const describe = (s: DeviceStatus): string => {
     ['nbd', s.nbd],
     ['ro', `${s.ro} (${s.roHeld === false ? 'released: hydrated' : 'opened read-only'})`],
     ['rw', s.rwAuto ? `${describeAutoRw(s.rw, mediasize, s.map !== null)}, made by geom-rowr` : s.rw],
-    ...(s.rwAllocated === undefined ? [] : [['rw allocated', `${s.rwAllocated} (${human(s.rwAllocated)}) on RW itself`] as [string, string]]),
+    ...(s.rwAllocated === undefined
+      ? []
+      : [['rw allocated', `${s.rwAllocated} (${human(s.rwAllocated)}) on RW itself`] as [string, string]]),
     ['map', mapLine(s)],
     ['mediasize', `${mediasize} (${human(mediasize)})`],
     ['sectorsize', String(s.sectorsize)],

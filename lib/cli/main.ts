@@ -23,7 +23,7 @@ class UsageError extends Error {}
 
 const sectorSizeOption = {
   type: 'number',
-  describe: 'sector size in bytes (a power of two, 512..65536); default: the larger of the two devices\' sector sizes',
+  describe: "sector size in bytes (a power of two, 512..65536); default: the larger of the two devices' sector sizes",
 } as const
 
 const mapOptions = {
@@ -36,12 +36,14 @@ const mapOptions = {
   force: {
     type: 'boolean',
     default: false,
-    describe: "resume a map although RO or RW is not the one it was made with (you vouch that they are its devices); RW then carries the map's ID",
+    describe:
+      "resume a map although RO or RW is not the one it was made with (you vouch that they are its devices); RW then carries the map's ID",
   },
   'discard-map': {
     type: 'boolean',
     default: false,
-    describe: "start over: a new, empty map in place of what the map holds (damaged or not), and RW taken as empty, even if it holds another map's changes; those changes are lost",
+    describe:
+      "start over: a new, empty map in place of what the map holds (damaged or not), and RW taken as empty, even if it holds another map's changes; those changes are lost",
   },
 } as const
 
@@ -70,9 +72,9 @@ const hydrationOptions = {
 
 const checkHydration = (argv: { ro?: string; rw?: string; map?: string; 'hydrate-rate'?: string; 'hydrate-share'?: number }): true => {
   if (argv.ro === 'none' && argv.map === undefined) {
-    throw new UsageError('RO none (a fully hydrated device resumed without its RO) needs the device\'s map file: --map FILE')
+    throw new UsageError("RO none (a fully hydrated device resumed without its RO) needs the device's map file: --map FILE")
   }
-  if (argv.ro === 'none' && argv.rw === 'auto') throw new UsageError('RO none needs the device\'s RW, which holds all of it: not auto')
+  if (argv.ro === 'none' && argv.rw === 'auto') throw new UsageError("RO none needs the device's RW, which holds all of it: not auto")
   parseRate('--hydrate-rate', argv['hydrate-rate'] ?? '0')
   checkShare('--hydrate-share', argv['hydrate-share'] ?? DEFAULT_SHARE * 100)
   return true
@@ -85,10 +87,12 @@ const withRate = <T extends { 'hydrate-rate'?: string }>(argv: T): T & { 'hydrat
 })
 
 const checkMap = (argv: { map?: string; 'map-on-rw'?: boolean; force?: boolean; 'discard-map'?: boolean }): true => {
-  if (argv.map !== undefined && argv['map-on-rw']) throw new UsageError('--map and --map-on-rw exclude each other: choose where the map lives')
-  if (argv.force && argv.map === undefined && !argv['map-on-rw']) throw new UsageError('--force only applies to a map (--map or --map-on-rw)')
+  if (argv.map !== undefined && argv['map-on-rw'])
+    throw new UsageError('--map and --map-on-rw exclude each other: choose where the map lives')
+  if (argv.force && argv.map === undefined && !argv['map-on-rw'])
+    throw new UsageError('--force only applies to a map (--map or --map-on-rw)')
   if (argv.force && argv['discard-map']) {
-    throw new UsageError('--force (resume the map\'s changes) and --discard-map (throw them away) exclude each other: choose one')
+    throw new UsageError("--force (resume the map's changes) and --discard-map (throw them away) exclude each other: choose one")
   }
   return true
 }
@@ -96,9 +100,12 @@ const checkMap = (argv: { map?: string; 'map-on-rw'?: boolean; force?: boolean; 
 /** NAME, or a stopped device as --ro --rw and its map: the lifecycle commands' target. */
 const targetOptions = (y: Argv, force: string): Argv =>
   y
-    .option('ro', { type: 'string', describe: 'a stopped device\'s read-only device (with --rw and --map or --map-on-rw, in place of NAME)' })
-    .option('rw', { type: 'string', describe: 'a stopped device\'s read-write device' })
-    .option('map', { type: 'string', describe: 'a stopped device\'s map file' })
+    .option('ro', {
+      type: 'string',
+      describe: "a stopped device's read-only device (with --rw and --map or --map-on-rw, in place of NAME)",
+    })
+    .option('rw', { type: 'string', describe: "a stopped device's read-write device" })
+    .option('map', { type: 'string', describe: "a stopped device's map file" })
     .option('map-on-rw', { type: 'boolean', default: false, describe: "a stopped device's map is in RW's tail" })
     .option('force', { alias: 'f', type: 'boolean', default: false, describe: force })
     .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON' })
@@ -120,22 +127,20 @@ const targetOptions = (y: Argv, force: string): Argv =>
  * about the positionals instead: undeclared options are named first, before
  * yargs validates anything.
  */
-const rejectUnknownOptions =
-  (args: readonly string[], command: string, y: Argv) =>
-  (): void => {
-      // getOptions is yargs's, though its types leave it out.
-      const o = (y as unknown as { getOptions(): { key: Record<string, unknown>; alias: Record<string, string[]> } }).getOptions()
-      const known = new Set([...Object.keys(o.key), ...Object.values(o.alias).flat(), 'help', 'h'])
-      for (const a of args) {
-        if (a === '--') break
-        if (!a.startsWith('-') || a === '-') continue
-        const name = a.replace(/^--?/, '').split('=')[0]!
-        const unknown = a.startsWith('--')
-          ? !known.has(name) && !(name.startsWith('no-') && known.has(name.slice(3)))
-          : [...name].some(c => !known.has(c))
-        if (unknown) throw new UsageError(`${command}: unknown option ${a.split('=')[0]}`)
-      }
-    }
+const rejectUnknownOptions = (args: readonly string[], command: string, y: Argv) => (): void => {
+  // getOptions is yargs's, though its types leave it out.
+  const o = (y as unknown as { getOptions(): { key: Record<string, unknown>; alias: Record<string, string[]> } }).getOptions()
+  const known = new Set([...Object.keys(o.key), ...Object.values(o.alias).flat(), 'help', 'h'])
+  for (const a of args) {
+    if (a === '--') break
+    if (!a.startsWith('-') || a === '-') continue
+    const name = a.replace(/^--?/, '').split('=')[0]!
+    const unknown = a.startsWith('--')
+      ? !known.has(name) && !(name.startsWith('no-') && known.has(name.slice(3)))
+      : [...name].some(c => !known.has(c))
+    if (unknown) throw new UsageError(`${command}: unknown option ${a.split('=')[0]}`)
+  }
+}
 
 /** A TCP port, from the word the user typed. */
 const parsePort = (value: string): number => {
@@ -216,7 +221,9 @@ const build = (args: string[]): Argv => {
           .middleware(strictly('create', y), true)
           .check(argv => {
             if (argv['systemd-mark'] && argv.verbose) {
-              throw new UsageError("--systemd-mark marks the background daemon; with -v, start geom-rowr with an argv[0] that begins with '@' (exec -a @geom-rowr ...)")
+              throw new UsageError(
+                "--systemd-mark marks the background daemon; with -v, start geom-rowr with an argv[0] that begins with '@' (exec -a @geom-rowr ...)",
+              )
             }
             return checkMap(argv) && checkHydration(argv) && checkCommon(argv)
           }),
@@ -246,7 +253,9 @@ const build = (args: string[]): Argv => {
             return checkCommon(argv)
           }),
       argv =>
-        serve({ ...withRate(argv), port: argv.port === undefined ? undefined : parsePort(argv.port) } as unknown as Parameters<typeof serve>[0]),
+        serve({ ...withRate(argv), port: argv.port === undefined ? undefined : parsePort(argv.port) } as unknown as Parameters<
+          typeof serve
+        >[0]),
     )
     .command(
       'destroy <names..>',
@@ -300,12 +309,21 @@ const build = (args: string[]): Argv => {
           .option('rate', { type: 'string', describe: 'limit the copy to this many bytes per second (N[KMG]; 0: no limit)' })
           .option('share', { type: 'number', describe: 'the share of the time the copy keeps while clients are busy, in percent' })
           .option('pause', { type: 'boolean', default: false, describe: 'pause the copy (its progress is kept)' })
-          .option('resume', { type: 'boolean', default: false, describe: 'start or resume the copy, retrying after a failure (what hydrate does without --pause)' })
+          .option('resume', {
+            type: 'boolean',
+            default: false,
+            describe: 'start or resume the copy, retrying after a failure (what hydrate does without --pause)',
+          })
           .option('copy-on-read', { type: 'string', choices: ['on', 'off'], describe: 'whether a read of RO data also copies it to RW' })
-          .option('wait', { type: 'boolean', default: false, describe: 'wait until it is done (or fails or is paused), with a progress bar on a terminal' })
+          .option('wait', {
+            type: 'boolean',
+            default: false,
+            describe: 'wait until it is done (or fails or is paused), with a progress bar on a terminal',
+          })
           .middleware(strictly('hydrate', y), true)
           .check(argv => {
-            if (argv.pause && (argv.resume || argv.wait)) throw new UsageError(`--pause excludes ${argv.resume ? '--resume' : '--wait'}: pause, or resume (and wait), not both`)
+            if (argv.pause && (argv.resume || argv.wait))
+              throw new UsageError(`--pause excludes ${argv.resume ? '--resume' : '--wait'}: pause, or resume (and wait), not both`)
             if (argv.rate !== undefined) parseRate('--rate', argv.rate)
             if (argv.share !== undefined) checkShare('--share', argv.share)
             return checkCommon(argv)
@@ -323,13 +341,21 @@ const build = (args: string[]): Argv => {
     .command(
       'diff [name]',
       'list the written ranges (byte offsets and lengths)',
-      y => targetOptions(y.positional('name', { type: 'string' }), 'resume a stopped device\'s map whose fingerprints do not match').middleware(strictly('diff', y), true),
+      y =>
+        targetOptions(y.positional('name', { type: 'string' }), "resume a stopped device's map whose fingerprints do not match").middleware(
+          strictly('diff', y),
+          true,
+        ),
       argv => diff(argv as unknown as TargetArgs),
     )
     .command(
       'revert [name]',
       'forget every write: the device reads as RO again',
-      y => targetOptions(y.positional('name', { type: 'string' }), 'even while the device is open (or: accept a map whose fingerprints do not match)').middleware(strictly('revert', y), true),
+      y =>
+        targetOptions(
+          y.positional('name', { type: 'string' }),
+          'even while the device is open (or: accept a map whose fingerprints do not match)',
+        ).middleware(strictly('revert', y), true),
       argv => revert(argv as unknown as TargetArgs),
     )
     .command(
@@ -339,9 +365,18 @@ const build = (args: string[]): Argv => {
         targetOptions(
           y
             .positional('name', { type: 'string' })
-            .option('yes', { alias: 'y', type: 'boolean', default: false, describe: 'do not ask for confirmation (needed without a terminal)' })
-            .option('dry-run', { type: 'boolean', default: false, describe: 'make every check and print the ranges it would write; write nothing' }),
-          'even while the device is open (or: accept a stopped device\'s map whose fingerprints do not match)',
+            .option('yes', {
+              alias: 'y',
+              type: 'boolean',
+              default: false,
+              describe: 'do not ask for confirmation (needed without a terminal)',
+            })
+            .option('dry-run', {
+              type: 'boolean',
+              default: false,
+              describe: 'make every check and print the ranges it would write; write nothing',
+            }),
+          "even while the device is open (or: accept a stopped device's map whose fingerprints do not match)",
         ).middleware(strictly('commit', y), true),
       argv => commit(argv as unknown as CommitArgs),
     )
@@ -358,14 +393,15 @@ const build = (args: string[]): Argv => {
             .option('to-device', {
               type: 'boolean',
               default: false,
-              describe: 'FILE is an existing disk device at least the device\'s size: overwrite it with every byte of the device (refused while it is mounted or in use)',
+              describe:
+                "FILE is an existing disk device at least the device's size: overwrite it with every byte of the device (refused while it is mounted or in use)",
             })
             .middleware(argv => {
               // export NAME FILE, or export FILE with --ro/--rw.
               if (argv.second !== undefined) Object.assign(argv, { name: argv.first, file: argv.second })
               else Object.assign(argv, { file: argv.first })
             }, true),
-          'accept a stopped device\'s map whose fingerprints do not match',
+          "accept a stopped device's map whose fingerprints do not match",
         ).middleware(strictly('export', y), true),
       argv => exportCommand(argv as unknown as ExportArgs),
     )

@@ -30,11 +30,7 @@ export const serve = async (a: ServeArgs): Promise<void> => {
   const name = a.name ?? firstFreeName()
   await clearStale(name, warn)
   const listen: Listen | undefined =
-    a.port !== undefined
-      ? { port: a.port, host: a.bind }
-      : a.socket !== undefined
-        ? { socket: path.resolve(a.socket) }
-        : undefined
+    a.port !== undefined ? { port: a.port, host: a.bind } : a.socket !== undefined ? { socket: path.resolve(a.socket) } : undefined
   await runDevice(
     {
       name,

@@ -129,7 +129,9 @@ export const assemble = async (o: AssemblyOptions, teardown: Teardown): Promise<
     // Without a map RW is taken as empty: not a RW that holds a map's changes.
     const discarded = await takeUnbound(identity, o.discardMap)
     if (discarded.length) {
-      warnings.push(`--discard-map: the changes ${pair.rw.path} held for device ID ${describeIds(identity, discarded)} are discarded; it is taken as empty`)
+      warnings.push(
+        `--discard-map: the changes ${pair.rw.path} held for device ID ${describeIds(identity, discarded)} are discarded; it is taken as empty`,
+      )
     }
   }
   const journal = mapFile && (o.journal?.(mapFile, map) ?? mapFile)

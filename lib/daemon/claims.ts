@@ -41,7 +41,7 @@ const ROLE_NAME: Record<Role, string> = { ro: 'RO', rw: 'RW', map: 'map', commit
 const fixFor = (role: ClaimTarget['role'], holder: string): string => {
   switch (role) {
     case 'rw':
-      return 'it cannot also be this device\'s RW: a RW is written by its device alone and must hold nothing else: choose another RW (each device needs its own)'
+      return "it cannot also be this device's RW: a RW is written by its device alone and must hold nothing else: choose another RW (each device needs its own)"
     case 'map':
       return `it cannot also be this device's map: a map belongs to one device: give this device a map file of its own (to work on ${holder}'s changes, give its NAME to diff, revert, commit or export)`
     case 'ro':
@@ -49,8 +49,7 @@ const fixFor = (role: ClaimTarget['role'], holder: string): string => {
   }
 }
 
-const conflicts = (mine: ClaimTarget['role'], theirs: Role): boolean =>
-  theirs === 'commit' || mine !== 'ro' || theirs !== 'ro'
+const conflicts = (mine: ClaimTarget['role'], theirs: Role): boolean => theirs === 'commit' || mine !== 'ro' || theirs !== 'ro'
 
 const registryRefusal = (t: ClaimTarget, h: Holder, claimant: Claimant): RowrError => {
   const what = `${t.path} belongs to running device ${h.name} as its ${ROLE_NAME[h.role]}`
@@ -94,7 +93,11 @@ const checkKernelUsers = (t: ClaimTarget, identity: DeviceIdentity): void => {
       if (writable) throw readerRefusal(t, `backs ${loop.device}, mounted read-write on ${writable.point}`, writable.point)
     } else if (loop.users.uses.length) {
       const umount = unmountHint(loop.users)
-      throw writerRefusal(t, `backs ${loop.device}, ${loop.users.uses.join(', ')}`, `${umount ? `${umount} && ` : ''}losetup -d ${loop.device}`)
+      throw writerRefusal(
+        t,
+        `backs ${loop.device}, ${loop.users.uses.join(', ')}`,
+        `${umount ? `${umount} && ` : ''}losetup -d ${loop.device}`,
+      )
     }
   }
 }
@@ -107,7 +110,9 @@ const openExclusive = (t: ClaimTarget): number => {
     if (errnoCode(e) !== 'EBUSY') throw e
     const st = fs.statSync(t.path)
     const users = kernelUsers(majorMinor(st.rdev))
-    const uses = users.uses.length ? `is ${users.uses.join(', ')}` : 'is held open exclusively by another program (a swap area, a RAID or LVM member, another geom-rowr device)'
+    const uses = users.uses.length
+      ? `is ${users.uses.join(', ')}`
+      : 'is held open exclusively by another program (a swap area, a RAID or LVM member, another geom-rowr device)'
     const umount = unmountHint(users)
     throw writerRefusal(t, uses, umount)
   }
@@ -300,17 +305,26 @@ const fileLocked = (file: string): boolean => {
 }
 
 /** Why writing `target` would change `o`, a device in use, or nothing. */
-const exportTargetUse = (target: string, o: Overlap, own: DeviceClaims | undefined, running: Map<string, string>): RowrError | undefined => {
+const exportTargetUse = (
+  target: string,
+  o: Overlap,
+  own: DeviceClaims | undefined,
+  running: Map<string, string>,
+): RowrError | undefined => {
   const subject = o.how ? `${target} shares its bytes with ${o.how}, which` : target
   const key = claimKey(o.identity)
-  const refusal = (why: string, instead = ''): RowrError => new RowrError('EINUSE', `${subject} ${why}: choose another device to export onto${instead}`)
+  const refusal = (why: string, instead = ''): RowrError =>
+    new RowrError('EINUSE', `${subject} ${why}: choose another device to export onto${instead}`)
   const role = own?.roleOf(key)
   if (role) {
-    const instead = role === 'ro' ? ' (to write the device\'s changes into RO, use geom-rowr commit)' : ''
+    const instead = role === 'ro' ? " (to write the device's changes into RO, use geom-rowr commit)" : ''
     return refusal(`is this device's ${ROLE_NAME[role]}; export never writes a device onto its own RO, RW or map`, instead)
   }
   const holder = holdersOf(key)[0]
-  if (holder) return refusal(`belongs to running device ${holder.name} as its ${ROLE_NAME[holder.role]}; export never writes onto a geom-rowr device's RO, RW or map`)
+  if (holder)
+    return refusal(
+      `belongs to running device ${holder.name} as its ${ROLE_NAME[holder.role]}; export never writes onto a geom-rowr device's RO, RW or map`,
+    )
   const device = running.get(key)
   if (device) return refusal(`is the kernel device of running geom-rowr device ${device}; export does not write onto a geom-rowr device`)
   if (o.identity.kind === 'file' && o.path !== undefined && fileLocked(o.path)) {
@@ -334,7 +348,9 @@ const exportTargetUse = (target: string, o: Overlap, own: DeviceClaims | undefin
 export const openExportTarget = (target: string, own: DeviceClaims | undefined): BlockDevice => {
   const linux = platform() === 'linux'
   const rdev = fs.statSync(target).rdev
-  const related: Overlap[] = linux ? overlapping(majorMinor(rdev)) : [{ identity: { kind: 'disk', dev: 0, ino: 0, rdev }, relation: 'itself', how: '' }]
+  const related: Overlap[] = linux
+    ? overlapping(majorMinor(rdev))
+    : [{ identity: { kind: 'disk', dev: 0, ino: 0, rdev }, relation: 'itself', how: '' }]
   const running = kernelDevices()
   withRegistryLock(
     () => {
@@ -351,7 +367,9 @@ export const openExportTarget = (target: string, own: DeviceClaims | undefined):
   } catch (e) {
     if (errnoCode(e) !== 'EBUSY') throw e
     const users = kernelUsers(majorMinor(rdev))
-    const uses = users.uses.length ? `is ${users.uses.join(', ')}` : 'is held open exclusively by another program (a swap area, a RAID or LVM member, a geom-rowr device)'
+    const uses = users.uses.length
+      ? `is ${users.uses.join(', ')}`
+      : 'is held open exclusively by another program (a swap area, a RAID or LVM member, a geom-rowr device)'
     const umount = unmountHint(users)
     throw new RowrError(
       'EINUSE',

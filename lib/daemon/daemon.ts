@@ -167,7 +167,14 @@ export class RowrDaemon {
       }
       // The kernel device a waiting state names stays named, so that a crash
       // of this daemon while it starts leaves the device waiting still.
-      const starting = { phase: 'starting' as const, mediasize: 0, sectorsize: 0, device: null, nbd: '', attachment: waiting?.attachment ?? null }
+      const starting = {
+        phase: 'starting' as const,
+        mediasize: 0,
+        sectorsize: 0,
+        device: null,
+        nbd: '',
+        attachment: waiting?.attachment ?? null,
+      }
       // With RW 'auto' the state says 'auto' until the device exists, then
       // names it, so that cleanup after a crash knows what to remove.
       writeState({ ...base, ...starting })
@@ -298,7 +305,19 @@ export class RowrDaemon {
         attachment,
       }
       writeState(state)
-      daemon = new RowrDaemon(state, warnings, claims, engine, server, teardown, provider, mapFile, o.log, { rw: pair.rw, errorLog }, hydration)
+      daemon = new RowrDaemon(
+        state,
+        warnings,
+        claims,
+        engine,
+        server,
+        teardown,
+        provider,
+        mapFile,
+        o.log,
+        { rw: pair.rw, errorLog },
+        hydration,
+      )
       assembly.started()
       started = true
       o.log(`${o.name} ready: ${state.device ?? state.nbd}`)
@@ -353,7 +372,9 @@ export class RowrDaemon {
         const { name, device } = this.state
         try {
           await this.#engine.flush()
-          this.#log(`${signal}: ${device} is open (mounted?), so ${name} keeps serving it; written data is flushed; geom-rowr destroy -f ${name} stops it anyway`)
+          this.#log(
+            `${signal}: ${device} is open (mounted?), so ${name} keeps serving it; written data is flushed; geom-rowr destroy -f ${name} stops it anyway`,
+          )
         } catch (flushError) {
           this.#log(`${signal}: ${device} is open, so ${name} keeps serving it, but the flush failed: ${(flushError as Error).message}`)
         }
@@ -382,7 +403,11 @@ export class RowrDaemon {
     // either takes it away or fails EBUSY.
     if (this.#provider) return this.#provider.destroy({ force: false })
     const busy = await this.#inUse()
-    if (busy) throw new RowrError('EBUSY', `${busy} first; destroy -f stops it even so, and a file system on it then loses what it has not written yet`)
+    if (busy)
+      throw new RowrError(
+        'EBUSY',
+        `${busy} first; destroy -f stops it even so, and a file system on it then loses what it has not written yet`,
+      )
   }
 
   /** Refuses a job that changes what the device shows, or what RO holds, while the device is open. */
@@ -433,12 +458,13 @@ export class RowrDaemon {
     diff: async () => ({ ranges: this.#engine.writtenRanges() }),
     revert: async ({ force }) => {
       this.#engine.requireRo('revert')
-      if (!force) await this.#checkNotOpen('revert -f (its users then see RO\'s data under their feet)')
+      if (!force) await this.#checkNotOpen("revert -f (its users then see RO's data under their feet)")
       return this.#runJob('revert', revert)
     },
     commit: async ({ force, dryRun }) => {
       this.#engine.requireRo('commit')
-      if (!force) await this.#checkNotOpen('commit -f (it then commits what the file system has written so far, which may be half an update)')
+      if (!force)
+        await this.#checkNotOpen('commit -f (it then commits what the file system has written so far, which may be half an update)')
       return dryRun ? this.#runJob('commit --dry-run', planCommit) : this.#runJob('commit', commit)
     },
     export: ({ file, toDevice }) => this.#runJob('export', ctx => exportImage(ctx, file, { toDevice })),

@@ -49,7 +49,9 @@ export const startDetached = async (o: DetachedOptions, { systemdMark }: { syste
     const report = await new Promise<DaemonReport>((resolve, reject) => {
       const timer = setTimeout(() => {
         child.kill('SIGTERM')
-        reject(new RowrError('EDAEMON', `the daemon for ${o.name} did not become ready within ${START_TIMEOUT_MS / 1000} s; see ${logPath}`))
+        reject(
+          new RowrError('EDAEMON', `the daemon for ${o.name} did not become ready within ${START_TIMEOUT_MS / 1000} s; see ${logPath}`),
+        )
       }, START_TIMEOUT_MS)
       child.once('message', m => {
         clearTimeout(timer)
@@ -59,7 +61,12 @@ export const startDetached = async (o: DetachedOptions, { systemdMark }: { syste
       child.once('exit', (code, signal) => {
         clearTimeout(timer)
         const tail = fs.readFileSync(logPath, 'utf8').trim().split('\n').slice(-3).join('\n')
-        reject(new RowrError('EDAEMON', `the daemon for ${o.name} exited (${signal ?? `status ${code}`}) before it was ready; ${logPath} says:\n${tail}`))
+        reject(
+          new RowrError(
+            'EDAEMON',
+            `the daemon for ${o.name} exited (${signal ?? `status ${code}`}) before it was ready; ${logPath} says:\n${tail}`,
+          ),
+        )
       })
     })
     if (report.type === 'error') {

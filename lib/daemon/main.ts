@@ -23,7 +23,9 @@ const log = (message: string): void => write(`${new Date().toISOString()} geom-r
 
 try {
   await runDevice({ ...options, log }, d => {
-    void send({ type: 'ready', device: d.state.device ?? d.state.nbd, state: d.state, warnings: d.warnings }).then(() => process.disconnect?.())
+    void send({ type: 'ready', device: d.state.device ?? d.state.nbd, state: d.state, warnings: d.warnings }).then(() =>
+      process.disconnect?.(),
+    )
   })
   // Destroyed (not stopped by a signal): nothing in the log is needed any more.
   if (!process.exitCode) removeDaemonLog(name)

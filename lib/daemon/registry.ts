@@ -93,7 +93,10 @@ export const withRegistryLock = <T>(fn: () => T, { create }: { create: boolean }
       got = tryLock(fd, 'exclusive')
     }
     if (got === 'conflict') {
-      throw new RowrError('EBUSY', `another geom-rowr process has held the lock on ${dir} for over ${LOCK_WAIT_MS / 1000} s; see which with: fuser -v ${dir}`)
+      throw new RowrError(
+        'EBUSY',
+        `another geom-rowr process has held the lock on ${dir} for over ${LOCK_WAIT_MS / 1000} s; see which with: fuser -v ${dir}`,
+      )
     }
     return fn()
   } finally {

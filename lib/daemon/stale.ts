@@ -68,7 +68,14 @@ const leftInKernel = async (l: Extract<Liveness, { kind: 'stale' }>): Promise<Wa
 
 /** The command that starts a new daemon for a waiting device. */
 const restartCommand = (s: Waiting['state']): string =>
-  ['geom-rowr create', ...(s.map === 'rw' ? ['--map-on-rw'] : ['--map', s.map]), `--sector-size ${s.sectorsize}`, s.name, s.ro, s.rwAuto ? 'auto' : s.rw].join(' ')
+  [
+    'geom-rowr create',
+    ...(s.map === 'rw' ? ['--map-on-rw'] : ['--map', s.map]),
+    `--sector-size ${s.sectorsize}`,
+    s.name,
+    s.ro,
+    s.rwAuto ? 'auto' : s.rw,
+  ].join(' ')
 
 export const waitingMessage = (w: Waiting): string =>
   `${w.state.name}: ${w.reason}, and ${w.state.attachment.device} waits for a new one (its I/O is held, nothing is lost); ` +
@@ -184,8 +191,5 @@ export const claimName = async (
     )
   }
   const holder = l.kind === 'running' ? ` (daemon pid ${l.state.pid}, ${l.state.device ?? l.state.nbd})` : ''
-  throw new RowrError(
-    'EINUSE',
-    `${name} is already in use${holder}; choose another name or destroy it first: geom-rowr destroy ${name}`,
-  )
+  throw new RowrError('EINUSE', `${name} is already in use${holder}; choose another name or destroy it first: geom-rowr destroy ${name}`)
 }

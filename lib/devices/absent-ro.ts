@@ -7,8 +7,7 @@ import { RowrError } from '../errors.js'
 
 export const NO_RO = 'none'
 
-const gone = (): Promise<never> =>
-  Promise.reject(new RowrError('ERORELEASED', 'RO was given as none: the device has no RO to read'))
+const gone = (): Promise<never> => Promise.reject(new RowrError('ERORELEASED', 'RO was given as none: the device has no RO to read'))
 
 export class AbsentRo implements BlockIo {
   readonly path = NO_RO

@@ -18,7 +18,8 @@ const pageSize = (): number => {
   if (pageBytes !== undefined) return pageBytes
   const [command, args] = platform() === 'freebsd' ? ['sysctl', ['-n', 'hw.pagesize']] : ['getconf', ['PAGESIZE']]
   const n = Number(execFileSync(command, args as string[], { encoding: 'utf8' }).trim())
-  if (!Number.isInteger(n) || n <= 0) throw new RowrError('EPLATFORM', `${command} ${(args as string[]).join(' ')} did not print a page size`)
+  if (!Number.isInteger(n) || n <= 0)
+    throw new RowrError('EPLATFORM', `${command} ${(args as string[]).join(' ')} did not print a page size`)
   return (pageBytes = n)
 }
 

@@ -81,14 +81,10 @@ let zeroChunk: Buffer | undefined
 const zeros = (): Buffer => (zeroChunk ??= Buffer.alloc(ZERO_CHUNK))
 
 const fsRead = (fd: number, buf: Buffer, offset: number, length: number, position: number) =>
-  new Promise<number>((resolve, reject) =>
-    fs.read(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))),
-  )
+  new Promise<number>((resolve, reject) => fs.read(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))))
 
 const fsWrite = (fd: number, buf: Buffer, offset: number, length: number, position: number) =>
-  new Promise<number>((resolve, reject) =>
-    fs.write(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))),
-  )
+  new Promise<number>((resolve, reject) => fs.write(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))))
 
 /** The largest single pwrite (see BlockDevice.write). */
 const WRITE_PIECE = 256 * 1024
@@ -131,14 +127,7 @@ export class BlockDevice implements BlockIo {
   #releasing = 0
   #closed = false
 
-  private constructor(
-    path: string,
-    fd: number,
-    size: number,
-    sectorSize: number,
-    identity: DeviceIdentity,
-    writable: boolean,
-  ) {
+  private constructor(path: string, fd: number, size: number, sectorSize: number, identity: DeviceIdentity, writable: boolean) {
     this.path = path
     this.fd = fd
     this.size = size
@@ -148,8 +137,7 @@ export class BlockDevice implements BlockIo {
     this.#punchHoles = writable
     this.#freebsdDisk = identity.kind === 'disk' && platform() === 'freebsd'
     this.#diskCache = writable && this.#freebsdDisk
-    this.inlineWrites =
-      writable && (identity.kind === 'file' || platform() === 'linux') ? new InlineWrites() : undefined
+    this.inlineWrites = writable && (identity.kind === 'file' || platform() === 'linux') ? new InlineWrites() : undefined
   }
 
   /**
@@ -174,10 +162,7 @@ export class BlockDevice implements BlockIo {
         const g = diskGeometry(fd, path)
         return new BlockDevice(path, fd, g.mediaSize, g.sectorSize, { kind: 'disk', ...identity }, writable)
       }
-      throw new RowrError(
-        'ENOTDEV',
-        `${path} is neither a regular file nor a disk device; give an image file or a block device`,
-      )
+      throw new RowrError('ENOTDEV', `${path} is neither a regular file nor a disk device; give an image file or a block device`)
     } catch (e) {
       fs.closeSync(fd)
       throw e
@@ -241,14 +226,7 @@ export class BlockDevice implements BlockIo {
   }
 
   /** Repeats a partial read or write until the whole range is done. */
-  async #whole(
-    op: 'read' | 'write',
-    io: typeof fsRead,
-    buf: Buffer,
-    offset: number,
-    length: number,
-    position: number,
-  ): Promise<void> {
+  async #whole(op: 'read' | 'write', io: typeof fsRead, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
     while (length > 0) {
       const n = await io(this.fd, buf, offset, length, position)
       if (n === 0) throw new ShortIoError(op, this.path, position)
@@ -259,9 +237,7 @@ export class BlockDevice implements BlockIo {
   }
 
   async datasync(): Promise<void> {
-    await new Promise<void>((resolve, reject) =>
-      fs.fdatasync(this.fd, err => (err ? reject(err) : resolve())),
-    )
+    await new Promise<void>((resolve, reject) => fs.fdatasync(this.fd, err => (err ? reject(err) : resolve())))
     if (!this.#diskCache) return
     const errno = await diskFlush(this.fd)
     if (errno === EOPNOTSUPP) this.#diskCache = false

@@ -57,7 +57,11 @@ export const resizeHint = (rw: string, bytes: number): string => {
   return `truncate -s ${bytes} ${rw}`
 }
 
-export const openDevicePair = (roPath: string, rwPath: string, options: OpenPairOptions = {}): DevicePair & { readonly ro: BlockDevice } => {
+export const openDevicePair = (
+  roPath: string,
+  rwPath: string,
+  options: OpenPairOptions = {},
+): DevicePair & { readonly ro: BlockDevice } => {
   if (options.sectorSize !== undefined) checkSectorSize(options.sectorSize)
   const ro = BlockDevice.open(roPath, { writable: false })
   let rw: BlockDevice | undefined

@@ -45,8 +45,7 @@ const REFUSED = new Set(
 /** Longer than any value geom-rowr writes. */
 const MAX_VALUE_BYTES = 256
 
-const failure = (what: string, errno: number): Error =>
-  Object.assign(new Error(`${what} failed: errno ${errno}`), { errno })
+const failure = (what: string, errno: number): Error => Object.assign(new Error(`${what} failed: errno ${errno}`), { errno })
 
 /** The attributes of the file open on `fd`. */
 export const fileAttributes = (fd: number): FileAttributes => ({

@@ -150,7 +150,8 @@ export const parseGeomMesh = (xml: string): Map<string, GeomProvider> => {
       case '\t</provider>':
         if (!element || element.kind !== tag) break
         if (!element.mode) throw new GeomMeshError(`kern.geom.confxml line ${line}: a ${tag} without <mode>`)
-        if (tag === 'provider' && element.name === undefined) throw new GeomMeshError(`kern.geom.confxml line ${line}: a provider without <name>`)
+        if (tag === 'provider' && element.name === undefined)
+          throw new GeomMeshError(`kern.geom.confxml line ${line}: a provider without <name>`)
         element = undefined
         return
       case '\t  <geom>':

@@ -42,8 +42,7 @@ const describe = (provider: string, c: GeomConsumer): string => {
 }
 
 /** Every use of the provider: what DESTROY without force refuses while there is one. */
-export const providerUses = (p: GeomProvider): string[] =>
-  p.consumers.filter(c => used(c.mode)).map(c => describe(p.name, c))
+export const providerUses = (p: GeomProvider): string[] => p.consumers.filter(c => used(c.mode)).map(c => describe(p.name, c))
 
 /**
  * Uses by the kernel itself: mounts, swap, pools, classes stacked on it;

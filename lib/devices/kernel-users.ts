@@ -22,7 +22,8 @@ export const majorMinor = (rdev: number): string => {
 }
 
 /** mountinfo escapes space, tab, newline and backslash as octal. */
-const unescapeOctal = (field: string): string => field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)))
+const unescapeOctal = (field: string): string =>
+  field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)))
 
 const readMounts = (): { dev: string; mount: Mount }[] => {
   let text: string
@@ -38,7 +39,10 @@ const readMounts = (): { dev: string; mount: Mount }[] => {
     if (fields.length < 6 || dash < 0) continue
     const perMount = fields[5]!.split(',')
     const superOptions = (fields[dash + 3] ?? '').split(',')
-    out.push({ dev: fields[2]!, mount: { point: unescapeOctal(fields[4]!), writable: perMount.includes('rw') || superOptions.includes('rw') } })
+    out.push({
+      dev: fields[2]!,
+      mount: { point: unescapeOctal(fields[4]!), writable: perMount.includes('rw') || superOptions.includes('rw') },
+    })
   }
   return out
 }

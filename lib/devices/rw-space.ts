@@ -9,8 +9,7 @@ import type { BlockDevice } from './block-device.js'
 const BLOCK_UNIT = 512
 
 /** Bytes RW really holds: a file's allocated blocks; a disk, all of it. */
-export const allocatedBytes = (rw: BlockDevice): number =>
-  rw.identity.kind === 'file' ? fs.fstatSync(rw.fd).blocks * BLOCK_UNIT : rw.size
+export const allocatedBytes = (rw: BlockDevice): number => (rw.identity.kind === 'file' ? fs.fstatSync(rw.fd).blocks * BLOCK_UNIT : rw.size)
 
 /** Free bytes this process may write on the file system of `file` (root may use the reserve). */
 const freeBytes = (file: string): number => {

@@ -362,7 +362,10 @@ export class Engine {
   /** Refuses a job that reads or writes RO once RO is released. */
   requireRo(job: string): void {
     if (this.roHeld) return
-    throw new RowrError('ERORELEASED', `${job} needs RO, which was released when the device was fully hydrated: RW alone holds the device now`)
+    throw new RowrError(
+      'ERORELEASED',
+      `${job} needs RO, which was released when the device was fully hydrated: RW alone holds the device now`,
+    )
   }
 
   /** Forgets every write (and every copy): the device reads as RO again. */

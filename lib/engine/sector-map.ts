@@ -46,8 +46,7 @@ const popcount = (v: number): number => {
 const lowestBit = (v: number): number => 31 - Math.clz32(v & -v)
 
 /** Bits [from, to) of a word set, 0 <= from < to <= 32. */
-const wordMask = (from: number, to: number): number =>
-  to - from === WORD_BITS ? 0xffffffff : (((1 << (to - from)) - 1) << from) >>> 0
+const wordMask = (from: number, to: number): number => (to - from === WORD_BITS ? 0xffffffff : (((1 << (to - from)) - 1) << from) >>> 0)
 
 export class SectorMap {
   readonly sectors: number

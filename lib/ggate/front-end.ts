@@ -212,7 +212,10 @@ export class GGateFrontEnd {
     const { name, engine } = o
     const found = geomProviders().get(name)
     if (found?.className !== 'GATE') {
-      throw new RowrError('EATTACH', `GEOM Gate provider ${name} is gone: nothing is left to take over; create ${name} again after geom-rowr destroy ${name}`)
+      throw new RowrError(
+        'EATTACH',
+        `GEOM Gate provider ${name} is gone: nothing is left to take over; create ${name} again after geom-rowr destroy ${name}`,
+      )
     }
     if (found.mediaSize !== engine.size || found.sectorSize !== engine.sectorSize) {
       throw new RowrError(
@@ -227,7 +230,11 @@ export class GGateFrontEnd {
       unit = control.cancel(name)
     } catch (e) {
       control.close()
-      throw new RowrError('EATTACH', `cannot take over GEOM Gate provider ${name}: ${(e as Error).message}; it still waits; try again, or give up on it: geom-rowr destroy -f ${name}`, { cause: e })
+      throw new RowrError(
+        'EATTACH',
+        `cannot take over GEOM Gate provider ${name}: ${(e as Error).message}; it still waits; try again, or give up on it: geom-rowr destroy -f ${name}`,
+        { cause: e },
+      )
     }
     return new GGateFrontEnd(control, unit, o)
   }
@@ -265,7 +272,12 @@ export class GGateFrontEnd {
         this.#control.destroy(name, { force })
       } catch (e) {
         if (!(e instanceof GGateError)) throw e
-        if (e.errno === FreeBsdErrno.EBUSY) throw providerBusy(name, device, `unmount it (umount ${device}) first; destroy -f stops it even so, and a file system on it then loses what it has not written yet`)
+        if (e.errno === FreeBsdErrno.EBUSY)
+          throw providerBusy(
+            name,
+            device,
+            `unmount it (umount ${device}) first; destroy -f stops it even so, and a file system on it then loses what it has not written yet`,
+          )
         // ENXIO: it is gone already.
         if (e.errno !== FreeBsdErrno.ENXIO) throw e
       }

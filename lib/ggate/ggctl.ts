@@ -187,7 +187,8 @@ export class GGateControl {
  */
 export const checkReadOffset = (offset: number, sectorSize: number, mediaSize: number, readProviderSize: number): string | null => {
   if (offset < 0 || offset % sectorSize !== 0) return `read offset ${offset} is not a multiple of the ${sectorSize}-byte sector size`
-  if (mediaSize + offset > readProviderSize) return `the read provider's ${readProviderSize} bytes do not hold ${mediaSize} bytes from offset ${offset}`
+  if (mediaSize + offset > readProviderSize)
+    return `the read provider's ${readProviderSize} bytes do not hold ${mediaSize} bytes from offset ${offset}`
   return null
 }
 

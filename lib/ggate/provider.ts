@@ -56,7 +56,11 @@ export const destroyProvider = (name: string, { force }: { force: boolean }): vo
   } catch (e) {
     if (e instanceof GGateError && e.errno === FreeBsdErrno.EBUSY) {
       // Its daemon is gone: an unmount would wait on I/O nobody serves.
-      throw providerBusy(name, providerPath(name), `nothing serves its I/O, which waits; end the wait with geom-rowr destroy -f ${name} (its users get I/O errors)`)
+      throw providerBusy(
+        name,
+        providerPath(name),
+        `nothing serves its I/O, which waits; end the wait with geom-rowr destroy -f ${name} (its users get I/O errors)`,
+      )
     }
     if (!(e instanceof GGateError && e.errno === FreeBsdErrno.ENXIO)) throw e
   } finally {

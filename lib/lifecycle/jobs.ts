@@ -58,13 +58,18 @@ export interface CommitSummary {
 /** Opens RO for writing, or says plainly why it cannot be. */
 const openRoForCommit = (ro: string): BlockDevice => {
   if (/\.uzip$/.test(ro)) {
-    throw new RowrError('ENOTWRITABLE', `${ro} is a geom_uzip image, which cannot be written; use geom-rowr export to make a new image instead`)
+    throw new RowrError(
+      'ENOTWRITABLE',
+      `${ro} is a geom_uzip image, which cannot be written; use geom-rowr export to make a new image instead`,
+    )
   }
   try {
     return BlockDevice.open(ro, { writable: true })
   } catch (e) {
     if (isRowrError(e) && e.code === 'ENOTWRITABLE') {
-      throw new RowrError('ENOTWRITABLE', `commit cannot write RO: ${e.message}; or use geom-rowr export to make a new image instead`, { cause: e })
+      throw new RowrError('ENOTWRITABLE', `commit cannot write RO: ${e.message}; or use geom-rowr export to make a new image instead`, {
+        cause: e,
+      })
     }
     throw e
   }
@@ -201,7 +206,8 @@ export const exportImage = async (ctx: JobContext, file: string, { toDevice }: {
       fs.closeSync(fd)
     }
   } catch (e) {
-    if (errnoCode(e) === 'EEXIST') throw new RowrError('EINUSE', `${file} already exists, and export never overwrites a file: choose another file name`)
+    if (errnoCode(e) === 'EEXIST')
+      throw new RowrError('EINUSE', `${file} already exists, and export never overwrites a file: choose another file name`)
     fs.rmSync(file, { force: true })
     throw e
   }
@@ -228,13 +234,19 @@ export const exportImage = async (ctx: JobContext, file: string, { toDevice }: {
 const exportOntoDisk = async (ctx: JobContext, disk: string, st: fs.Stats | undefined): Promise<ExportSummary> => {
   if (!isDisk(st)) {
     const what = st ? 'is not a disk device' : 'does not exist'
-    throw new RowrError('ENOTDEV', `${disk} ${what}, and --to-device writes onto an existing disk device: give a disk device, or drop --to-device to write a new image file`)
+    throw new RowrError(
+      'ENOTDEV',
+      `${disk} ${what}, and --to-device writes onto an existing disk device: give a disk device, or drop --to-device to write a new image file`,
+    )
   }
   const { engine } = ctx
   const target = openExportTarget(disk, ctx.claims)
   try {
     if (target.size < engine.size) {
-      throw new RowrError('EMEDIASIZE', `${disk} holds ${target.size} bytes, fewer than the device's ${engine.size}: choose a disk device of at least ${engine.size} bytes`)
+      throw new RowrError(
+        'EMEDIASIZE',
+        `${disk} holds ${target.size} bytes, fewer than the device's ${engine.size}: choose a disk device of at least ${engine.size} bytes`,
+      )
     }
     const cancelled = () => new JobCancelled('export', `${disk} holds part of the image; run it again to write all of it`)
     await copyOut(ctx, target, false, cancelled)

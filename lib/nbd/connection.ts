@@ -95,21 +95,12 @@ export class NbdConnection {
   readonly closed: Promise<void>
 
   /** `accepted` comes from a net.Server listening with `pauseOnConnect`. */
-  constructor(
-    accepted: Socket,
-    engine: Engine,
-    exp: ExportDescription,
-    log: Log,
-    pool: BufferPool,
-  ) {
+  constructor(accepted: Socket, engine: Engine, exp: ExportDescription, log: Log, pool: BufferPool) {
     this.#pool = pool
     this.#engine = engine
     this.#negotiation = new Negotiation(exp)
     this.#log = log
-    this.#decoder = new NbdStreamDecoder(
-      { maxOptionLength: LIMITS.maxOptionLength, maxPayload: exp.maximumPayload },
-      n => pool.acquire(n),
-    )
+    this.#decoder = new NbdStreamDecoder({ maxOptionLength: LIMITS.maxOptionLength, maxPayload: exp.maximumPayload }, n => pool.acquire(n))
     const socket = new Socket({
       handle: (accepted as AcceptedSocket)._handle,
       onread: { buffer: () => this.#nextReadTarget(), callback: (n: number) => this.#received(n) },
@@ -157,8 +148,7 @@ export class NbdConnection {
     const chunk = this.#readTarget.subarray(0, n)
     if (this.#readTarget === this.#scratch) {
       // The decoder may keep a view; the next read goes after it.
-      this.#scratch =
-        this.#scratch.length - n >= SCRATCH_MIN_READ ? this.#scratch.subarray(n) : Buffer.allocUnsafeSlow(SCRATCH_BYTES)
+      this.#scratch = this.#scratch.length - n >= SCRATCH_MIN_READ ? this.#scratch.subarray(n) : Buffer.allocUnsafeSlow(SCRATCH_BYTES)
     }
     // Once closing, what the client still sends is read only to see its EOF.
     if (this.#state !== 'open') return
@@ -206,11 +196,7 @@ export class NbdConnection {
    * so that a client that never reads costs bounded memory).
    */
   #busy(): boolean {
-    return (
-      this.#socket.writableNeedDrain ||
-      this.#inFlight >= LIMITS.maxInFlight ||
-      this.#inFlightBytes >= LIMITS.maxInFlightBytes
-    )
+    return this.#socket.writableNeedDrain || this.#inFlight >= LIMITS.maxInFlight || this.#inFlightBytes >= LIMITS.maxInFlightBytes
   }
 
   /** Takes whatever whole messages have arrived, until there are none or the connection is busy. */
@@ -382,9 +368,7 @@ export class NbdConnection {
 
   #replyData(request: NbdRequest, data: Buffer): void {
     this.#sendData(
-      this.#negotiation.structuredReplies
-        ? offsetDataHeader(request.cookie, request.offset, data.length)
-        : simpleReply(request.cookie, 0),
+      this.#negotiation.structuredReplies ? offsetDataHeader(request.cookie, request.offset, data.length) : simpleReply(request.cookie, 0),
       data,
     )
   }
@@ -401,11 +385,7 @@ export class NbdConnection {
     if (!(e instanceof RequestRefused) && !(e instanceof DeviceIoError)) {
       this.#log(`request ${request.type} at ${request.offset}+${request.length} failed: ${message}`)
     }
-    this.#send(
-      this.#negotiation.structuredReplies
-        ? structuredError(request.cookie, errno, message)
-        : simpleReply(request.cookie, errno),
-    )
+    this.#send(this.#negotiation.structuredReplies ? structuredError(request.cookie, errno, message) : simpleReply(request.cookie, errno))
   }
 
   #blockStatus(request: NbdRequest): void {

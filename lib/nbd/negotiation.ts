@@ -1,16 +1,7 @@
 // Option haggling (fixed newstyle): what the server answers to each option,
 // and what the client has agreed to by the time transmission starts. Pure
 // logic over parsed bytes; the connection does the socket work.
-import {
-  BASE_ALLOCATION,
-  ClientFlag,
-  Info,
-  MAX_STRING,
-  Option,
-  OptionReply,
-  ROWR_WRITTEN,
-  TransmissionFlag,
-} from './constants.js'
+import { BASE_ALLOCATION, ClientFlag, Info, MAX_STRING, Option, OptionReply, ROWR_WRITTEN, TransmissionFlag } from './constants.js'
 import {
   exportNameReply,
   infoBlockSize,
@@ -217,5 +208,4 @@ export class Negotiation {
 }
 
 /** "ns:" selects every context of namespace ns; anything else is an exact name. */
-const matches = (query: string, context: string): boolean =>
-  query.endsWith(':') ? context.startsWith(query) : query === context
+const matches = (query: string, context: string): boolean => (query.endsWith(':') ? context.startsWith(query) : query === context)

@@ -106,13 +106,7 @@ export const simpleReply = (cookie: Cookie, error: number): Buffer => {
   return b
 }
 
-const writeChunkHeader = (
-  b: Buffer,
-  cookie: Cookie,
-  flags: number,
-  type: number,
-  length: number,
-): void => {
+const writeChunkHeader = (b: Buffer, cookie: Cookie, flags: number, type: number, length: number): void => {
   b.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0)
   b.writeUInt16BE(flags, 4)
   b.writeUInt16BE(type, 6)
@@ -151,12 +145,7 @@ export interface StatusDescriptor {
   readonly flags: number
 }
 
-export const blockStatusChunk = (
-  cookie: Cookie,
-  contextId: number,
-  descriptors: readonly StatusDescriptor[],
-  done: boolean,
-): Buffer => {
+export const blockStatusChunk = (cookie: Cookie, contextId: number, descriptors: readonly StatusDescriptor[], done: boolean): Buffer => {
   const length = 4 + 8 * descriptors.length
   const b = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_LENGTH + length)
   writeChunkHeader(b, cookie, done ? ReplyFlag.DONE : 0, ReplyType.BLOCK_STATUS, length)

@@ -168,7 +168,12 @@ const checkBinding = async (
     const clean = (header.flags & HeaderFlag.CLEAN) !== 0
     const foreign = (await o.identity.find()).filter(f => f.id !== header.uuid)
     const problems = foreign.length ? [`${rw} is the RW of another map, device ID ${describeIds(o.identity, foreign)}`] : []
-    if (problems.length === 0 && fingerprintAlso && clean && !(await rwFingerprint(o.rw, o.map.written, o.sectorSize)).equals(header.rwHash)) {
+    if (
+      problems.length === 0 &&
+      fingerprintAlso &&
+      clean &&
+      !(await rwFingerprint(o.rw, o.map.written, o.sectorSize)).equals(header.rwHash)
+    ) {
       problems.push(`${rw} does not hold the data the map describes`)
     }
     const warning =
@@ -304,7 +309,11 @@ export class MapFile implements MapJournal {
     const needed = mapBytes(o.size, o.sectorSize)
     const room = o.store.size - o.base
     if (o.discard) {
-      if (room < needed) throw new RowrError('EMAPCORRUPT', `${o.describe} is ${room} bytes, but a map of this device takes ${needed}: give a map that large`)
+      if (room < needed)
+        throw new RowrError(
+          'EMAPCORRUPT',
+          `${o.describe} is ${room} bytes, but a map of this device takes ${needed}: give a map that large`,
+        )
       return MapFile.#startOver(o)
     }
     const decoded = await readHeaders(o.store, o.base)
@@ -321,7 +330,8 @@ export class MapFile implements MapJournal {
       if (!o.fresh && (await anyPageWritten(o.store, o.base, 2 * pageCount(o.size, o.sectorSize)))) {
         throw damaged(o, 'has map pages but no header: its header was destroyed')
       }
-      if (o.existing || o.roAbsent) throw new RowrError('ENOTMAP', `${o.describe} holds no map (it is empty): give the map this device was created with`)
+      if (o.existing || o.roAbsent)
+        throw new RowrError('ENOTMAP', `${o.describe} holds no map (it is empty): give the map this device was created with`)
       await takeUnbound(o.identity, false)
       return MapFile.#create(o, 0n)
     }
@@ -368,7 +378,8 @@ export class MapFile implements MapJournal {
     const loadedOnRw = o.map.onRw.writtenSectors
     if (loaded < header.writtenFloor || loadedOnRw < header.onRwFloor) {
       o.map.clear()
-      const [what, n, floor] = loaded < header.writtenFloor ? ['written', loaded, header.writtenFloor] : ['on-RW', loadedOnRw, header.onRwFloor]
+      const [what, n, floor] =
+        loaded < header.writtenFloor ? ['written', loaded, header.writtenFloor] : ['on-RW', loadedOnRw, header.onRwFloor]
       throw damaged(o, `has lost pages: they hold ${n} ${what} sectors, but held at least ${floor} when the map was last opened or closed`)
     }
     if (o.roAbsent && !o.map.hydrated) {
@@ -622,7 +633,12 @@ export class MapFile implements MapJournal {
   async closeClean(): Promise<void> {
     await this.#running.catch(() => undefined)
     if (this.#dirty.size > 0) return
-    await this.#writeHeader({ ...this.#header, flags: this.#header.flags | HeaderFlag.CLEAN, writtenFloor: this.#map.writtenSectors, onRwFloor: this.#map.onRw.writtenSectors })
+    await this.#writeHeader({
+      ...this.#header,
+      flags: this.#header.flags | HeaderFlag.CLEAN,
+      writtenFloor: this.#map.writtenSectors,
+      onRwFloor: this.#map.onRw.writtenSectors,
+    })
   }
 
   /**

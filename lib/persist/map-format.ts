@@ -96,16 +96,13 @@ interface MapPage {
 export const headerSlotAt = (slot: 0 | 1): number => slot * SLOT_BYTES
 export const pageSlotAt = (index: number, slot: 0 | 1): number => (2 + 2 * index + slot) * SLOT_BYTES
 
-export const pageCount = (deviceSize: number, sectorSize: number): number =>
-  Math.ceil(deviceSize / sectorSize / PAGE_SECTORS)
+export const pageCount = (deviceSize: number, sectorSize: number): number => Math.ceil(deviceSize / sectorSize / PAGE_SECTORS)
 
 /** The bytes a map for this device occupies at most (it is sparse until written). */
-export const mapBytes = (deviceSize: number, sectorSize: number): number =>
-  pageSlotAt(2 * pageCount(deviceSize, sectorSize), 0)
+export const mapBytes = (deviceSize: number, sectorSize: number): number => pageSlotAt(2 * pageCount(deviceSize, sectorSize), 0)
 
 /** The bytes of a format 1 or 2 map, which has one set of pages. */
-export const mapBytesBeforeHydration = (deviceSize: number, sectorSize: number): number =>
-  pageSlotAt(pageCount(deviceSize, sectorSize), 0)
+export const mapBytesBeforeHydration = (deviceSize: number, sectorSize: number): number => pageSlotAt(pageCount(deviceSize, sectorSize), 0)
 
 const checksum = (slot: Buffer): Buffer => createHash('sha256').update(slot.subarray(0, CHECKSUM_AT)).digest()
 
@@ -215,9 +212,7 @@ export const encodePage = (p: MapPage): Buffer => {
   return seal(b)
 }
 
-type DecodedPage =
-  | { readonly ok: true; readonly page: MapPage }
-  | { readonly ok: false; readonly problem: 'empty' | 'damaged' }
+type DecodedPage = { readonly ok: true; readonly page: MapPage } | { readonly ok: false; readonly problem: 'empty' | 'damaged' }
 
 export const decodePage = (b: Buffer, index: number): DecodedPage => {
   if (b.every(byte => byte === 0)) return { ok: false, problem: 'empty' }

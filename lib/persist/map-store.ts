@@ -88,5 +88,12 @@ export const mapOnRw = (rw: BlockIo, size: number, sectorSize: number): MapPlace
   }
   const base = mapOnRwBase(size)
   // RW belongs to the device pair, which closes it; MapFile.abandon takes a new map's header back.
-  return { store: rw, base, describe: `the map in ${rw.path} (from byte ${base})`, fresh: false, close: () => undefined, abandon: () => undefined }
+  return {
+    store: rw,
+    base,
+    describe: `the map in ${rw.path} (from byte ${base})`,
+    fresh: false,
+    close: () => undefined,
+    abandon: () => undefined,
+  }
 }

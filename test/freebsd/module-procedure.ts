@@ -52,7 +52,7 @@ const bootImage = async (t: Test, dir: string, mnt: string): Promise<string> => 
   return image
 }
 
-t.test('the module\'s procedure: create rowr0 md0 md1, mount, mv, rm, fsck_ffs, destroy', async t => {
+t.test("the module's procedure: create rowr0 md0 md1, mount, mv, rm, fsck_ffs, destroy", async t => {
   if (!onFreeBsdAsRoot(t)) return
   const dir = shortDir(t)
   const mnt = path.join(dir, 'mnt')
@@ -105,7 +105,7 @@ t.test('a swap-backed md of the wrong size: mediasize mismatch, with the mdconfi
     r.stderr,
     `mediasize mismatch: /dev/${ro} is ${IMAGE_MIB << 20} bytes, /dev/${rw} is ${IMAGE_MIB << 19} bytes; ` +
       `the read-write device must be at least as large: make a new md of that size (mdconfig -a -t swap -s ${IMAGE_MIB << 20}b prints its name) ` +
-        `and give it as RW; /dev/${rw} is left as it is`,
+      `and give it as RW; /dev/${rw} is left as it is`,
   )
   t.notOk(fs.existsSync('/dev/rowr1'), 'nothing was created')
 })

@@ -35,7 +35,7 @@ const workdir = (t: Test) => {
   return { dir, runDir, mnt, cli }
 }
 
-t.test('the original module\'s procedure: create, mount, change, fsck, remount, destroy', async t => {
+t.test("the original module's procedure: create, mount, change, fsck, remount, destroy", async t => {
   if (!requires(t, NEEDS)) return
   const { dir, runDir, mnt, cli } = workdir(t)
   const base = await ext4Image(dir)
@@ -61,7 +61,12 @@ t.test('the original module\'s procedure: create, mount, change, fsck, remount, 
 
   const busy = await cli('destroy', 'rowr0')
   t.equal(busy.code, 1, 'destroy refuses while mounted')
-  t.match(busy.stderr, new RegExp(`rowr0 \\(${device}\\) is in use: it is mounted or held open; unmount it \\(umount ${device}\\) first; destroy -f stops it even so, and a file system on it then loses what it has not written yet`))
+  t.match(
+    busy.stderr,
+    new RegExp(
+      `rowr0 \\(${device}\\) is in use: it is mounted or held open; unmount it \\(umount ${device}\\) first; destroy -f stops it even so, and a file system on it then loses what it has not written yet`,
+    ),
+  )
 
   t.equal((await run('umount', [mnt])).code, 0)
   const fsck = await run('e2fsck', ['-fn', device])
@@ -84,8 +89,11 @@ t.test('the original module\'s procedure: create, mount, change, fsck, remount, 
   t.equal(destroyed.code, 0, destroyed.stderr)
   t.equal(sha256(base), baseHash, 'the read-only image is unchanged')
   t.same(leftovers(dir), [], 'no loop device, mount or process is left')
-  t.same(fs.readdirSync(runDir).filter(n => !n.endsWith('.log')), [], 'no run state is left')
-
+  t.same(
+    fs.readdirSync(runDir).filter(n => !n.endsWith('.log')),
+    [],
+    'no run state is left',
+  )
 })
 
 t.test('RW auto, destroy -f while mounted: users get I/O errors, nothing is left', async t => {
@@ -98,7 +106,7 @@ t.test('RW auto, destroy -f while mounted: users get I/O errors, nothing is left
   const created = await cli('create', name, base, 'auto')
   t.equal(created.code, 0, created.stderr)
   const device = created.stdout.trim()
-  t.equal(fs.statSync(autoFile).size, fs.statSync(base).size, 'auto RW has RO\'s size')
+  t.equal(fs.statSync(autoFile).size, fs.statSync(base).size, "auto RW has RO's size")
   await mount(t, device, mnt)
   fs.writeFileSync(path.join(mnt, 'x'), 'x')
   const forced = await cli('destroy', '-f', name)
@@ -121,7 +129,10 @@ t.test('a daemon killed with its device attached is cleaned up, and the NAME is 
   process.kill(state.pid, 'SIGKILL')
   await waitUntil(() => !fs.existsSync(`/proc/${state.pid}`))
   const list = await cli('list')
-  t.match(list.stderr, new RegExp(`k0: cleaned up after a daemon that is gone: its daemon \\(pid ${state.pid}\\) is gone; detached ${state.device}`))
+  t.match(
+    list.stderr,
+    new RegExp(`k0: cleaned up after a daemon that is gone: its daemon \\(pid ${state.pid}\\) is gone; detached ${state.device}`),
+  )
   t.same(leftovers(dir), [])
   const again = await cli('create', 'k0', base, rw)
   t.equal(again.code, 0, again.stderr)
@@ -167,7 +178,10 @@ t.test('RW that cannot be written is refused, with nothing left', async t => {
   const r = await cli('create', 'ro0', base, rw)
   t.equal(r.code, 1)
   t.match(r.stderr, new RegExp(`${rw} cannot be opened for writing \\(EPERM\\)`))
-  t.same(fs.readdirSync(runDir).filter(n => !n.endsWith('.log')), [])
+  t.same(
+    fs.readdirSync(runDir).filter(n => !n.endsWith('.log')),
+    [],
+  )
   t.same(leftovers(dir), [])
 })
 
@@ -179,7 +193,10 @@ t.test('create refuses a sector size a Linux block device cannot take', async t 
   const r = await cli('create', '--sector-size', '8192', 'big0', base, rw)
   t.equal(r.code, 1)
   t.match(r.stderr, /larger than the 4096 bytes a Linux block device allows; use --sector-size 4096 or smaller, or --no-attach/)
-  t.same(fs.readdirSync(runDir).filter(n => !n.endsWith('.log')), [])
+  t.same(
+    fs.readdirSync(runDir).filter(n => !n.endsWith('.log')),
+    [],
+  )
 })
 
 t.test('resume: ext4 written through the device survives destroy and create with --map', async t => {

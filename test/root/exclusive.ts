@@ -32,7 +32,10 @@ t.test('a mounted loop device is refused as RW, and so is the file behind it', a
 
   const asDisk = await s.g('create', 'h4', base, device)
   t.equal(asDisk.code, 1)
-  t.match(asDisk.stderr, `${device} is mounted on ${s.mnt}; a RW is overwritten by its device, so it must hold nothing else: choose another RW`)
+  t.match(
+    asDisk.stderr,
+    `${device} is mounted on ${s.mnt}; a RW is overwritten by its device, so it must hold nothing else: choose another RW`,
+  )
   t.match(asDisk.stderr, `only if nothing on it is needed: umount ${s.mnt}, and run this again`)
   s.nothingLeft()
 
@@ -64,7 +67,10 @@ t.test('a RO mounted read-write is refused, as a disk and as the file behind a l
   await mount(t, device, s.mnt)
   const disk = await s.g('create', '--no-attach', 'r1', device, rw)
   t.equal(disk.code, 1)
-  t.match(disk.stderr, `${device} is mounted read-write on ${s.mnt}; a RO must not change while a device reads it: unmount it (umount ${s.mnt}) or make it read-only (mount -o remount,ro ${s.mnt}) first`)
+  t.match(
+    disk.stderr,
+    `${device} is mounted read-write on ${s.mnt}; a RO must not change while a device reads it: unmount it (umount ${s.mnt}) or make it read-only (mount -o remount,ro ${s.mnt}) first`,
+  )
   const file = await s.g('create', '--no-attach', 'r1', image, rw)
   t.equal(file.code, 1)
   t.match(file.stderr, `${image} backs ${device}, mounted read-write on ${s.mnt}; a RO must not change`)
@@ -75,7 +81,7 @@ t.test('a RO mounted read-write is refused, as a disk and as the file behind a l
   t.equal(shared.code, 0, shared.stderr)
 })
 
-t.test('a disk RO of a running device is refused as another device\'s RW', async t => {
+t.test("a disk RO of a running device is refused as another device's RW", async t => {
   if (!requires(t, NEEDS)) return
   const s = setup(t)
   const ro = await s.loop(makeImage(path.join(s.dir, 'ro.img'), 8 << 20))

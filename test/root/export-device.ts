@@ -63,14 +63,20 @@ t.test('onto a free loop device, byte for byte, running and stopped; past its en
   t.equal(running.code, 0, running.stderr)
   t.same(JSON.parse(running.stdout), { file: target, bytes: SIZE, dataBytes: SIZE, device: true })
   t.ok(s.head(target).equals(s.expected()), 'the disk holds the device, zeros included')
-  t.ok(s.head(target, SIZE + (1 << 20)).subarray(SIZE).equals(Buffer.alloc(1 << 20, 0xee)), 'the disk\'s tail is as it was')
+  t.ok(
+    s
+      .head(target, SIZE + (1 << 20))
+      .subarray(SIZE)
+      .equals(Buffer.alloc(1 << 20, 0xee)),
+    "the disk's tail is as it was",
+  )
 
   t.equal((await s.g('destroy', 'x1')).code, 0)
   const other = await s.disk('other.img')
   const stopped = await s.g('export', '--to-device', ...s.offline, other)
   t.equal(stopped.code, 0, stopped.stderr)
   t.match(stopped.stdout, `${s.rw}: exported ${SIZE} bytes onto ${other}, every byte written`)
-  t.ok(s.head(other).equals(s.expected()), 'the stopped device\'s export is the same')
+  t.ok(s.head(other).equals(s.expected()), "the stopped device's export is the same")
 })
 
 t.test('a disk without --to-device, and --to-device without a disk, are refused', async t => {
@@ -81,12 +87,18 @@ t.test('a disk without --to-device, and --to-device without a disk, are refused'
   const before = sha256(target)
   const plain = await s.g('export', 'x2', target)
   t.equal(plain.code, 1)
-  t.match(plain.stderr, `${target} is a disk device, and export writes a new image file, never over an existing one: to write the device onto all of ${target} (overwriting it), give --to-device`)
+  t.match(
+    plain.stderr,
+    `${target} is a disk device, and export writes a new image file, never over an existing one: to write the device onto all of ${target} (overwriting it), give --to-device`,
+  )
   const file = path.join(s.dir, 'plain.img')
   fs.writeFileSync(file, 'keep')
   const onFile = await s.g('export', '--to-device', 'x2', file)
   t.equal(onFile.code, 1)
-  t.match(onFile.stderr, `${file} is not a disk device, and --to-device writes onto an existing disk device: give a disk device, or drop --to-device`)
+  t.match(
+    onFile.stderr,
+    `${file} is not a disk device, and --to-device writes onto an existing disk device: give a disk device, or drop --to-device`,
+  )
   t.equal(fs.readFileSync(file, 'utf8'), 'keep')
   const missing = await s.g('export', '--to-device', 'x2', path.join(s.dir, 'none'))
   t.equal(missing.code, 1)
@@ -95,7 +107,7 @@ t.test('a disk without --to-device, and --to-device without a disk, are refused'
   t.equal(sha256(target), before, 'nothing was written')
 })
 
-t.test('refused: mounted, too small, the device\'s own RW, a loop over its RO, another device\'s RW', async t => {
+t.test("refused: mounted, too small, the device's own RW, a loop over its RO, another device's RW", async t => {
   if (!requires(t, NEEDS)) return
   const s = setup(t)
   const rwDisk = await s.loop(s.rw)
@@ -116,18 +128,33 @@ t.test('refused: mounted, too small, the device\'s own RW, a loop over its RO, a
   // inode-table init): that it was not overwritten, e2fsck says.
   const ext4 = await s.loop(await ext4Image(s.dir, '32M'))
   await mount(t, ext4, s.mnt)
-  await refused(['x3', ext4], `${ext4} is mounted on ${s.mnt}; export --to-device overwrites all of it, so it must be in use by nothing: choose another device; only if nothing on it is needed: umount ${s.mnt}, and run this again`)
+  await refused(
+    ['x3', ext4],
+    `${ext4} is mounted on ${s.mnt}; export --to-device overwrites all of it, so it must be in use by nothing: choose another device; only if nothing on it is needed: umount ${s.mnt}, and run this again`,
+  )
   t.equal((await run('umount', [s.mnt])).code, 0)
   const fsck = await run('e2fsck', ['-fn', ext4])
   t.equal(fsck.code, 0, `the mounted file system is intact: ${fsck.stdout}`)
 
   const small = await s.disk('small.img', SIZE - (1 << 20))
-  await expectRefused(['x3', small], `${small} holds ${SIZE - (1 << 20)} bytes, fewer than the device's ${SIZE}: choose a disk device of at least ${SIZE} bytes`, small)
+  await expectRefused(
+    ['x3', small],
+    `${small} holds ${SIZE - (1 << 20)} bytes, fewer than the device's ${SIZE}: choose a disk device of at least ${SIZE} bytes`,
+    small,
+  )
 
-  await expectRefused(['x3', rwDisk], `${rwDisk} is this device's RW; export never writes a device onto its own RO, RW or map: choose another device to export onto`, s.rw)
+  await expectRefused(
+    ['x3', rwDisk],
+    `${rwDisk} is this device's RW; export never writes a device onto its own RO, RW or map: choose another device to export onto`,
+    s.rw,
+  )
 
   const overRo = await s.loop(s.ro)
-  await expectRefused(['x3', overRo], `${overRo} shares its bytes with its backing file ${s.ro}, which is this device's RO; export never writes a device onto its own RO, RW or map: choose another device to export onto (to write the device's changes into RO, use geom-rowr commit)`, s.ro)
+  await expectRefused(
+    ['x3', overRo],
+    `${overRo} shares its bytes with its backing file ${s.ro}, which is this device's RO; export never writes a device onto its own RO, RW or map: choose another device to export onto (to write the device's changes into RO, use geom-rowr commit)`,
+    s.ro,
+  )
 
   // Another device's RW, from a stopped device's export.
   const ro2 = makeImage(path.join(s.dir, 'ro2.img'), SIZE)
@@ -136,14 +163,18 @@ t.test('refused: mounted, too small, the device\'s own RW, a loop over its RO, a
   const otherRw = await s.loop(rw2)
   const other = await s.g('create', '--no-attach', 'x4', ro2, otherRw)
   t.equal(other.code, 0, other.stderr)
-  await expectRefused([...s.offline.map(a => (a === s.rw ? rwDisk : a)), otherRw], `${otherRw} belongs to running device x4 as its RW; export never writes onto a geom-rowr device's RO, RW or map: choose another device to export onto`, rw2)
+  await expectRefused(
+    [...s.offline.map(a => (a === s.rw ? rwDisk : a)), otherRw],
+    `${otherRw} belongs to running device x4 as its RW; export never writes onto a geom-rowr device's RO, RW or map: choose another device to export onto`,
+    rw2,
+  )
 
   // Stopped, its own RW and map are still its own.
   await expectRefused([...s.offline.map(a => (a === s.rw ? rwDisk : a)), rwDisk], `${rwDisk} is this device's RW`, s.rw)
   t.equal(sha256(s.ro), roHash, 'RO was never written')
 })
 
-t.test('the final sync is drawn while the running device\'s daemon syncs the disk', async t => {
+t.test("the final sync is drawn while the running device's daemon syncs the disk", async t => {
   if (!requires(t, { ...NEEDS, fuse: true, tools: [...NEEDS.tools, 'nbdkit', 'nbdfuse', 'fusermount3', 'script'] })) return
   const s = setup(t)
   await s.create('x5')
@@ -152,8 +183,15 @@ t.test('the final sync is drawn while the running device\'s daemon syncs the dis
   const socket = path.join(s.dir, 'slow.sock')
   const fuse = path.join(s.dir, 'fuse')
   fs.mkdirSync(fuse)
-  const nbdkit = spawn('nbdkit', ['--foreground', '--unix', socket, '--filter=delay', 'memory', String(SIZE), 'delay-write=200ms'], { stdio: 'ignore' })
-  const nbdfuse = new Promise<ReturnType<typeof spawn>>(resolve => void waitUntil(() => fs.existsSync(socket)).then(() => resolve(spawn('nbdfuse', [path.join(fuse, 'disk'), '--unix', socket], { stdio: 'ignore' }))))
+  const nbdkit = spawn('nbdkit', ['--foreground', '--unix', socket, '--filter=delay', 'memory', String(SIZE), 'delay-write=200ms'], {
+    stdio: 'ignore',
+  })
+  const nbdfuse = new Promise<ReturnType<typeof spawn>>(
+    resolve =>
+      void waitUntil(() => fs.existsSync(socket)).then(() =>
+        resolve(spawn('nbdfuse', [path.join(fuse, 'disk'), '--unix', socket], { stdio: 'ignore' })),
+      ),
+  )
   let slow: string | undefined
   t.teardown(async () => {
     // The loop device first: while it holds the FUSE file, the unmount fails.

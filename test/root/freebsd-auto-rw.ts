@@ -56,7 +56,7 @@ const freebsd = (t: Test, roSize = SIZE) => {
   }
 }
 
-t.test('create makes a swap-backed md of RO\'s exact size; destroy detaches it', async t => {
+t.test("create makes a swap-backed md of RO's exact size; destroy detaches it", async t => {
   if (!requires(t, { root: true, tools: ['qemu-io'] })) return
   const f = freebsd(t)
   const created = await f.cli('create', '--no-attach', 'fb0', f.ro, 'auto')
@@ -75,7 +75,7 @@ t.test('create makes a swap-backed md of RO\'s exact size; destroy detaches it',
   t.notOk(fs.existsSync(`/dev/${md}`), 'the md is gone')
 })
 
-t.test('a killed daemon\'s md is detached by the cleanup', async t => {
+t.test("a killed daemon's md is detached by the cleanup", async t => {
   if (!requires(t, { root: true })) return
   const f = freebsd(t)
   t.equal((await f.cli('create', '--no-attach', 'fb1', f.ro, 'auto')).code, 0)
@@ -104,15 +104,15 @@ t.test('without geom_gate loaded, create says how to load it and leaves nothing 
 // for its exact size.
 const ODD = SIZE + 2048
 
-t.test('RW auto for a size that is not whole pages: the md is rounded up, the device keeps RO\'s size', async t => {
+t.test("RW auto for a size that is not whole pages: the md is rounded up, the device keeps RO's size", async t => {
   if (!requires(t, { root: true })) return
   const f = freebsd(t, ODD)
   const created = await f.cli('create', '--no-attach', 'fb3', f.ro, 'auto')
   t.equal(created.code, 0, created.stderr)
   t.same(f.calls(), [`mdconfig -a -t swap -s ${SIZE + 4096}b`], 'whole pages')
-  t.notMatch(created.stderr, /larger than/, 'no warning for the md\'s tail')
+  t.notMatch(created.stderr, /larger than/, "no warning for the md's tail")
   const status = JSON.parse((await f.cli('status', '--json', 'fb3')).stdout)
-  t.equal(status.mediasize, ODD, 'the device is RO\'s size')
+  t.equal(status.mediasize, ODD, "the device is RO's size")
   t.equal((await f.cli('destroy', 'fb3')).code, 0)
 })
 
@@ -126,6 +126,9 @@ t.test('a RW md too small for RO gets a hint with a size mdconfig accepts', asyn
   t.teardown(() => fs.rmSync(`/dev/md${unit}`, { force: true }))
   const r = await f.cli('create', '--no-attach', 'fb4', f.ro, `/dev/md${unit}`)
   t.equal(r.code, 1)
-  t.match(r.stderr, `make a new md of that size (mdconfig -a -t swap -s ${SIZE + 4096}b prints its name) and give it as RW; /dev/md${unit} is left as it is`)
+  t.match(
+    r.stderr,
+    `make a new md of that size (mdconfig -a -t swap -s ${SIZE + 4096}b prints its name) and give it as RW; /dev/md${unit} is left as it is`,
+  )
   t.notMatch(r.stderr, 'mdconfig -d', 'the md that is too small is not to be detached: it may hold data')
 })

@@ -90,7 +90,7 @@ t.test('a map on a disk RW is made durable with DIOCGFLUSH', async t => {
   await opened.file.closeClean()
 })
 
-t.test('revert gives a disk RW\'s space back with DIOCGDELETE; zero() trusts it only on an md', async t => {
+t.test("revert gives a disk RW's space back with DIOCGDELETE; zero() trusts it only on an md", async t => {
   if (!requires(t, NEEDS)) return
   const plain = BlockDevice.open(await disk(t), { writable: true })
   const md = BlockDevice.open(await disk(t, { md: true }), { writable: true })
@@ -109,7 +109,7 @@ t.test('revert gives a disk RW\'s space back with DIOCGDELETE; zero() trusts it 
   }
   await plain.write(Buffer.alloc(65536, 7), 0, 65536, 0)
   await plain.zero(0, 65536)
-  t.equal(calls().deletes, before + 1, 'a disk\'s TRIM may read back anything: zeros are written instead')
+  t.equal(calls().deletes, before + 1, "a disk's TRIM may read back anything: zeros are written instead")
   t.same(await readBack(plain, 0, 65536), Buffer.alloc(65536))
 
   await md.write(Buffer.alloc(65536, 7), 0, 65536, 0)

@@ -36,7 +36,9 @@ t.test('a write that fills RW fails ENOSPC, status shows it degraded, reset clea
   t.equal(created.code, 0, created.stderr)
   t.match(
     created.stderr,
-    new RegExp(`warning: ${rw} is a sparse file with 0 bytes allocated: the device can need ${SIZE} bytes more \\(4\\.0 MiB\\), but its file system has ${TMPFS} bytes \\(1\\.0 MiB\\) free`),
+    new RegExp(
+      `warning: ${rw} is a sparse file with 0 bytes allocated: the device can need ${SIZE} bytes more \\(4\\.0 MiB\\), but its file system has ${TMPFS} bytes \\(1\\.0 MiB\\) free`,
+    ),
     'create says RW cannot hold the device, and how much is missing',
   )
   t.match(created.stderr, `Free at least ${SIZE - TMPFS} bytes`)
@@ -62,7 +64,10 @@ t.test('a write that fills RW fails ENOSPC, status shows it degraded, reset clea
   t.ok(Number.isFinite(Date.parse(full.errors.last.at)), 'at an ISO time')
   t.ok(full.rwAllocated > 64 * KiB && full.rwAllocated <= TMPFS, `RW's real allocation: ${full.rwAllocated}`)
   const text = (await g('status', 'full0')).stdout
-  t.match(text, /\n {2}state: +degraded: rw write ENOSPC at offset \d+ \(\d{4}-\d\d-\d\dT[^)]+\); \d+ I\/O error\(s\) since the last reset; geom-rowr reset full0 clears it\n/)
+  t.match(
+    text,
+    /\n {2}state: +degraded: rw write ENOSPC at offset \d+ \(\d{4}-\d\d-\d\dT[^)]+\); \d+ I\/O error\(s\) since the last reset; geom-rowr reset full0 clears it\n/,
+  )
   t.match(text, /\n {2}rw allocated: +\d+ \(/)
   const log = fs.readFileSync(path.join(runDir, 'full0.log'), 'utf8')
   t.match(log, /write at byte \d+ failed: ENOSPC.*full0 is degraded/, 'the daemon logged it')

@@ -14,7 +14,7 @@ const NEEDS = { root: true, fuse: true, tools: ['losetup', 'mkfs.ext4', 'e2fsck'
 const status = async (rowr: (...a: string[]) => Promise<{ stdout: string }>, name: string) =>
   JSON.parse((await rowr('status', '--json', name)).stdout)
 
-t.test('the original module\'s procedure through GEOM Gate: ext4 on the provider, change, fsck, destroy', async t => {
+t.test("the original module's procedure through GEOM Gate: ext4 on the provider, change, fsck, destroy", async t => {
   if (!requires(t, NEEDS)) return
   const { dir, runDir, sim, mnt, rowr, loop, unloop } = simulatedFreeBsd(t)
   const base = await ext4Image(dir)
@@ -25,7 +25,7 @@ t.test('the original module\'s procedure through GEOM Gate: ext4 on the provider
   t.equal(created.code, 0, created.stderr)
   t.equal(created.stdout.trim(), path.join(sim, 'rowr0'), 'under the simulator the device is $GGSIM_MOUNT/NAME')
   const provider = created.stdout.trim()
-  t.equal(fs.statSync(provider).size, fs.statSync(base).size, 'the provider has RO\'s media size')
+  t.equal(fs.statSync(provider).size, fs.statSync(base).size, "the provider has RO's media size")
 
   const device = await loop(provider)
   await mount(t, device, mnt)
@@ -43,7 +43,10 @@ t.test('the original module\'s procedure through GEOM Gate: ext4 on the provider
   const busy = await rowr('destroy', 'rowr0')
   t.equal(busy.code, 1, 'destroy refuses while the provider is open')
   // The loop device holds the provider's file: what an open of /dev/rowr0 is on FreeBSD.
-  t.match(busy.stderr, `rowr0 (${provider}) is open (held open through /dev/rowr0 (r1w1e0)): unmount it (umount ${provider}) first; destroy -f stops it even so, and a file system on it then loses what it has not written yet`)
+  t.match(
+    busy.stderr,
+    `rowr0 (${provider}) is open (held open through /dev/rowr0 (r1w1e0)): unmount it (umount ${provider}) first; destroy -f stops it even so, and a file system on it then loses what it has not written yet`,
+  )
 
   t.equal((await run('umount', [mnt])).code, 0)
   const fsck = await run('e2fsck', ['-fn', device])
@@ -57,11 +60,18 @@ t.test('the original module\'s procedure through GEOM Gate: ext4 on the provider
 
   const s = await status(rowr, 'rowr0')
   t.match(s, { device: provider, ggate: { failed: 0 } })
-  t.ok(s.ggate.bios.write > 0 && s.ggate.bios.read > 0 && s.ggate.bios.flush > 0, `bios came through GEOM Gate: ${JSON.stringify(s.ggate.bios)}`)
+  t.ok(
+    s.ggate.bios.write > 0 && s.ggate.bios.read > 0 && s.ggate.bios.flush > 0,
+    `bios came through GEOM Gate: ${JSON.stringify(s.ggate.bios)}`,
+  )
   t.ok(s.writtenBytes >= 3 << 20, 'the changes are on RW')
   t.equal((await rowr('reset', 'rowr0')).code, 0, 'reset')
   const cleared = await status(rowr, 'rowr0')
-  t.match(cleared, { health: 'ok', writtenBytes: s.writtenBytes, ggate: { failed: 0, bufferGrows: 0, bios: { read: 0, write: 0, flush: 0 } } }, 'reset clears the GEOM Gate counters too')
+  t.match(
+    cleared,
+    { health: 'ok', writtenBytes: s.writtenBytes, ggate: { failed: 0, bufferGrows: 0, bios: { read: 0, write: 0, flush: 0 } } },
+    'reset clears the GEOM Gate counters too',
+  )
 
   // The kernel's FUSE release may land just after losetup -d: poll.
   let destroyed = await rowr('destroy', 'rowr0')
@@ -70,7 +80,11 @@ t.test('the original module\'s procedure through GEOM Gate: ext4 on the provider
   t.equal(sha256(base), baseHash, 'the read-only image is unchanged')
   t.ok(await waitUntil(() => !mounted(sim)), 'the simulated kernel went away with the daemon')
   t.same(leftovers(dir), [], 'no loop device, mount or daemon is left')
-  t.same(fs.readdirSync(runDir).filter(n => !n.endsWith('.log')), [], 'no run state is left')
+  t.same(
+    fs.readdirSync(runDir).filter(n => !n.endsWith('.log')),
+    [],
+    'no run state is left',
+  )
 })
 
 t.test('concurrent bios, and writes larger than the first START buffer', async t => {
@@ -85,16 +99,28 @@ t.test('concurrent bios, and writes larger than the first START buffer', async t
 
   // Four writers at once on disjoint 8 MiB regions, each verifying what it wrote.
   const fio = await run('fio', [
-    '--name=concurrent', `--filename=${provider}`, '--ioengine=libaio', '--direct=1', '--rw=randwrite',
-    '--bs=4k', '--iodepth=8', '--numjobs=4', '--size=8M', '--offset_increment=8M', '--io_size=2M',
-    '--verify=crc32c', '--verify_fatal=1', '--verify_state_save=0', '--group_reporting',
+    '--name=concurrent',
+    `--filename=${provider}`,
+    '--ioengine=libaio',
+    '--direct=1',
+    '--rw=randwrite',
+    '--bs=4k',
+    '--iodepth=8',
+    '--numjobs=4',
+    '--size=8M',
+    '--offset_increment=8M',
+    '--io_size=2M',
+    '--verify=crc32c',
+    '--verify_fatal=1',
+    '--verify_state_save=0',
+    '--group_reporting',
   ])
   t.equal(fio.code, 0, `fio wrote and verified: ${fio.stderr}`)
 
   // 1 MiB writes: eight times the 128 KiB a worker starts with. dd's
   // buffers are page-aligned, so the kernel hands FUSE each one whole.
   const chunk = Buffer.alloc(1 << 20)
-  for (let i = 0; i < chunk.length; i += 4) chunk.writeUInt32LE(i * 2654435761 >>> 0, i)
+  for (let i = 0; i < chunk.length; i += 4) chunk.writeUInt32LE((i * 2654435761) >>> 0, i)
   const pattern = path.join(dir, 'pattern')
   fs.writeFileSync(pattern, chunk)
   for (const mib of [0, 5, 31]) {
@@ -138,9 +164,13 @@ t.test('destroy -f while the provider is held: pending bios fail, the daemon exi
   t.ok(await waitUntil(() => !fs.existsSync(`/proc/${pid}`)), 'the daemon exited')
   t.notOk(fs.existsSync(path.join(runDir, 'f0.log')), 'a daemon that ended cleanly takes its log with it')
   const after = await run('dd', [`if=${device}`, 'of=/dev/null', 'bs=64k', 'count=1', 'iflag=direct'])
-  t.not(after.code, 0, 'the loop device\'s reads fail once the provider is gone')
+  t.not(after.code, 0, "the loop device's reads fail once the provider is gone")
   t.notOk(mounted(sim), 'the simulated kernel is gone')
-  t.same(fs.readdirSync(runDir).filter(n => !n.endsWith('.log')), [], 'no run state is left')
+  t.same(
+    fs.readdirSync(runDir).filter(n => !n.endsWith('.log')),
+    [],
+    'no run state is left',
+  )
 })
 
 t.test('a name GEOM Gate already has is refused, with nothing half-created', async t => {
@@ -163,7 +193,10 @@ t.test('a name GEOM Gate already has is refused, with nothing half-created', asy
   t.equal(clash.code, 1)
   t.match(clash.stderr, 'a GEOM Gate provider named g1 already exists: choose another NAME')
   t.notMatch(clash.stderr, /destroy -f|ggatec destroy/, 'no hint that would take the other provider away')
-  t.same(fs.readdirSync(runDir).filter(n => !n.endsWith('.log')), [])
+  t.same(
+    fs.readdirSync(runDir).filter(n => !n.endsWith('.log')),
+    [],
+  )
   t.equal((await other('status', '--json', 'g1')).code, 0, 'the other provider still serves')
   t.equal((await other('destroy', 'g1')).code, 0)
 })
@@ -198,8 +231,18 @@ t.test('revert, commit and destroy see who has the provider open, from kern.geom
   t.match(refusedCommit.stderr, `${uses}, or use commit -f`)
   const refusedDestroy = await rowr('destroy', 'b0')
   t.equal(refusedDestroy.code, 1)
-  t.match(refusedDestroy.stderr, `b0 (${provider}) is open (held open through /dev/b0 (r1w1e0)): unmount it (umount ${provider}) first; destroy -f stops it even so, and a file system on it then loses what it has not written yet`)
-  t.equal(fs.readFileSync(base).subarray(2 << 16, 3 << 16).equals(Buffer.alloc(64 << 10, 2)), false, 'RO is untouched')
+  t.match(
+    refusedDestroy.stderr,
+    `b0 (${provider}) is open (held open through /dev/b0 (r1w1e0)): unmount it (umount ${provider}) first; destroy -f stops it even so, and a file system on it then loses what it has not written yet`,
+  )
+  t.equal(
+    fs
+      .readFileSync(base)
+      .subarray(2 << 16, 3 << 16)
+      .equals(Buffer.alloc(64 << 10, 2)),
+    false,
+    'RO is untouched',
+  )
 
   await unloop(device)
   // The kernel's FUSE release may land just after losetup -d: poll.
@@ -210,43 +253,46 @@ t.test('revert, commit and destroy see who has the provider open, from kern.geom
   t.equal((await rowr('destroy', 'b0')).code, 0)
 })
 
-t.test('hydrated with RW a provider: MODIFY sends the provider\'s reads to RW in the kernel; a file RW keeps them in the daemon', async t => {
-  if (!requires(t, NEEDS)) return
-  const { dir, rowr, loop } = simulatedFreeBsd(t)
-  const base = makeImage(path.join(dir, 'ro.img'), 8 << 20)
-  // A loop device stands for an md: a disk, which GEOM would have as a provider.
-  const rw = await loop(makeImage(path.join(dir, 'rw.img'), 8 << 20, 'zero'))
-  const created = await rowr('create', '--hydrate', 'h0', base, rw)
-  t.equal(created.code, 0, created.stderr)
-  const provider = created.stdout.trim()
-  t.ok(await waitUntil(async () => (await status(rowr, 'h0')).roHeld === false, 30_000), 'hydrated, RO released')
-  t.ok(await waitUntil(async () => (await status(rowr, 'h0')).ggate.readProvider !== null), 'direct reads enabled')
-  const before = await status(rowr, 'h0')
-  t.equal(before.ggate.readProvider, path.basename(rw), 'the read provider is RW')
+t.test(
+  "hydrated with RW a provider: MODIFY sends the provider's reads to RW in the kernel; a file RW keeps them in the daemon",
+  async t => {
+    if (!requires(t, NEEDS)) return
+    const { dir, rowr, loop } = simulatedFreeBsd(t)
+    const base = makeImage(path.join(dir, 'ro.img'), 8 << 20)
+    // A loop device stands for an md: a disk, which GEOM would have as a provider.
+    const rw = await loop(makeImage(path.join(dir, 'rw.img'), 8 << 20, 'zero'))
+    const created = await rowr('create', '--hydrate', 'h0', base, rw)
+    t.equal(created.code, 0, created.stderr)
+    const provider = created.stdout.trim()
+    t.ok(await waitUntil(async () => (await status(rowr, 'h0')).roHeld === false, 30_000), 'hydrated, RO released')
+    t.ok(await waitUntil(async () => (await status(rowr, 'h0')).ggate.readProvider !== null), 'direct reads enabled')
+    const before = await status(rowr, 'h0')
+    t.equal(before.ggate.readProvider, path.basename(rw), 'the read provider is RW')
 
-  const chunk = Buffer.alloc(1 << 20, 0x3e)
-  const pattern = path.join(dir, 'pattern')
-  fs.writeFileSync(pattern, chunk)
-  const dd = await run('dd', [`if=${pattern}`, `of=${provider}`, 'bs=1M', 'seek=2', 'oflag=direct', 'conv=notrunc,fsync'])
-  t.equal(dd.code, 0, dd.stderr)
-  const back = path.join(dir, 'back')
-  const read = await run('dd', [`if=${provider}`, `of=${back}`, 'bs=1M', 'iflag=direct'])
-  t.equal(read.code, 0, read.stderr)
-  const expected = fs.readFileSync(base)
-  chunk.copy(expected, 2 << 20)
-  t.ok(fs.readFileSync(back).equals(expected), 'the provider reads RO plus the write')
-  const after = await status(rowr, 'h0')
-  t.equal(after.ggate.bios.read, before.ggate.bios.read, 'no read came to the daemon: the kernel read RW itself')
-  t.ok(after.ggate.bios.write > before.ggate.bios.write, 'writes still do')
-  t.equal((await rowr('destroy', 'h0')).code, 0)
+    const chunk = Buffer.alloc(1 << 20, 0x3e)
+    const pattern = path.join(dir, 'pattern')
+    fs.writeFileSync(pattern, chunk)
+    const dd = await run('dd', [`if=${pattern}`, `of=${provider}`, 'bs=1M', 'seek=2', 'oflag=direct', 'conv=notrunc,fsync'])
+    t.equal(dd.code, 0, dd.stderr)
+    const back = path.join(dir, 'back')
+    const read = await run('dd', [`if=${provider}`, `of=${back}`, 'bs=1M', 'iflag=direct'])
+    t.equal(read.code, 0, read.stderr)
+    const expected = fs.readFileSync(base)
+    chunk.copy(expected, 2 << 20)
+    t.ok(fs.readFileSync(back).equals(expected), 'the provider reads RO plus the write')
+    const after = await status(rowr, 'h0')
+    t.equal(after.ggate.bios.read, before.ggate.bios.read, 'no read came to the daemon: the kernel read RW itself')
+    t.ok(after.ggate.bios.write > before.ggate.bios.write, 'writes still do')
+    t.equal((await rowr('destroy', 'h0')).code, 0)
 
-  const fileRw = makeImage(path.join(dir, 'rw-file.img'), 8 << 20, 'zero')
-  const second = await rowr('create', '--hydrate', 'h1', base, fileRw)
-  t.equal(second.code, 0, second.stderr)
-  t.ok(await waitUntil(async () => (await status(rowr, 'h1')).roHeld === false, 30_000), 'hydrated')
-  const reads = (await status(rowr, 'h1')).ggate.bios.read
-  t.equal((await run('dd', [`if=${second.stdout.trim()}`, 'of=/dev/null', 'bs=1M', 'count=1', 'iflag=direct'])).code, 0)
-  const s = await status(rowr, 'h1')
-  t.equal(s.ggate.readProvider, null, 'a file RW is no provider: no MODIFY')
-  t.ok(s.ggate.bios.read > reads, 'its reads still come to the daemon')
-})
+    const fileRw = makeImage(path.join(dir, 'rw-file.img'), 8 << 20, 'zero')
+    const second = await rowr('create', '--hydrate', 'h1', base, fileRw)
+    t.equal(second.code, 0, second.stderr)
+    t.ok(await waitUntil(async () => (await status(rowr, 'h1')).roHeld === false, 30_000), 'hydrated')
+    const reads = (await status(rowr, 'h1')).ggate.bios.read
+    t.equal((await run('dd', [`if=${second.stdout.trim()}`, 'of=/dev/null', 'bs=1M', 'count=1', 'iflag=direct'])).code, 0)
+    const s = await status(rowr, 'h1')
+    t.equal(s.ggate.readProvider, null, 'a file RW is no provider: no MODIFY')
+    t.ok(s.ggate.bios.read > reads, 'its reads still come to the daemon')
+  },
+)

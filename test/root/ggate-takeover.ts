@@ -52,74 +52,83 @@ t.test('an uncaught error in a daemon without a map: it exits at once and its pr
   const list = await rowr('list')
   t.equal(list.code, 0, list.stderr)
   t.match(list.stderr, 'x0: cleaned up after a daemon that is gone')
-  t.same(fs.readdirSync(runDir).filter(n => !n.endsWith('.log')), [])
+  t.same(
+    fs.readdirSync(runDir).filter(n => !n.endsWith('.log')),
+    [],
+  )
   t.ok(await waitUntil(() => !mounted(sim)), 'the simulated kernel went away with its last provider')
 })
 
-t.test('an uncaught error in a daemon with a map: it exits at once, and create takes the provider over under the mounted file system', async t => {
-  if (!requires(t, NEEDS)) return
-  const trigger = path.join('/tmp', `rowr-fatal-${process.pid}-1`)
-  t.teardown(() => fs.rmSync(trigger, { force: true }))
-  const { dir, runDir, mnt, rowr, loop, unloop, daemonPid } = simulatedFreeBsd(t, fatalErrorEnv(trigger))
-  const base = await ext4Image(dir)
-  const rw = makeImage(path.join(dir, 'rw.img'), fs.statSync(base).size, 'zero')
-  const map = path.join(dir, 'rw.map')
-  const created = await rowr('create', '--map', map, 'm0', base, rw)
-  t.equal(created.code, 0, created.stderr)
-  const provider = created.stdout.trim()
-  const pid = daemonPid('m0')
-  const device = await loop(provider)
-  await mount(t, device, mnt)
-  fs.writeFileSync(path.join(mnt, 'flushed.txt'), 'written and flushed before the error\n')
-  t.equal((await run('sync', ['-f', path.join(mnt, 'flushed.txt')])).code, 0)
-  // Written straight to the device, acknowledged, never flushed: only the
-  // takeover log tells the next daemon that these sectors are on RW now.
-  const pattern = path.join(dir, 'pattern')
-  fs.writeFileSync(pattern, Buffer.alloc(1 << 20, 0x5a))
-  const direct = await run('dd', [`if=${pattern}`, `of=${path.join(mnt, 'direct.bin')}`, 'bs=1M', 'oflag=direct'])
-  t.equal(direct.code, 0, direct.stderr)
+t.test(
+  'an uncaught error in a daemon with a map: it exits at once, and create takes the provider over under the mounted file system',
+  async t => {
+    if (!requires(t, NEEDS)) return
+    const trigger = path.join('/tmp', `rowr-fatal-${process.pid}-1`)
+    t.teardown(() => fs.rmSync(trigger, { force: true }))
+    const { dir, runDir, mnt, rowr, loop, unloop, daemonPid } = simulatedFreeBsd(t, fatalErrorEnv(trigger))
+    const base = await ext4Image(dir)
+    const rw = makeImage(path.join(dir, 'rw.img'), fs.statSync(base).size, 'zero')
+    const map = path.join(dir, 'rw.map')
+    const created = await rowr('create', '--map', map, 'm0', base, rw)
+    t.equal(created.code, 0, created.stderr)
+    const provider = created.stdout.trim()
+    const pid = daemonPid('m0')
+    const device = await loop(provider)
+    await mount(t, device, mnt)
+    fs.writeFileSync(path.join(mnt, 'flushed.txt'), 'written and flushed before the error\n')
+    t.equal((await run('sync', ['-f', path.join(mnt, 'flushed.txt')])).code, 0)
+    // Written straight to the device, acknowledged, never flushed: only the
+    // takeover log tells the next daemon that these sectors are on RW now.
+    const pattern = path.join(dir, 'pattern')
+    fs.writeFileSync(pattern, Buffer.alloc(1 << 20, 0x5a))
+    const direct = await run('dd', [`if=${pattern}`, `of=${path.join(mnt, 'direct.bin')}`, 'bs=1M', 'oflag=direct'])
+    t.equal(direct.code, 0, direct.stderr)
 
-  fs.writeFileSync(trigger, '')
-  const gone = await waitUntil(() => !alive(pid), EXIT_MS)
-  t.ok(gone, 'the daemon is gone')
-  // A daemon that hangs in its exit would leave the reads below waiting forever.
-  if (!gone) return
-  const log = fs.readFileSync(path.join(runDir, 'm0.log'), 'utf8')
-  t.match(log, 'uncaught: Error: an uncaught error, injected by test/fixtures/fatal-error.js')
-  t.match(log, 'exiting: m0 is left for a new daemon to take over')
-  t.ok(fs.existsSync(provider), 'the provider stays')
+    fs.writeFileSync(trigger, '')
+    const gone = await waitUntil(() => !alive(pid), EXIT_MS)
+    t.ok(gone, 'the daemon is gone')
+    // A daemon that hangs in its exit would leave the reads below waiting forever.
+    if (!gone) return
+    const log = fs.readFileSync(path.join(runDir, 'm0.log'), 'utf8')
+    t.match(log, 'uncaught: Error: an uncaught error, injected by test/fixtures/fatal-error.js')
+    t.match(log, 'exiting: m0 is left for a new daemon to take over')
+    t.ok(fs.existsSync(provider), 'the provider stays')
 
-  // The file system's I/O waits for a daemon, neither failing nor lost.
-  const held = spawn('sh', ['-c', `echo held > ${mnt}/held.txt && sync -f ${mnt}/held.txt`], { stdio: 'ignore' })
-  const heldDone = new Promise<number | null>(resolve => held.on('exit', code => resolve(code)))
-  const list = await rowr('list')
-  t.equal(list.code, 0, list.stderr)
-  t.match(list.stdout, `${provider} (waiting for its daemon)`)
-  t.match(list.stderr, `m0: its daemon (pid ${pid}) is gone, and ${provider} waits for a new one (its I/O is held, nothing is lost); start one with: geom-rowr create --map ${map} --sector-size 512 m0 ${base} ${rw}`)
-  t.equal(held.exitCode, null, 'the write and its sync wait')
+    // The file system's I/O waits for a daemon, neither failing nor lost.
+    const held = spawn('sh', ['-c', `echo held > ${mnt}/held.txt && sync -f ${mnt}/held.txt`], { stdio: 'ignore' })
+    const heldDone = new Promise<number | null>(resolve => held.on('exit', code => resolve(code)))
+    const list = await rowr('list')
+    t.equal(list.code, 0, list.stderr)
+    t.match(list.stdout, `${provider} (waiting for its daemon)`)
+    t.match(
+      list.stderr,
+      `m0: its daemon (pid ${pid}) is gone, and ${provider} waits for a new one (its I/O is held, nothing is lost); start one with: geom-rowr create --map ${map} --sector-size 512 m0 ${base} ${rw}`,
+    )
+    t.equal(held.exitCode, null, 'the write and its sync wait')
 
-  fs.rmSync(trigger)
-  const again = await rowr('create', '--map', map, 'm0', base, rw)
-  t.equal(again.code, 0, again.stderr)
-  t.equal(again.stdout.trim(), provider, 'the same provider')
-  t.match(fs.readFileSync(path.join(runDir, 'm0.log'), 'utf8'), `taking over ${provider} from daemon pid ${pid}, which is gone`)
-  t.equal(await heldDone, 0, 'the held write and sync completed through the new daemon')
-  const back = path.join(dir, 'back')
-  const reread = await run('dd', [`if=${path.join(mnt, 'direct.bin')}`, `of=${back}`, 'bs=1M', 'iflag=direct'])
-  t.equal(reread.code, 0, reread.stderr)
-  t.ok(fs.readFileSync(back).equals(fs.readFileSync(pattern)), 'writes acknowledged before the error, never flushed, read back from RW')
-  t.equal(fs.readFileSync(path.join(mnt, 'flushed.txt'), 'utf8'), 'written and flushed before the error\n')
-  t.equal(fs.readFileSync(path.join(mnt, 'held.txt'), 'utf8'), 'held\n')
+    fs.rmSync(trigger)
+    const again = await rowr('create', '--map', map, 'm0', base, rw)
+    t.equal(again.code, 0, again.stderr)
+    t.equal(again.stdout.trim(), provider, 'the same provider')
+    t.match(fs.readFileSync(path.join(runDir, 'm0.log'), 'utf8'), `taking over ${provider} from daemon pid ${pid}, which is gone`)
+    t.equal(await heldDone, 0, 'the held write and sync completed through the new daemon')
+    const back = path.join(dir, 'back')
+    const reread = await run('dd', [`if=${path.join(mnt, 'direct.bin')}`, `of=${back}`, 'bs=1M', 'iflag=direct'])
+    t.equal(reread.code, 0, reread.stderr)
+    t.ok(fs.readFileSync(back).equals(fs.readFileSync(pattern)), 'writes acknowledged before the error, never flushed, read back from RW')
+    t.equal(fs.readFileSync(path.join(mnt, 'flushed.txt'), 'utf8'), 'written and flushed before the error\n')
+    t.equal(fs.readFileSync(path.join(mnt, 'held.txt'), 'utf8'), 'held\n')
 
-  t.equal((await run('umount', [mnt])).code, 0)
-  const fsck = await run('e2fsck', ['-fn', device])
-  t.equal(fsck.code, 0, `e2fsck -fn is clean: ${fsck.stdout}`)
-  await unloop(device)
-  let destroyed = await rowr('destroy', 'm0')
-  await waitUntil(async () => destroyed.code === 0 || (destroyed = await rowr('destroy', 'm0')).code === 0)
-  t.equal(destroyed.code, 0, destroyed.stderr)
-  t.same(leftovers(dir), [], 'no loop device, mount or process is left')
-})
+    t.equal((await run('umount', [mnt])).code, 0)
+    const fsck = await run('e2fsck', ['-fn', device])
+    t.equal(fsck.code, 0, `e2fsck -fn is clean: ${fsck.stdout}`)
+    await unloop(device)
+    let destroyed = await rowr('destroy', 'm0')
+    await waitUntil(async () => destroyed.code === 0 || (destroyed = await rowr('destroy', 'm0')).code === 0)
+    t.equal(destroyed.code, 0, destroyed.stderr)
+    t.same(leftovers(dir), [], 'no loop device, mount or process is left')
+  },
+)
 
 t.test('stale cleanup leaves an open provider without a map to destroy -f, and cleans up one that is not open', async t => {
   if (!requires(t, NEEDS)) return
@@ -135,7 +144,8 @@ t.test('stale cleanup leaves an open provider without a map to destroy -f, and c
     t.ok(await waitUntil(() => !alive(made[name]!.pid)), `${name}'s daemon is killed`)
   }
   const { provider, pid, device } = made.h0!
-  const message = `h0: its daemon (pid ${pid}) is gone, and ${provider} is still open (held open through /dev/h0 (r1w1e0)), so it was left in place; ` +
+  const message =
+    `h0: its daemon (pid ${pid}) is gone, and ${provider} is still open (held open through /dev/h0 (r1w1e0)), so it was left in place; ` +
     'without a map no new daemon can serve it, and its I/O waits: end the wait with geom-rowr destroy -f h0 (its users get I/O errors)'
 
   const list = await rowr('list')
@@ -163,10 +173,13 @@ t.test('stale cleanup leaves an open provider without a map to destroy -f, and c
   t.teardown(restore)
   const { cleanupStale } = await import('../../lib/daemon/stale.js')
   const { readState } = await import('../../lib/daemon/run-state.js')
-  await t.rejects(cleanupStale('h0', { kind: 'stale', state: readState('h0'), reason: 'its daemon is gone' }, () => undefined), {
-    code: 'EBUSY',
-    message: `h0 (${provider}) is open (held open through /dev/h0 (r1w1e0)): nothing serves its I/O, which waits; end the wait with geom-rowr destroy -f h0 (its users get I/O errors)`,
-  })
+  await t.rejects(
+    cleanupStale('h0', { kind: 'stale', state: readState('h0'), reason: 'its daemon is gone' }, () => undefined),
+    {
+      code: 'EBUSY',
+      message: `h0 (${provider}) is open (held open through /dev/h0 (r1w1e0)): nothing serves its I/O, which waits; end the wait with geom-rowr destroy -f h0 (its users get I/O errors)`,
+    },
+  )
   restore()
   t.ok(fs.existsSync(provider), 'the cleanup left it')
 
@@ -179,7 +192,10 @@ t.test('stale cleanup leaves an open provider without a map to destroy -f, and c
   t.match(forced.stderr, 'h1: cleaned up after a daemon that is gone')
   t.notOk(fs.existsSync(made.h1!.provider), 'destroy -f takes an open one away')
   await unloop(made.h1!.device)
-  t.same(fs.readdirSync(runDir).filter(n => !n.endsWith('.log')), [])
+  t.same(
+    fs.readdirSync(runDir).filter(n => !n.endsWith('.log')),
+    [],
+  )
   t.ok(await waitUntil(() => !mounted(sim)), 'the simulated kernel went away with its last provider')
 })
 
@@ -199,7 +215,9 @@ t.test('a signal for a thread asleep in START does not take it out of the reques
   // does not block it.
   const pollCall = process.arch === 'arm64' ? '73' : '7'
   const asleep = () =>
-    fs.readdirSync(`/proc/${pid}/task`).filter(tid => fs.readFileSync(`/proc/${pid}/task/${tid}/syscall`, 'utf8').split(' ')[0] === pollCall)
+    fs
+      .readdirSync(`/proc/${pid}/task`)
+      .filter(tid => fs.readFileSync(`/proc/${pid}/task/${tid}/syscall`, 'utf8').split(' ')[0] === pollCall)
   t.ok(await waitUntil(() => asleep().length === 4), `four threads sleep in START: ${asleep().join(' ')}`)
   const tgkill = (createRequire(import.meta.url)('koffi') as { load(p: string): { func(s: string): (...a: number[]) => number } })
     .load('libc.so.6')

@@ -61,7 +61,8 @@ t.test('RO served by nbdkit through nbdfuse: hydrated while ext4 is in use, then
   fs.rmSync(path.join(mnt, 'pxeboot'))
   fs.renameSync(path.join(mnt, 'loader.4th'), path.join(mnt, 'lua/loader.4th'))
   t.equal((await run('sync', [])).code, 0)
-  const status = async () => JSON.parse((await cli('status', '--json', 'rowrh')).stdout) as { pid: number; roHeld: boolean; hydration: { state: string } }
+  const status = async () =>
+    JSON.parse((await cli('status', '--json', 'rowrh')).stdout) as { pid: number; roHeld: boolean; hydration: { state: string } }
   t.equal((await status()).hydration.state, 'running', 'the copy runs while the file system is used')
   t.ok(await waitUntil(async () => !(await status()).roHeld, 60_000), 'hydration done and RO released')
   t.equal((await status()).hydration.state, 'done')
@@ -75,7 +76,11 @@ t.test('RO served by nbdkit through nbdfuse: hydrated while ext4 is in use, then
   fs.writeFileSync(path.join(mnt, 'after.txt'), 'written after RO went away\n')
   t.equal((await run('sync', [])).code, 0)
   fs.writeFileSync('/proc/sys/vm/drop_caches', '3')
-  t.equal(fs.readFileSync(path.join(mnt, 'lib/engine/sector-map.ts'), 'utf8').length > 0, true, 'an untouched file of RO reads back (from RW)')
+  t.equal(
+    fs.readFileSync(path.join(mnt, 'lib/engine/sector-map.ts'), 'utf8').length > 0,
+    true,
+    'an untouched file of RO reads back (from RW)',
+  )
   t.same(fs.readFileSync(path.join(mnt, 'during.bin')), Buffer.alloc(3 << 20, 0x44))
   t.equal(fs.readFileSync(path.join(mnt, 'lua/loader.4th'), 'utf8'), 'forth\n')
   t.equal(fs.readFileSync(path.join(mnt, 'after.txt'), 'utf8'), 'written after RO went away\n')

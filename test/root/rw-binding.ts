@@ -69,7 +69,7 @@ t.test('a file RW on a file system without extended attributes: a stamp in its t
   const tailMap = path.join(s.dir, 'tail.map')
   const bound = await s.g('create', '--no-attach', '--map', tailMap, 'y0', s.ro, roomy)
   t.equal(bound.code, 0, bound.stderr)
-  t.notMatch(bound.stderr, 'cannot be checked', 'bound by a stamp past the device\'s end')
+  t.notMatch(bound.stderr, 'cannot be checked', "bound by a stamp past the device's end")
   await s.write(bound.stdout.trim(), 0x2e)
   t.equal((await s.g('destroy', 'y0')).code, 0)
   const refused = await s.g('create', '--no-attach', '--map', tailMap, 'y1', s.ro, other)
@@ -82,7 +82,7 @@ t.test('a file RW on a file system without extended attributes: a stamp in its t
   t.notMatch(r.stdout, 'Pattern verification failed', 'its own RW resumes')
 })
 
-t.test('a disk RW: a stamp past the device\'s end where the disk is larger, a warning where it is not', async t => {
+t.test("a disk RW: a stamp past the device's end where the disk is larger, a warning where it is not", async t => {
   if (!requires(t, NEEDS)) return
   const s = setup(t)
   const exact = await s.loop(makeImage(path.join(s.dir, 'exact.img'), SIZE, 'zero'))
@@ -91,7 +91,11 @@ t.test('a disk RW: a stamp past the device\'s end where the disk is larger, a wa
   t.equal(created.code, 0, created.stderr)
   t.match(
     created.stderr,
-    unboundWarning(map, exact, `is a disk of exactly the device's size: it has no room past the device's end for a stamp (${TAIL + 4096} bytes would give it one; use a larger partition)`),
+    unboundWarning(
+      map,
+      exact,
+      `is a disk of exactly the device's size: it has no room past the device's end for a stamp (${TAIL + 4096} bytes would give it one; use a larger partition)`,
+    ),
   )
   t.equal((await s.g('destroy', 'd0')).code, 0)
 

@@ -73,7 +73,10 @@ for (const platform of ['linux', 'freebsd-sim'] as const) {
 
     for (const [n, signal] of (['SIGTERM', 'SIGHUP'] as const).entries()) {
       process.kill(pid, signal)
-      const said = () => log().split('\n').filter(l => l.includes(`${signal}: ${device} is open (mounted?), so sig0 keeps serving it`)).length
+      const said = () =>
+        log()
+          .split('\n')
+          .filter(l => l.includes(`${signal}: ${device} is open (mounted?), so sig0 keeps serving it`)).length
       t.ok(await waitUntil(() => said() > 0), `${signal}: the daemon says it keeps serving: ${log()}`)
       t.ok(alive(pid), `${signal}: the daemon is still there`)
       const file = path.join(mnt, `after-${n}.bin`)
@@ -90,6 +93,10 @@ for (const platform of ['linux', 'freebsd-sim'] as const) {
     t.ok(await waitUntil(() => !alive(pid)), 'with nothing on it, SIGTERM stops the daemon')
     t.match(log(), /SIGTERM: stopping/)
     t.notOk(fs.existsSync(path.join(runDir, 'sig0')), 'its state is gone')
-    t.same(leftovers(dir).filter(l => !l.includes(path.join(dir, 'mnt'))), [], 'no loop device, mount or process left')
+    t.same(
+      leftovers(dir).filter(l => !l.includes(path.join(dir, 'mnt'))),
+      [],
+      'no loop device, mount or process left',
+    )
   })
 }

@@ -52,7 +52,7 @@ t.test('a live system booted from the ISO through rowr-live.sh', async t => {
   await t.test('RW on a disk with the map on it, first boot; the medium found by its label', t =>
     liveBoot(t, { scenario: 'persist', ...keep, append: `${keep.append} rowr.media=LABEL=ROWR_LIVE`, minLines: 21 }),
   )
-  await t.test('the same disk, second boot, under initramfs-tools (boot=rowr): the first boot\'s changes are there', t =>
+  await t.test("the same disk, second boot, under initramfs-tools (boot=rowr): the first boot's changes are there", t =>
     liveBoot(t, { scenario: 'resume', ...keep, initrd: 'live-itools.cpio', append: `${keep.append} boot=rowr`, minLines: 19 }),
   )
   await t.test('rowr.reset=1 starts clean', t =>
@@ -67,7 +67,10 @@ t.test('a live system booted from the ISO through rowr-live.sh', async t => {
   t.ok(imageBytes > 0, `the ISO's system image is ${imageBytes} bytes`)
   const other = makeImage(path.join(dir, 'other.img'), imageBytes)
   const upgraded = makeImage(path.join(dir, 'upgraded.img'), 1 << 30, 'zero')
-  for (const args of [['create', '--no-attach', '--map-on-rw', 'stamp', other, upgraded], ['destroy', 'stamp']]) {
+  for (const args of [
+    ['create', '--no-attach', '--map-on-rw', 'stamp', other, upgraded],
+    ['destroy', 'stamp'],
+  ]) {
     const r = await rowr(path.join(dir, 'run'), args)
     t.equal(r.code, 0, `a map of another image on the disk: ${args[0]}: ${r.stderr}`)
   }

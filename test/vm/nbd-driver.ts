@@ -6,4 +6,4 @@
 import t from 'tap'
 import { bootNbdScenario } from '../fixtures/vm.js'
 
-t.test('the module\'s procedure, destroy -f and a killed daemon, through the nbd driver', t => bootNbdScenario(t, 'nbd-driver', 41))
+t.test("the module's procedure, destroy -f and a killed daemon, through the nbd driver", t => bootNbdScenario(t, 'nbd-driver', 41))
