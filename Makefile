@@ -58,12 +58,13 @@ build/ggsim-kernel: $(patsubst test/ggsim/%.c,build/ggsim/%.o,$(GGSIM_KERNEL_SOU
 typecheck: node_modules
 	npx tsc -p tsconfig.json --noEmit
 
-# Shell scripts, then the TypeScript: Biome's lint rules (import cycles
-# included, biome.jsonc) and no export that nothing imports.
+# Shell scripts, then the TypeScript: Biome's formatting and lint rules
+# (import cycles included, biome.jsonc) and no export that nothing imports.
+# `npx biome format --write .` formats.
 lint: system-deps node_modules
 	shellcheck scripts/*.sh .ci/run
 	shellcheck -s sh boot/*.sh boot/linux/*.sh boot/rc.d/* test/vm/guest/*.sh
-	npx biome lint .
+	npx biome ci .
 	npx tsc -p scripts/tsconfig.json
 	node build/scripts/unused-exports.js .
 
