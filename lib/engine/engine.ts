@@ -207,9 +207,12 @@ export class Engine {
     return Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0 && offset + length <= this.size
   }
 
-  /** Front ends validate every request; one outside the device here is a bug. */
+  /**
+   * Front ends validate every request; one outside the device here is a bug.
+   * The message is built only on failure: this runs for every request.
+   */
   #check(offset: number, length: number): void {
-    assert(this.#inside(offset, length), `request ${offset}+${length} is outside the ${this.size}-byte device`)
+    if (!this.#inside(offset, length)) assert.fail(`request ${offset}+${length} is outside the ${this.size}-byte device`)
   }
 
   #alignDown(n: number): number {

@@ -138,7 +138,8 @@ export class SectorMap {
   /** Marks [start, start+count) written; returns how many were new. */
   setRange(start: number, count: number): number {
     const end = start + count
-    assert(start >= 0 && count >= 0 && end <= this.sectors, `sectors ${start}+${count} outside a map of ${this.sectors}`)
+    // The message is built only on failure: this runs for every write.
+    if (start < 0 || count < 0 || end > this.sectors) assert.fail(`sectors ${start}+${count} outside a map of ${this.sectors}`)
     let added = 0
     let s = start
     while (s < end) {
