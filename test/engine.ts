@@ -6,11 +6,10 @@ import t, { type Test } from 'tap'
 import { BlockDevice, type BlockIo, type DeviceCounters } from '../lib/devices/block-device.js'
 import { Engine, type MapJournal } from '../lib/engine/engine.js'
 import { SectorStates } from '../lib/engine/sector-states.js'
-import { MapFile } from '../lib/persist/map-file.js'
 import { PAGE_SECTORS, mapBytes } from '../lib/persist/map-format.js'
 import { makeImage, sha256 } from './fixtures/helpers.js'
 import { MemoryAttributes, MemoryDevice } from './fixtures/memory-device.js'
-import { RwIdentity } from '../lib/persist/rw-binding.js'
+import { openMemoryMap } from './fixtures/memory-map.js'
 
 const MiB = 1 << 20
 
@@ -517,18 +516,7 @@ t.test("revert waits for the map's flush rounds still running or queued, or they
   const attributes = new MemoryAttributes()
   const open = async () => {
     const map = new SectorStates(sectors)
-    const opened = await MapFile.open({
-      store,
-      base: 0,
-      describe: 'map',
-      ro,
-      rw,
-      identity: new RwIdentity(rw, size, attributes),
-      size,
-      sectorSize: 512,
-      map,
-      force: false,
-    })
+    const opened = await openMemoryMap({ store, ro, rw, attributes, size, sectorSize: 512, map })
     return { map, file: opened.file }
   }
   const { map, file } = await open()

@@ -7,10 +7,9 @@ import t from 'tap'
 import { Engine } from '../lib/engine/engine.js'
 import { Hydration } from '../lib/engine/hydration.js'
 import { SectorStates } from '../lib/engine/sector-states.js'
-import { MapFile } from '../lib/persist/map-file.js'
 import { mapBytes } from '../lib/persist/map-format.js'
-import { RwIdentity } from '../lib/persist/rw-binding.js'
 import { MemoryAttributes, MemoryDevice } from './fixtures/memory-device.js'
+import { openMemoryMap } from './fixtures/memory-map.js'
 import { prng } from './fixtures/prng.js'
 
 const SECTOR = 512
@@ -210,18 +209,7 @@ t.test('with a persistent map, copies survive a restart; a client write makes a 
   const rw = new MemoryDevice('/rw', size, { fill: rwGarbage })
   const open = async () => {
     const map = new SectorStates(sectors)
-    const opened = await MapFile.open({
-      store,
-      base: 0,
-      describe: 'map',
-      ro,
-      rw,
-      identity: new RwIdentity(rw, size, attributes),
-      size,
-      sectorSize: SECTOR,
-      map,
-      force: false,
-    })
+    const opened = await openMemoryMap({ store, ro, rw, attributes, size, sectorSize: SECTOR, map })
     return { map, engine: new Engine({ ro, rw, size, sectorSize: SECTOR, map, journal: opened.file }), file: opened.file }
   }
   const first = await open()

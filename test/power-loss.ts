@@ -14,6 +14,7 @@ import { MapFile } from '../lib/persist/map-file.js'
 import { PAGE_SECTORS, mapBytes } from '../lib/persist/map-format.js'
 import { RwIdentity } from '../lib/persist/rw-binding.js'
 import { MemoryAttributes, MemoryDevice, type LogEntry } from './fixtures/memory-device.js'
+import { openMemoryMap } from './fixtures/memory-map.js'
 
 const SECTOR = 512
 /** Three map pages, so that writes straddle page boundaries. */
@@ -151,18 +152,7 @@ const powerLoss = async (seed: number, opCount: number, journalOf: (f: MapFile) 
   const map = new SectorStates(SECTORS)
   // RW's device ID is stamped when the map is made, before anything is logged: every rebuilt RW carries it.
   const attributes = new MemoryAttributes()
-  const opened = await MapFile.open({
-    store,
-    base: 0,
-    describe: 'map',
-    ro,
-    rw,
-    identity: new RwIdentity(rw, SIZE, attributes),
-    size: SIZE,
-    sectorSize: SECTOR,
-    map,
-    force: false,
-  })
+  const opened = await openMemoryMap({ store, ro, rw, attributes, size: SIZE, sectorSize: SECTOR, map })
   const engine = new Engine({ ro, rw, size: SIZE, sectorSize: SECTOR, map, journal: journalOf(opened.file) })
   const start = log.length
   const ops = await runWorkload(engine, log, random(seed), opCount)

@@ -11,9 +11,9 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { pathToFileURL } from 'node:url'
 import t from 'tap'
-import { makeImage, repoRoot, requires, run, waitUntil } from '../fixtures/helpers.js'
+import { alive, makeImage, repoRoot, requires, run, waitUntil } from '../fixtures/helpers.js'
 import { ext4Image, leftovers, mount } from '../fixtures/kernel.js'
-import { alive, mounted, simulatedFreeBsd } from '../fixtures/simulated-freebsd.js'
+import { mounted, simulatedFreeBsd } from '../fixtures/simulated-freebsd.js'
 
 const NEEDS = { root: true, fuse: true, tools: ['losetup', 'mkfs.ext4', 'e2fsck', 'mount', 'dd'] }
 
