@@ -3,6 +3,8 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
+import { cleanupStale } from '../lib/daemon/stale.js'
+import { liveness } from '../lib/daemon/run-state.js'
 import { Cmd, connectGo, request } from './fixtures/nbd-client.js'
 import { makeImage, rowr, shortDir, startServe, waitUntil } from './fixtures/helpers.js'
 
@@ -214,6 +216,39 @@ t.test('a killed daemon is cleaned up with a message and its NAME is free again'
   const recreate = await cli('create', '--no-attach', 'r2', ro, rw)
   t.equal(recreate.code, 0, 'create itself clears stale state')
   t.match(recreate.stderr, /r2: cleaned up after a daemon that is gone/)
+})
+
+t.test('a cleanup that comes late takes nothing from the device created since, nor from another cleanup', async t => {
+  const { run, cli, ro } = setup(t)
+  const name = `late${process.pid}`
+  const autoRw = `/var/tmp/geom-rowr-${name}.rw`
+  t.teardown(() => fs.rmSync(autoRw, { force: true }))
+  t.equal((await cli('create', '--no-attach', name, ro, 'auto')).code, 0)
+  await killAndWait(JSON.parse(fs.readFileSync(`${run}/${name}/state.json`, 'utf8')).pid as number)
+  process.env.GEOM_ROWR_RUNDIR = run
+  t.teardown(() => delete process.env.GEOM_ROWR_RUNDIR)
+  // What a command saw before the others below ran: a dead daemon.
+  const seen = liveness(name)
+  if (seen.kind !== 'stale') throw new Error(`${name} is ${seen.kind}, not stale`)
+  const logged: string[] = []
+  const log = (m: string) => void logged.push(m)
+
+  // Two commands clean up what they both saw, at once: one does it, once.
+  await Promise.all([cleanupStale(name, seen, log), cleanupStale(name, seen, log)])
+  t.equal(logged.length, 1, `one cleanup ran: ${logged.join(' | ')}`)
+  t.match(logged[0], `removed ${autoRw}`)
+  t.same(names(run), [])
+
+  // A new device takes NAME and makes its automatic RW at the same path...
+  t.equal((await cli('create', '--no-attach', name, ro, 'auto')).code, 0, 'NAME taken again')
+  const pid = JSON.parse(fs.readFileSync(`${run}/${name}/state.json`, 'utf8')).pid as number
+  // ...and a cleanup that still goes by the old look comes last.
+  await cleanupStale(name, seen, log)
+  t.equal(logged.length, 1, 'the late cleanup did nothing')
+  t.ok(fs.existsSync(autoRw), "the new device's automatic RW is still there")
+  const status = await cli('status', name)
+  t.equal(status.code, 0, `the new device still runs: ${status.stderr}`)
+  t.match(status.stdout, String(pid))
 })
 
 t.test('serve stops on SIGINT with status 130 and removes its state', async t => {

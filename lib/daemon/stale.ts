@@ -2,17 +2,19 @@
 // recognised, cleaned up with a message, and the NAME freed again.
 import fs from 'node:fs'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { detach, type Attachment } from '../attach/attachment.js'
 import { fuseMounted } from '../attach/loop-over-fuse.js'
 import { nbdConfigured, type NbdModuleAttachment } from '../attach/nbd-module.js'
 import { autoRwFile, removeAutoRw } from '../devices/auto-rw.js'
+import { tryLock } from '../devices/file-lock.js'
 import { geomProviders, providerUses } from '../devices/geom-users.js'
 import type { GGateAttachment } from '../ggate/provider.js'
-import { RowrError, isRowrError } from '../errors.js'
+import { RowrError, errnoCode, isRowrError } from '../errors.js'
 import { callControl } from './control.js'
 import { answerOf, type ControlReply, type DeviceStatus } from './control-protocol.js'
 import { logPath } from './daemon-log.js'
-import { checkName, claim, liveness, release, statePaths, type DeviceState, type Liveness } from './run-state.js'
+import { checkName, claim, liveness, readState, release, statePaths, type DeviceState, type Liveness } from './run-state.js'
 
 /** How long a daemon that is alive gets to answer before it counts as gone. */
 const PING_MS = 5_000
@@ -119,12 +121,61 @@ const leftoverAttachment = (name: string, state: DeviceState | undefined): Attac
   return { kind: 'loop', device: '', mount: paths.mount, file: path.join(paths.mount, name), fusePid }
 }
 
+/** How long a cleanup waits for another command's cleanup of the same NAME. */
+const CLEANUP_WAIT_MS = 60_000
+const CLEANUP_POLL_MS = 50
+
+/** Whether NAME still holds what a probe saw: the same daemon's state, or still none. */
+const unchangedSince = (name: string, probed: DeviceState | undefined): boolean => {
+  const now = readState(name)
+  if (!probed) return now === undefined && liveness(name).kind === 'stale'
+  return now !== undefined && now.pid === probed.pid && now.created === probed.created
+}
+
 /**
- * Takes away what a dead daemon left. An open GEOM Gate provider is left
- * unless `force` (DESTROY without force fails EBUSY, said with the fix): it
- * holds its users' I/O. Linux's devices of a dead daemon that does not wait
- * for a new one (a loop device over FUSE, an nbd device without a map) fail
- * their I/O already: taking them away loses nothing.
+ * Runs `fn` under NAME's cleanup lock (a file in NAME's directory, held while
+ * `fn` runs) if NAME still holds what `probed` saw, and says whether it ran.
+ * Two commands that found the same dead daemon (list and create, say) must
+ * not both clean up: the second, or one whose look is out of date, would
+ * take away the NAME, and the automatic RW at its fixed path, of a device
+ * created since.
+ */
+const whileUnchanged = async (name: string, probed: DeviceState | undefined, fn: () => Promise<void>): Promise<boolean> => {
+  const lockFile = path.join(statePaths(name).dir, 'cleanup.lock')
+  let fd: number
+  try {
+    fd = fs.openSync(lockFile, 'a', 0o600)
+  } catch (e) {
+    if (errnoCode(e) === 'ENOENT') return false // NAME was cleaned up meanwhile
+    throw e
+  }
+  try {
+    const deadline = Date.now() + CLEANUP_WAIT_MS
+    while (tryLock(fd, 'exclusive') === 'conflict') {
+      if (Date.now() > deadline) {
+        throw new RowrError(
+          'EBUSY',
+          `another geom-rowr command has been cleaning up ${name} for over ${CLEANUP_WAIT_MS / 1000} s; see which with: fuser -v ${lockFile}`,
+        )
+      }
+      await sleep(CLEANUP_POLL_MS)
+    }
+    if (!unchangedSince(name, probed)) return false
+    await fn()
+    return true
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/**
+ * Takes away what a dead daemon left, unless NAME changed since `stale` was
+ * seen (another command cleaned it up, and maybe a new device took NAME):
+ * then nothing is touched. An open GEOM Gate provider is left unless
+ * `force` (DESTROY without force fails EBUSY, said with the fix): it holds
+ * its users' I/O. Linux's devices of a dead daemon that does not wait for a
+ * new one (a loop device over FUSE, an nbd device without a map) fail their
+ * I/O already: taking them away loses nothing.
  */
 export const cleanupStale = async (
   name: string,
@@ -133,21 +184,24 @@ export const cleanupStale = async (
   { force }: { force: boolean } = { force: false },
 ): Promise<void> => {
   const done: string[] = []
-  const attachment = leftoverAttachment(name, stale.state)
-  if (attachment) {
-    await detach(attachment, { force: force || attachment.kind !== 'ggate' })
-    done.push(`detached ${attachment.device || attachment.kind}`)
-  }
-  if (stale.state?.rwAuto && !stale.state.map) {
-    // 'auto' still: the daemon died while making it; only a file has a known name.
-    const made = stale.state.rw !== 'auto'
-    const rw = made ? stale.state.rw : autoRwFile(name)
-    if (made || fs.existsSync(rw)) {
-      await removeAutoRw(rw)
-      done.push(`removed ${rw}`)
+  const cleaned = await whileUnchanged(name, stale.state, async () => {
+    const attachment = leftoverAttachment(name, stale.state)
+    if (attachment) {
+      await detach(attachment, { force: force || attachment.kind !== 'ggate' })
+      done.push(`detached ${attachment.device || attachment.kind}`)
     }
-  }
-  release(name)
+    if (stale.state?.rwAuto && !stale.state.map) {
+      // 'auto' still: the daemon died while making it; only a file has a known name.
+      const made = stale.state.rw !== 'auto'
+      const rw = made ? stale.state.rw : autoRwFile(name)
+      if (made || fs.existsSync(rw)) {
+        await removeAutoRw(rw)
+        done.push(`removed ${rw}`)
+      }
+    }
+    release(name)
+  })
+  if (!cleaned) return
   const kept = logPath(name)
   if (fs.existsSync(kept)) done.push(`its log is ${kept}`)
   log(`${name}: cleaned up after a daemon that is gone: ${stale.reason}${done.length ? `; ${done.join(', ')}` : ''}`)
