@@ -11,7 +11,7 @@
 #                 initramfs-tools init and scripts, rowr-live.sh as scripts/rowr
 #                 (boot=rowr); assembled here, not by mkinitramfs
 #   live.iso      an ISO 9660 medium (volume ROWR_LIVE) holding data/system.img, an
-#                 ext4 system image (busybox root, node, geom-rowr,
+#                 ext4 system image (busybox root, node, geom-rowr, ldd,
 #                 test/vm/guest/live-init.sh as /sbin/init)
 # The .debs and their extracted files are kept between runs; the images are
 # rebuilt only when one of their inputs changed.
@@ -182,17 +182,24 @@ echo 'mount -n -o move /dev "${rootmnt:?}/dev"' >"$stage/scripts/init-bottom/ORD
 cpio_of "$stage" "$out/live-itools.cpio"
 rm -rf "$stage"
 
-# The live system's image: busybox, node and geom-rowr, the test's init, and
-# two files of the image's own that the booted system deletes and renames.
+# The live system's image: busybox, node and geom-rowr, ldd (which
+# rowr.hydrate=1 runs inside the image) and the bash it is written for, the
+# test's init, two files of the image's own that the booted system deletes
+# and renames, and the checksum of every file, which a hydrated boot reads
+# back through the device.
 stage=$out/stage-image
 base_root "$stage"
 install_project "$stage"
+copy_with_libs "$stage" /bin/bash
+install -m 755 /usr/bin/ldd "$stage/usr/bin/ldd"
 mkdir -p "$stage/root" "$stage/vmtest"
 rm -f "$stage/sbin/init"
 install -m 755 test/vm/guest/live-init.sh "$stage/sbin/init"
 install -m 755 test/vm/guest/live-boot.sh test/vm/guest/report.sh test/vm/guest/nbd-common.sh "$stage/vmtest/"
 echo seed >"$stage/etc/rowr-seed"
 echo moved >"$stage/etc/rowr-moved"
+(cd "$stage" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sed 's#  \./#  /#') >"$out/image.sha256"
+mv "$out/image.sha256" "$stage/vmtest/image.sha256"
 rm -rf "$out/iso"
 mkdir -p "$out/iso/data"
 # Room for what the boots write.

@@ -4,8 +4,10 @@
 # medium, mounts the system image on it read-only, runs geom-rowr from that
 # image to combine it with a RW (in RAM, or a disk that keeps the changes),
 # mounts the combined device read-write as the new root and hands over to
-# its init. A failure after the image is mounted boots the image read-only;
-# a failure before leaves a shell.
+# its init. With rowr.hydrate=1 geom-rowr runs from a copy of its runtime in
+# RAM instead, copies the image into RW in the background and lets the
+# medium go when it is done. A failure after the image is mounted boots the
+# image read-only; a failure before leaves a shell.
 #
 # Two ways to run it:
 #   as /init of an initramfs: it mounts /proc, /sys, /dev and /run, loads the
@@ -25,6 +27,9 @@
 #   rowr.map=on-rw      keep the map in the RW disk's tail: the changes survive
 #                       a reboot (RW must be larger than the image by 1/2000)
 #   rowr.reset=1        forget the changes kept on RW before using it again
+#   rowr.hydrate=1      copy the image into RW in the background, then release
+#                       the medium: unmount it, so that it can be removed (an
+#                       auto RW then holds the whole image in RAM)
 #
 # Everything that must outlive the initramfs lives under /run, which is moved
 # into the new root (switch_root and run-init delete what is left on the
@@ -38,11 +43,29 @@
 # '@', /run/sendsigs.omit.d, oom_score_adj -1000): at shutdown the system must
 # sync and remount / read-only before it stops, or its last writes are lost.
 # A read-only boot leaves the reason in /run/rowr-live/readonly.
+#
+# rowr.hydrate=1: the image must be let go, so geom-rowr cannot run from it.
+# Its runtime (node, geom-rowr's command and package, env, and the sh,
+# umount and losetup of the release job, with the linker and the libraries
+# that ldd names inside the image) is copied into a tmpfs on
+# /run/rowr-live/runtime; the image is then unmounted, and geom-rowr runs
+# chrooted into the runtime as above (the auto RW on the runtime's /var/tmp).
+# The device is created with --hydrate, and a background job, chrooted into
+# the runtime as well, waits for the copy to end (geom-rowr hydrate --wait),
+# then detaches the image's loop device and unmounts the medium. The job
+# reaches them through a file descriptor of /run/rowr-live: switch_root and
+# run-init delete the initramfs under it and move /run into the new root,
+# and its root (the runtime's tmpfs) and that descriptor move with /run. It
+# says on the console that the medium may be removed and writes
+# /run/rowr-live/released, or why it could not in
+# /run/rowr-live/release-failed, the system running on.
 
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 live=/run/rowr-live
 medium=$live/medium
 image=$live/image
+# Where geom-rowr runs: the image, or with rowr.hydrate=1 the copy of its runtime.
+runtime=$image
 # The image's PATH, for geom-rowr and node inside it.
 image_path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -78,8 +101,7 @@ read_settings() {
 	rw=$(setting rowr.rw auto)
 	map=$(setting rowr.map '')
 	reset=$(setting rowr.reset 0)
-	# rowr.hydrate=1 (copy the image into RW in the background, so the medium
-	# can go) is read here once geom-rowr can hydrate a device.
+	hydrate=$(setting rowr.hydrate 0)
 }
 
 # Nothing to boot at all: say why and give a shell (as PID 1, never exit).
@@ -95,11 +117,18 @@ dead_end() {
 	while :; do setsid cttyhack sh; done
 }
 
+is_mounted() { # PATH
+	awk -v m="$1" '$2 == m { found = 1 } END { exit !found }' /proc/mounts
+}
+
 # The image is mounted but the writable root failed: boot the image read-only.
 read_only_root() { # TARGET
 	say "ERROR: $why"
 	say "falling back to a READ-ONLY system: changes cannot be saved"
 	echo "$why" >"$live/readonly"
+	[ "$runtime" = "$image" ] || drop_runtime
+	# rowr.hydrate=1 unmounted it once its runtime was copied.
+	is_mounted "$image" || mount -r "$loop" "$image" || dead_end "cannot mount the system image ($loop) on $image again"
 	mount --bind "$image" "$1" || dead_end "cannot mount the system image on $1 either"
 }
 
@@ -120,11 +149,17 @@ wait_for() { # DEVICE SECONDS: CD drives and USB sticks appear late
 	done
 }
 
-# geom-rowr inside the image.
-rowr() {
-	chroot "$image" /usr/bin/env -i "PATH=$image_path" GEOM_ROWR_RUNDIR=/run/geom-rowr \
-		geom-rowr "$@"
-}
+# COMMAND chrooted into DIR (the image or the runtime), with the image's PATH
+# and nothing else of this environment. A subshell that execs chroot: in the
+# background, nothing of the initramfs stays behind.
+run_in() ( # DIR COMMAND...
+	dir=$1
+	shift
+	exec chroot "$dir" /usr/bin/env -i "PATH=$image_path" GEOM_ROWR_RUNDIR=/run/geom-rowr "$@"
+)
+
+# geom-rowr, where it runs.
+rowr() { run_in "$runtime" geom-rowr "$@"; }
 
 # Fails with the reason in $why.
 refuse() {
@@ -132,18 +167,92 @@ refuse() {
 	return 1
 }
 
-# What geom-rowr needs inside the image.
+# What geom-rowr needs inside the image or the runtime.
+chroot_mounts='dev proc sys run var/tmp'
 prepare_chroot() {
-	for dir in dev proc sys run var/tmp; do
-		[ -d "$image/$dir" ] || refuse "the system image has no /$dir to mount on" || return
+	for dir in $chroot_mounts; do
+		[ -d "$runtime/$dir" ] || refuse "the system image has no /$dir to mount on" || return
 	done
-	if ! { mount -t devtmpfs -o nosuid devtmpfs "$image/dev" &&
-		mount -t proc -o nodev,noexec,nosuid proc "$image/proc" &&
-		mount -t sysfs -o nodev,noexec,nosuid sysfs "$image/sys" &&
-		mount --bind /run "$image/run" &&
-		mount -t tmpfs -o nodev,nosuid,mode=1777 tmpfs "$image/var/tmp"; }; then
-		refuse "cannot mount /dev, /proc, /sys, /run and /var/tmp in the system image"
+	if ! { mount -t devtmpfs -o nosuid devtmpfs "$runtime/dev" &&
+		mount -t proc -o nodev,noexec,nosuid proc "$runtime/proc" &&
+		mount -t sysfs -o nodev,noexec,nosuid sysfs "$runtime/sys" &&
+		mount --bind /run "$runtime/run" &&
+		mount -t tmpfs -o nodev,nosuid,mode=1777 tmpfs "$runtime/var/tmp"; }; then
+		refuse "cannot mount /dev, /proc, /sys, /run and /var/tmp in $runtime"
 	fi
+}
+
+# rowr.hydrate=1: what geom-rowr and the release job run, copied from the
+# image into a tmpfs on $live/runtime. Paths are resolved inside the image,
+# where its symbolic links lead: a file is copied to its real path, and the
+# path it is known by is a link to that.
+copy_runtime() {
+	runtime=$live/runtime
+	{ mkdir -p "$runtime" && mount -t tmpfs -o nodev,nosuid,mode=0755 tmpfs "$runtime"; } ||
+		refuse "rowr.hydrate=1: cannot mount a tmpfs on $runtime for geom-rowr's runtime" || return
+	# shellcheck disable=SC2016 # expanded inside the image
+	found=$(run_in "$image" sh -c '
+		for c; do
+			for d in $(echo "$PATH" | tr : " "); do
+				[ -x "$d/$c" ] && echo "$d/$c" && continue 2
+			done
+			echo "no $c on its PATH ($PATH)"
+			exit 1
+		done' sh node geom-rowr umount losetup ldd 2>&1) ||
+		refuse "rowr.hydrate=1: the system image lacks a program its runtime is copied with: $found" || return
+	# shellcheck disable=SC2086 # paths, one a line
+	set -- $found
+	programs="/bin/sh /usr/bin/env $1 $3 $4"
+	command=$2
+	script=$(run_in "$image" readlink -f "$command") ||
+		refuse "rowr.hydrate=1: cannot resolve $command in the system image" || return
+	# geom-rowr's package (node_modules included): where package.json is, above the script.
+	package=${script%/*}
+	until [ -f "$image$package/package.json" ]; do
+		[ -n "$package" ] || refuse "rowr.hydrate=1: no package.json above $script in the system image" || return
+		package=${package%/*}
+	done
+	{ mkdir -p "$runtime${package%/*}" && cp -a "$image$package" "$runtime${package%/*}/"; } ||
+		refuse "rowr.hydrate=1: cannot copy $package of the system image into $runtime" || return
+	# Node's addons, some built for other systems: ldd fails on those (which
+	# nothing loads here), and on static programs, so its status says nothing.
+	addons=$(cd "$image" && find ".$package" -name '*.node' | sed 's/^\.//')
+	# shellcheck disable=SC2086 # lists of paths
+	libraries=$(run_in "$image" ldd $programs $addons 2>/dev/null |
+		awk '/^[[:space:]]/ { for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }' | sort -u)
+	files="$programs $command $libraries"
+	[ ! -e "$image/etc/ld.so.cache" ] || files="$files /etc/ld.so.cache"
+	# shellcheck disable=SC2016,SC2086 # expanded inside the image; a list of paths
+	real_paths=$(run_in "$image" sh -c 'for f; do readlink -f "$f" || exit; done' sh $files 2>&1) ||
+		refuse "rowr.hydrate=1: cannot resolve the runtime's files in the system image: $real_paths" || return
+	# shellcheck disable=SC2086 # paths, one a line
+	set -- $real_paths
+	for file in $files; do
+		place "$file" "$1" || refuse "rowr.hydrate=1: cannot copy $file of the system image into $runtime" || return
+		shift
+	done
+	for dir in $chroot_mounts; do
+		mkdir -p "$runtime/$dir" || refuse "rowr.hydrate=1: cannot make $runtime/$dir" || return
+	done
+	# Nothing runs from the image any more; the read-only fallback mounts it again.
+	umount "$image" || refuse "rowr.hydrate=1: cannot unmount the system image from $image" || return
+	say "geom-rowr's runtime copied into $runtime ($(du -sm "$runtime" | cut -f1) MiB); the image is no longer mounted"
+}
+
+place() { # PATH REAL: the image's REAL at REAL in the runtime, PATH a link to it
+	if [ ! -e "$runtime$2" ]; then
+		mkdir -p "$runtime${2%/*}" && cp -p "$image$2" "$runtime$2" || return
+	fi
+	[ "$1" = "$2" ] || [ -L "$runtime$1" ] || { mkdir -p "$runtime${1%/*}" && ln -s "$2" "$runtime$1"; }
+}
+
+# A runtime that no daemon uses holds RAM for nothing.
+drop_runtime() {
+	is_mounted "$runtime" || return 0
+	for dir in $chroot_mounts; do
+		! is_mounted "$runtime/$dir" || umount "$runtime/$dir"
+	done
+	umount "$runtime" || say "the copy of geom-rowr's runtime stays on $runtime"
 }
 
 # The daemon serves the root: nothing may stop it before the root is
@@ -166,7 +275,19 @@ writable_root() { # TARGET
 		;;
 	*) refuse "rowr.map=$map: the one value known is on-rw" || return ;;
 	esac
+	hydrate_option=
+	if [ "$hydrate" = 1 ]; then
+		copy_runtime || return
+		hydrate_option=--hydrate
+	fi
 	prepare_chroot || return
+	if [ "$hydrate" = 1 ] && [ "$rw" = auto ]; then
+		# The auto RW ends up holding the whole image, in RAM.
+		need=$(($(cat "/sys/block/${loop#/dev/}/size") / 2))
+		free=$(df -Pk "$runtime/var/tmp" | awk 'NR == 2 { print $4 }')
+		[ "${free:-0}" -ge "$need" ] ||
+			refuse "rowr.hydrate=1 copies the image ($((need / 1024)) MiB) into the auto RW, in RAM, where $runtime/var/tmp has $((${free:-0} / 1024)) MiB free: give the machine more memory or a RW disk (rowr.rw=DEVICE), or boot without rowr.hydrate=1" || return
+	fi
 	if [ "$rw" != auto ]; then
 		say "waiting up to $media_timeout s for RW $rw"
 		found=$(wait_for "$rw" "$media_timeout") ||
@@ -185,8 +306,8 @@ writable_root() { # TARGET
 		fi
 	fi
 	# Its own exit status, not a pipeline's: the last line printed is the device.
-	# shellcheck disable=SC2086 # the map option is one word or none
-	if ! out=$(rowr create --systemd-mark $map_option "$name" "$loop" "$rw" 2>&1); then
+	# shellcheck disable=SC2086 # the options are one word or none
+	if ! out=$(rowr create --systemd-mark $map_option $hydrate_option "$name" "$loop" "$rw" 2>&1); then
 		case $out in
 		*"belongs to other devices"*)
 			out="$out. At boot this means the changes kept on $rw were made on another system image (an upgraded medium): they do not fit this one, so no --force; boot the medium they belong to, or boot once with rowr.reset=1 to forget them and start over"
@@ -208,10 +329,38 @@ writable_root() { # TARGET
 	fi
 	if [ "$rw" = auto ]; then
 		# The auto RW: the path the daemon names it by is its path in the booted system too.
-		mount --bind "$image/var/tmp" "$1/var/tmp" || say "cannot bind the auto RW's /var/tmp on the new root's"
+		mount --bind "$runtime/var/tmp" "$1/var/tmp" || say "cannot bind the auto RW's /var/tmp on the new root's"
 	fi
 	say "$name ($device) mounted read-write on $1"
+	if [ "$hydrate" = 1 ]; then
+		run_in "$runtime" sh -c "$release_job" release-medium "$name" "$loop" "$medium_device" \
+			3<"$live" </dev/null >/dev/console 2>&1 &
+		say "copying the image into RW in the background; $medium_device is released when it is done"
+	fi
 }
+
+# The background job of rowr.hydrate=1 (see the top), run by the runtime's sh
+# chrooted into the runtime: $1 the device, $2 the image's loop device, $3
+# the medium; fd 3 is $live, wherever /run has moved.
+# shellcheck disable=SC2016 # expanded by the job
+release_job='
+name=$1 loop=$2 medium=$3 live=/proc/self/fd/3
+say() { echo "rowr-live: $*"; }
+give_up() {
+	echo "$1" >"$live/release-failed"
+	say "cannot release $medium: $1; the system runs on, still using it"
+	exit 1
+}
+out=$(geom-rowr hydrate --wait "$name" 2>&1) || give_up "geom-rowr hydrate --wait $name failed: $out"
+case $out in
+*"RO released"*) ;;
+*) give_up "geom-rowr hydrate --wait $name ended with RO still held: $out" ;;
+esac
+losetup -d "$loop" || give_up "cannot detach $loop (the system image)"
+umount "$live/medium" || give_up "cannot unmount $medium from /run/rowr-live/medium"
+echo "$medium" >"$live/released"
+say "hydrated: $name no longer needs the system image; $medium may be removed"
+'
 
 # Mounts the root to boot on TARGET: writable, read-only, or none (a shell).
 mount_live_root() { # TARGET
@@ -222,16 +371,16 @@ mount_live_root() { # TARGET
 		return
 	}
 	say "waiting up to $media_timeout s for $media"
-	device=$(wait_for "$media" "$media_timeout") || {
+	medium_device=$(wait_for "$media" "$media_timeout") || {
 		dead_end "$media did not appear within $media_timeout s; set rowr.media (or rowr.media_timeout)"
 		return
 	}
-	mount -r "$device" "$medium" || {
-		dead_end "cannot mount $device ($media) read-only; set rowr.media"
+	mount -r "$medium_device" "$medium" || {
+		dead_end "cannot mount $medium_device ($media) read-only; set rowr.media"
 		return
 	}
 	[ -f "$medium$image_file" ] || {
-		dead_end "$image_file is not on $device; set rowr.image"
+		dead_end "$image_file is not on $medium_device; set rowr.image"
 		return
 	}
 	if ! { loop=$(losetup -f) && losetup -r "$loop" "$medium$image_file"; }; then

@@ -3,7 +3,8 @@
 // /init of an initramfs and once under initramfs-tools' own init. The
 // booted system runs test/vm/guest/live-boot.sh: it proves its root is
 // writable (writes, deletes, geom-rowr status --json from inside) while the
-// ISO stays the same; then changes kept on a second disk with the map on it
+// ISO stays the same; with rowr.hydrate=1, that the image was copied into RAM
+// and the medium let go; then changes kept on a second disk with the map on it
 // across two boots, rowr.reset=1, and a disk whose map another image made:
 // the read-only fallback, then rowr.reset=1 over it.
 import fs from 'node:fs'
@@ -48,7 +49,15 @@ t.test('a live system booted from the ISO through rowr-live.sh', async t => {
   const persist = makeImage(path.join(dir, 'persist.img'), 1 << 30, 'zero')
   const keep = { disks: [{ file: persist }], append: 'rowr.rw=/dev/vdb rowr.map=on-rw' }
 
-  await t.test('RW in RAM (rowr.rw=auto): a writable root', t => liveBoot(t, { scenario: 'ram', minLines: 26 }))
+  await t.test('RW in RAM (rowr.rw=auto): a writable root', t => liveBoot(t, { scenario: 'ram', minLines: 27 }))
+  await t.test('rowr.hydrate=1: the image copied into RAM, then the medium released', async t => {
+    const console = await liveBoot(t, { scenario: 'hydrate', append: 'rowr.hydrate=1', minLines: 30 })
+    t.match(
+      console,
+      /rowr-live: hydrated: rowr0 no longer needs the system image; \/dev\/sr0 may be removed/,
+      'the console says the medium may be removed',
+    )
+  })
   await t.test('RW on a disk with the map on it, first boot; the medium found by its label', t =>
     liveBoot(t, { scenario: 'persist', ...keep, append: `${keep.append} rowr.media=LABEL=ROWR_LIVE`, minLines: 21 }),
   )
