@@ -43,8 +43,8 @@ const devices = (): Devices => ({
 
 const identity = (d: Devices): RwIdentity => new RwIdentity(d.rw, SIZE, d.attributes)
 
-const open = (d: Devices, o: { force?: boolean; store?: MemoryDevice } = {}) => {
-  const map = new SectorStates(SECTORS)
+const open = (d: Devices, o: { force?: boolean; store?: MemoryDevice; map?: SectorStates } = {}) => {
+  const map = o.map ?? new SectorStates(SECTORS)
   return MapFile.open({
     store: o.store ?? d.store,
     base: 0,
@@ -133,33 +133,12 @@ t.test('pages round-trip through their bitmap', async t => {
   const back = new SectorStates(SECTORS)
   const d = devices()
   // Through a real open: write the pages, then resume into `back`.
-  const opened = await MapFile.open({
-    store: d.store,
-    base: 0,
-    describe: 'm',
-    ro: d.ro,
-    rw: d.rw,
-    identity: identity(d),
-    size: SIZE,
-    sectorSize: SECTOR,
-    map,
-    force: false,
-  })
+  const opened = await open(d, { map })
   for (const [s, n] of runs) opened.file.marked(s, n)
   for (const [s, n] of copies) opened.file.copied(s, n)
   await opened.file.commit(async () => undefined)
-  await MapFile.open({
-    store: d.store,
-    base: 0,
-    describe: 'm',
-    ro: d.ro,
-    rw: d.rw,
-    identity: identity(d),
-    size: SIZE,
-    sectorSize: SECTOR,
-    map: back,
-    force: false,
-  })
+  await open(d, { map: back })
+
   for (let p = 0; p < 3; p++) {
     t.same(pageBits(back.written, p), pageBits(map.written, p), `written page ${p}`)
     t.same(pageBits(back.onRw, p), pageBits(map.onRw, p), `on-RW page ${p}`)
